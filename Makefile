@@ -1,0 +1,85 @@
+# passerelle: an API gateway in C whose every policy is a Lua script.
+#   make deps   install the Debian packages (run as root, or with sudo available)
+#   make        build ./passerelle
+#   make run    start the gateway on examples/quickstart.yaml with a demo upstream
+#   make test   every suite: C unit tests (ASan+UBSan), Lua specs, end-to-end tests
+#   make bench  the shared benchmark rig against nginx and HAProxy
+
+CC      ?= cc
+PKGS    := libevent openssl yaml-0.1
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -D_GNU_SOURCE \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+SRCS    := $(wildcard gateway/*.c)
+OBJS    := $(patsubst gateway/%.c,build/obj/%.o,$(SRCS))
+HDRS    := $(wildcard gateway/*.h)
+
+# Debian packages: build, run, test. Never libluajit-5.1-dev (it conflicts with luajit2).
+DEB_PKGS := gcc make libc6-dev pkg-config libevent-dev libssl-dev libyaml-dev liblmdb-dev \
+            libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+PYTHON  := /usr/bin/python3
+
+.PHONY: all deps run test unit lua-spec e2e bench icount clean
+all: passerelle
+
+passerelle: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+build/obj/%.o: gateway/%.c $(HDRS) | build/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/obj build/test:
+	mkdir -p $@
+
+deps:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove $(DEB_PKGS)
+
+run: passerelle
+	./examples/run-quickstart.sh
+
+# ---- tests ----
+
+TEST_CFLAGS := -std=gnu11 -O1 -g -Wall -Wextra -D_GNU_SOURCE -fno-omit-frame-pointer \
+               -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+TEST_LIBS   := $(LDLIBS)
+UNIT_TESTS  := $(patsubst spec/unit/%_test.c,build/test/%_test,$(wildcard spec/unit/*_test.c))
+
+# Extra sources each unit test links besides the module it #includes (default: util.c).
+TEST_DEPS_http   := gateway/util.c
+TEST_DEPS_addr   := gateway/util.c
+TEST_DEPS_route  := gateway/util.c
+TEST_DEPS_config := gateway/util.c gateway/addr.c gateway/route.c
+TEST_DEPS_pool   := gateway/util.c
+
+build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
+	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)
+
+unit: $(UNIT_TESTS)
+	@spec/run-all unit
+
+lua-spec:
+	@spec/run-all lua
+
+e2e: passerelle
+	@spec/run-all e2e
+
+test: passerelle $(UNIT_TESTS)
+	@spec/run-all all
+
+# ---- benchmarks (see ../shared/bench/README.md) ----
+
+BENCH_CASES ?= nginx haproxy gw gw-close
+bench: passerelle
+	GATEWAY_START='bench/start-gw.sh' CASES='$(BENCH_CASES)' ../shared/bench/anchors.sh
+
+icount: passerelle
+	GATEWAY_START='bench/start-gw.sh' CASES='$(BENCH_CASES)' ../shared/bench/icount.sh
+
+clean:
+	rm -rf build passerelle

@@ -1,0 +1,149 @@
+/* config.h: the immutable configuration snapshot, loaded from one YAML file with libyaml.
+ *
+ * pgw_config_load() reads and validates the whole file: unknown keys, wrong types, bad values and
+ * broken references (a route naming an unknown listener or upstream) are errors reported as
+ * "FILE:LINE: message" (all of them, one per line, into the caller's buffer). A loaded snapshot is
+ * never modified; it is shared by refcount (pgw_config_ref/_unref) so that a request keeps the
+ * version it started with when a later issue reloads the configuration. The snapshot owns every
+ * string and array it points to.
+ *
+ * Sizes accept "123", "8k", "32K", "10m", "1g" (powers of 1024); durations accept "250ms", "10s",
+ * "2m", "1h" or a plain number of seconds. See docs/config.md for every key.
+ */
+#ifndef PGW_CONFIG_H
+#define PGW_CONFIG_H
+
+#include "pgw.h"
+#include "addr.h"
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct pgw_config_listener {
+    char *name;
+    char *address;                  /* as written: "0.0.0.0:8080", "[::1]:8080" */
+    struct sockaddr_storage sa;     /* parsed */
+    socklen_t sa_len;
+    int backlog;                    /* listen(2) backlog, default 511 */
+    unsigned line;                  /* line in the file, for messages */
+};
+
+enum pgw_real_ip_from { PGW_REAL_IP_NONE = 0, PGW_REAL_IP_XFF, PGW_REAL_IP_PROXY_PROTOCOL };
+
+struct pgw_config_real_ip {
+    enum pgw_real_ip_from from;  /* NONE when the real_ip section is absent */
+    struct pgw_cidr *trusted;
+    size_t num_trusted;
+};
+
+struct pgw_config_limits {
+    size_t request_line;   /* default 8k */
+    size_t header_section; /* default 32k */
+    size_t header_fields;  /* default 100 */
+    uint64_t body;         /* default 10m; 0 means no body allowed */
+    size_t max_connections; /* per worker, default 10000 */
+};
+
+/* all durations in milliseconds */
+struct pgw_config_timeouts {
+    uint64_t header;    /* whole request head, default 10s */
+    uint64_t body;      /* between body reads, default 30s (and the whole body, see docs) */
+    uint64_t keepalive; /* idle between requests, default 60s */
+    uint64_t send;      /* a client not reading our response, default 30s */
+};
+
+struct pgw_config_target {
+    char *host; /* host name or IP literal, NUL-terminated, no brackets */
+    uint16_t port;
+    int is_literal; /* host is an IP address: no DNS */
+};
+
+struct pgw_config_upstream {
+    char *name;
+    struct pgw_config_target *targets;
+    size_t num_targets;
+    uint64_t connect_timeout; /* ms, default 2s */
+    uint64_t read_timeout;    /* ms, default 30s: no response byte for that long -> 504 */
+    uint64_t send_timeout;    /* ms, default 30s: upstream not reading our request */
+    unsigned retries;         /* default 1: attempts after the first */
+    uint64_t retry_deadline;  /* ms, default 0: no time bound on retrying beyond `retries` */
+    unsigned keepalive;       /* idle connections kept per worker, default 64; 0 = none */
+    uint64_t keepalive_timeout; /* ms, idle upstream connection lifetime, default 60s */
+    unsigned max_fails;       /* passive health: failures before skipping, default 3 */
+    uint64_t fail_timeout;    /* ms, how long a failed target is skipped, default 10s */
+    unsigned line;
+};
+
+enum pgw_path_kind { PGW_PATH_EXACT = 0, PGW_PATH_TEMPLATE, PGW_PATH_PREFIX };
+
+enum pgw_route_type { PGW_ROUTE_PROXY = 0, PGW_ROUTE_STATUS };
+
+struct pgw_config_route {
+    char *name;
+    enum pgw_route_type type;  /* "proxy" (default) or "status" (liveness answer) */
+    char **listeners;          /* names; at least one */
+    size_t num_listeners;
+    char *host;                /* lower-case, no port; NULL = any; "*.example.com" wildcard */
+    char *path;                /* as written: "/users/{id}", "/orders/", "/exact" */
+    enum pgw_path_kind path_kind; /* template if it has "{", prefix if it ends with "/", else exact */
+    char **methods;            /* upper-case; NULL/0 = any */
+    size_t num_methods;
+    char *upstream;            /* name; required for proxy routes */
+    int upstream_index;        /* resolved index into config->upstreams, -1 for status routes */
+    int preserve_host;         /* default 0: upstream Host is the target's host[:port] */
+    int strip_prefix;          /* default 0: remove the matched prefix before forwarding */
+    unsigned line;
+};
+
+enum pgw_log_level { PGW_LOG_DEBUG = 0, PGW_LOG_INFO, PGW_LOG_NOTICE, PGW_LOG_WARN, PGW_LOG_ERROR };
+
+struct pgw_config_access_log {
+    int enabled;  /* "access_log: off" -> 0; default on, path logs/access.log */
+    char *path;   /* "-" or "stdout" for standard output */
+};
+
+struct pgw_config_error_log {
+    char *path;   /* default "-" = standard error */
+    enum pgw_log_level level; /* default info */
+};
+
+struct pgw_config {
+    int refs;
+    char *file; /* the path it was loaded from */
+    struct pgw_config_listener *listeners;
+    size_t num_listeners;
+    struct pgw_config_real_ip real_ip;
+    struct pgw_config_limits limits;
+    struct pgw_config_timeouts timeouts;
+    struct pgw_config_upstream *upstreams;
+    size_t num_upstreams;
+    struct pgw_config_route *routes;
+    size_t num_routes;
+    struct pgw_config_access_log access_log;
+    struct pgw_config_error_log error_log;
+    int underscores_in_headers; /* http: { underscores_in_headers: reject | drop }: 0 reject, 1 drop */
+    int allow_encoded_slash;    /* http: { allow_encoded_slash: false } keeps %2F/%5C rejected */
+};
+
+/* Loads and validates <path>. Returns the snapshot (refs == 1) or NULL with every error written
+ * to <errbuf> as "FILE:LINE: message\n" lines sorted by line (whole lines while they fit in
+ * <errlen>, then a count of the rest; always NUL-terminated). A file that cannot be read gives
+ * one "FILE: cannot read: reason\n" line. */
+struct pgw_config *pgw_config_load(const char *path, char *errbuf, size_t errlen);
+
+/* Same from a string; <name> is used in messages in place of the file name (for tests). */
+struct pgw_config *pgw_config_load_string(const char *name, const char *yaml, size_t len,
+                                          char *errbuf, size_t errlen);
+
+struct pgw_config *pgw_config_ref(struct pgw_config *c);
+void pgw_config_unref(struct pgw_config *c);
+
+/* Helpers shared with other modules. */
+/* Parses "10s", "250ms", "2m", "1h", "30" (seconds) into milliseconds. Integers only; PGW_ERR on
+ * anything else ("1.5s", "-1", "10x", "") or on overflow, *ms untouched. */
+int pgw_config_parse_duration(const char *s, uint64_t *ms);
+/* Parses "8k", "32K", "10m", "1g", "123" into bytes (powers of 1024). Integers only; PGW_ERR on
+ * anything else ("1.5k", "-1", "8kb", "") or on overflow, *bytes untouched. */
+int pgw_config_parse_size(const char *s, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,669 @@
+/* request.c: one request from its parsed head to its access-log line: the pipeline (stages,
+ * normalisation, routing, handler), gateway-generated answers, the request body towards the
+ * upstream, the response head and body towards the client, and the end of the request
+ * (keep-alive or close). See server.h for ownership.
+ */
+#include "log.h"
+#include "proxy.h"
+#include "server.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+static struct pgw_log_ratelimit reject_log;
+
+enum { PHASE_REWRITE, PHASE_ROUTE, PHASE_ACCESS, PHASE_HANDLER };
+
+static void req_finish(struct pgw_req *req);
+
+/* ---- Small writers ---- */
+
+struct out {
+    char *p;
+    char *end;
+};
+
+static void out_mem(struct out *o, const char *s, size_t n)
+{
+    pgw_assert((size_t)(o->end - o->p) >= n);
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+#define OUT_LIT(o, lit) out_mem((o), (lit), sizeof(lit) - 1)
+
+static void out_u64(struct out *o, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    pgw_assert(o->end - o->p >= n);
+    while (n)
+        *o->p++ = tmp[--n];
+}
+
+static void out_header(struct out *o, const char *name, size_t nlen, const char *val, size_t vlen)
+{
+    out_mem(o, name, nlen);
+    OUT_LIT(o, ": ");
+    out_mem(o, val, vlen);
+    OUT_LIT(o, "\r\n");
+}
+
+/* Reserves <max> bytes at the end of <buf> for an out writer; out_commit() adds what was written. */
+static struct evbuffer_iovec out_reserve(struct evbuffer *buf, size_t max, struct out *o)
+{
+    struct evbuffer_iovec v;
+    int n = evbuffer_reserve_space(buf, (ev_ssize_t)max, &v, 1);
+    pgw_assert(n == 1 && v.iov_len >= max);
+    o->p = v.iov_base;
+    o->end = (char *)v.iov_base + max;
+    return v;
+}
+
+static void out_commit(struct evbuffer *buf, struct evbuffer_iovec v, const struct out *o)
+{
+    v.iov_len = (size_t)(o->p - (char *)v.iov_base);
+    evbuffer_commit_space(buf, &v, 1);
+}
+
+/* ---- Request ids ---- */
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+static int id_char_ok(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_' || ch == '.';
+}
+
+static void req_set_id(struct pgw_req *req)
+{
+    const struct pgw_http_header *h =
+        pgw_http_find(req->h.headers, req->h.num_headers, "x-request-id", 12);
+    if (h != NULL && h->value_len > 0 && h->value_len < sizeof(req->id)) {
+        size_t i = 0;
+        while (i < h->value_len && id_char_ok((unsigned char)h->value[i]))
+            i++;
+        if (i == h->value_len) { /* a sane id from the client is kept end to end */
+            memcpy(req->id, h->value, i);
+            req->id[i] = '\0';
+            req->id_len = i;
+            req->id_from_client = 1;
+            return;
+        }
+    }
+    static const char hex[] = "0123456789abcdef";
+    uint64_t n = ++pgw_worker.id_counter;
+    uint64_t a = mix64(pgw_worker.id_seed ^ n), b = mix64(a ^ n);
+    for (int i = 0; i < 16; i++) {
+        req->id[i] = hex[(a >> (60 - 4 * i)) & 15];
+        req->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    req->id[32] = '\0';
+    req->id_len = 32;
+}
+
+/* ---- Starting a request ---- */
+
+static const char *rebase(const char *p, const char *from, size_t len, const char *to)
+{
+    return (p >= from && p < from + len) ? to + (p - from) : p;
+}
+
+static struct pgw_req *req_new(struct pgw_conn *c)
+{
+    struct pgw_req *req = pgw_pool_calloc(c->pool, sizeof(*req));
+    req->conn = c;
+    req->client = c->client;
+    memcpy(req->client_str, c->client_str, sizeof(req->client_str));
+    req->pool = c->pool;
+    req->gen = c->gen;
+    req->start_us = pgw_now_us();
+    req->termination = "ok";
+    req->keep_alive = 1;
+    c->req = req;
+    return req;
+}
+
+/* Copies the head into the pool so that its slices outlive the input buffer. */
+static void req_copy_head(struct pgw_req *req, const char *head, size_t len,
+                          const struct pgw_http_request *h)
+{
+    char *copy = pgw_pool_alloc(req->pool, len);
+    memcpy(copy, head, len);
+    req->h = *h;
+    req->h.method = rebase(h->method, head, len, copy);
+    req->h.target = rebase(h->target, head, len, copy);
+    req->h.path = rebase(h->path, head, len, copy);
+    req->h.query = h->query ? rebase(h->query, head, len, copy) : NULL;
+    req->h.authority = h->authority ? rebase(h->authority, head, len, copy) : NULL;
+    struct pgw_http_header *hs = pgw_pool_alloc(req->pool, sizeof(*hs) * (h->num_headers + 1));
+    for (size_t i = 0; i < h->num_headers; i++) {
+        hs[i].name = rebase(h->headers[i].name, head, len, copy);
+        hs[i].name_len = h->headers[i].name_len;
+        hs[i].value = rebase(h->headers[i].value, head, len, copy);
+        hs[i].value_len = h->headers[i].value_len;
+    }
+    req->h.headers = hs;
+}
+
+/* With real_ip.from: x-forwarded-for and a trusted peer, the client is the rightmost address of
+ * X-Forwarded-For that is not itself a trusted proxy (per request: one balancer connection
+ * carries requests from many clients). */
+static void req_set_client(struct pgw_req *req)
+{
+    const struct pgw_config_real_ip *rip = &req->gen->config->real_ip;
+    if (rip->from != PGW_REAL_IP_XFF || !req->conn->peer_trusted)
+        return;
+    const char *vals[16];
+    size_t lens[16], n = 0;
+    for (size_t i = 0; i < req->h.num_headers; i++) {
+        const struct pgw_http_header *f = &req->h.headers[i];
+        if (!PGW_IEQ_LIT(f->name, f->name_len, "x-forwarded-for"))
+            continue;
+        if (n == PGW_ARRAY_LEN(vals)) { /* keep the rightmost fields: they are the trusted ones */
+            memmove(vals, vals + 1, sizeof(vals[0]) * (n - 1));
+            memmove(lens, lens + 1, sizeof(lens[0]) * (n - 1));
+            n--;
+        }
+        vals[n] = f->value;
+        lens[n++] = f->value_len;
+    }
+    struct sockaddr_storage sa;
+    if (n == 0 || pgw_addr_from_xff(vals, lens, n, rip->trusted, rip->num_trusted, &sa) != PGW_OK)
+        return;
+    req->client = sa;
+    pgw_addr_format((const struct sockaddr *)&sa, req->client_str, sizeof(req->client_str));
+}
+
+static void req_pipeline(struct pgw_req *req, int phase);
+
+void pgw_req_start(struct pgw_conn *c, const char *head, size_t head_len,
+                   const struct pgw_http_request *h)
+{
+    struct pgw_req *req = req_new(c);
+    req_copy_head(req, head, head_len, h);
+    evbuffer_drain(c->io.in, head_len);
+    req->bytes_in = head_len;
+    req_set_id(req);
+    req_set_client(req);
+    req->body_left = h->body == PGW_HTTP_BODY_LENGTH ? h->content_length : 0;
+    req->body_done = h->body == PGW_HTTP_BODY_NONE;
+    pgw_http_chunked_init(&req->chunked);
+    pgw_io_read_timeout(&c->io, req->body_done ? 0 : c->gen->config->timeouts.body);
+    if (h->is_connect) {
+        pgw_req_respond_error(req, 405, "bad_request", 1);
+        return;
+    }
+    if (h->body == PGW_HTTP_BODY_LENGTH && h->content_length > c->gen->config->limits.body) {
+        /* Refused before reading a byte of it; no "100 Continue" was or will be sent. */
+        pgw_log_info("request %s: body of %" PRIu64 " bytes over the limit of %" PRIu64,
+                     req->id, h->content_length, c->gen->config->limits.body);
+        pgw_req_respond_error(req, 413, "body_too_large", 1);
+        return;
+    }
+    req_pipeline(req, PHASE_REWRITE);
+}
+
+void pgw_req_reject(struct pgw_conn *c, int status, const char *why)
+{
+    pgw_log_limited(&reject_log, 1000, PGW_LOG_INFO, "client %s: %d: %s", c->client_str, status,
+                    why ? why : "bad request");
+    c->state = PGW_CONN_ACTIVE;
+    struct pgw_req *req = req_new(c);
+    req->bytes_in = evbuffer_get_length(c->io.in);
+    req_set_id(req);
+    req->body_done = 1;
+    req->h.keep_alive = 0;
+    pgw_req_respond_error(req, status, status == 408 ? "client_timeout" : "bad_request", 1);
+}
+
+/* ---- The pipeline ---- */
+
+/* Runs <stage>; returns 1 to go on, 0 when the request was answered or waits. */
+static int run_stage(struct pgw_req *req, enum pgw_stage stage)
+{
+    int r = pgw_stage_run(req, stage);
+    if (r == PGW_OK)
+        return 1;
+    if (r == PGW_ERR && !req->finished)
+        pgw_req_respond_error(req, 500, "policy_error", 0);
+    return 0; /* PGW_DONE: answered; PGW_AGAIN: the stage resumes the pipeline later */
+}
+
+static int req_route(struct pgw_req *req)
+{
+    struct pgw_conn *c = req->conn;
+    const struct pgw_config *cfg = req->gen->config;
+    const char *err = NULL;
+    if (req->h.target_form == PGW_HTTP_TARGET_ASTERISK) {
+        req->path = pgw_pool_strndup(req->pool, "*", 1);
+        req->path_len = 1;
+        pgw_req_respond_error(req, 404, "no_route", 0);
+        return 0;
+    }
+    req->path = pgw_pool_alloc(req->pool, req->h.path_len + 1);
+    if (pgw_route_normalize_path(req->h.path, req->h.path_len, req->path, &req->path_len,
+                                 cfg->allow_encoded_slash, &err) != PGW_OK) {
+        req->path_len = 0;
+        pgw_log_info("request %s from %s: bad path: %s", req->id, req->client_str, err);
+        pgw_req_respond_error(req, 400, "bad_request", 1);
+        return 0;
+    }
+    req->path[req->path_len] = '\0';
+    int r = pgw_route_match(req->gen->tables[c->listener_index], req->h.authority,
+                            req->h.authority_len, req->h.method, req->h.method_len, req->path,
+                            req->path_len, &req->match);
+    if (r != PGW_OK) {
+        int status = req->match.method_mismatch ? 405 : 404;
+        pgw_req_respond_error(req, status, "no_route", 0);
+        return 0;
+    }
+    req->route = req->match.route;
+    return 1;
+}
+
+static void respond_status(struct pgw_req *req);
+
+static void req_pipeline(struct pgw_req *req, int phase)
+{
+    switch (phase) {
+    case PHASE_REWRITE:
+        if (!run_stage(req, PGW_STAGE_REWRITE))
+            return;
+        /* fall through */
+    case PHASE_ROUTE:
+        if (!req_route(req))
+            return;
+        /* fall through */
+    case PHASE_ACCESS:
+        if (!run_stage(req, PGW_STAGE_ACCESS))
+            return;
+        /* fall through */
+    case PHASE_HANDLER:
+        if (req->route->type == PGW_ROUTE_STATUS)
+            respond_status(req);
+        else
+            pgw_proxy_start(req);
+        return;
+    }
+}
+
+/* ---- Answers made by the gateway ---- */
+
+/* Queues a complete response with a small body and finishes the request. */
+static void respond(struct pgw_req *req, int status, const char *body, size_t body_len,
+                    int close)
+{
+    struct pgw_conn *c = req->conn;
+    int is_head = req->h.method && PGW_IEQ_LIT(req->h.method, req->h.method_len, "HEAD");
+    if (close || !req->body_done)
+        req->keep_alive = 0; /* an unread body cannot be skipped safely */
+    req->keep_alive &= req->h.keep_alive;
+    req->status = status;
+    struct out o;
+    struct evbuffer_iovec v = out_reserve(c->io.out, 256 + req->id_len + body_len, &o);
+    OUT_LIT(&o, "HTTP/1.1 ");
+    out_u64(&o, (uint64_t)status);
+    OUT_LIT(&o, " ");
+    const char *reason = pgw_http_reason(status);
+    out_mem(&o, reason, strlen(reason));
+    OUT_LIT(&o, "\r\nContent-Type: application/json\r\nContent-Length: ");
+    out_u64(&o, body_len);
+    OUT_LIT(&o, "\r\n");
+    if (req->id_len > 0)
+        out_header(&o, "X-Request-Id", 12, req->id, req->id_len);
+    if (!req->keep_alive)
+        OUT_LIT(&o, "Connection: close\r\n");
+    else if (req->h.minor_version == 0)
+        OUT_LIT(&o, "Connection: keep-alive\r\n");
+    OUT_LIT(&o, "\r\n");
+    if (!is_head)
+        out_mem(&o, body, body_len);
+    req->bytes_out += (size_t)(o.p - (char *)v.iov_base);
+    out_commit(c->io.out, v, &o);
+    req->resp_started = 1;
+    req->resp_done = 1;
+    req_finish(req);
+}
+
+void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close)
+{
+    if (req->resp_started) { /* too late for an answer: the client sees a cut response */
+        pgw_req_abort(req, termination);
+        return;
+    }
+    req->termination = termination;
+    char body[160];
+    int n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
+                     status, pgw_http_reason(status), req->id);
+    respond(req, status, body, (size_t)n, close);
+}
+
+static void respond_status(struct pgw_req *req)
+{
+    static const char body[] = "{\"status\":\"ok\"}\n";
+    respond(req, 200, body, sizeof(body) - 1, 0);
+}
+
+/* ---- Request body towards the upstream ---- */
+
+static void chunk_header(struct evbuffer *dst, size_t n)
+{
+    char line[24];
+    int len = snprintf(line, sizeof(line), "%zx\r\n", n);
+    evbuffer_add(dst, line, (size_t)len);
+}
+
+static int body_pump_length(struct pgw_req *req, struct evbuffer *dst, size_t max)
+{
+    struct evbuffer *in = req->conn->io.in;
+    size_t n = PGW_MIN(evbuffer_get_length(in), max);
+    if ((uint64_t)n > req->body_left)
+        n = (size_t)req->body_left;
+    if (n > 0) {
+        evbuffer_remove_buffer(in, dst, n);
+        req->body_left -= n;
+        req->bytes_in += n;
+        req->body_started = 1;
+    }
+    return req->body_left == 0 ? PGW_DONE : PGW_OK;
+}
+
+/* Decodes what the client buffer holds of a chunked body and re-encodes it into <dst>: the
+ * upstream sees clean framing (no extensions, no trailers, CRLF only). */
+static int body_pump_chunked(struct pgw_req *req, struct evbuffer *dst, size_t max)
+{
+    struct evbuffer *in = req->conn->io.in;
+    size_t len = PGW_MIN(evbuffer_get_length(in), max);
+    if (len == 0)
+        return PGW_OK;
+    const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+    size_t pos = 0;
+    int r = PGW_OK;
+    while (pos < len && r == PGW_OK) {
+        size_t used = 0, off = 0, dlen = 0;
+        r = pgw_http_chunked_decode(&req->chunked, p + pos, len - pos, &used, &off, &dlen);
+        if (r == PGW_ERR)
+            break;
+        if (dlen > 0) {
+            req->body_left += dlen; /* counts decoded bytes for the limit */
+            if (req->body_left > req->gen->config->limits.body) {
+                evbuffer_drain(in, pos);
+                pgw_log_info("request %s: chunked body over the limit of %" PRIu64, req->id,
+                             req->gen->config->limits.body);
+                pgw_req_respond_error(req, 413, "body_too_large", 1);
+                return PGW_ERR;
+            }
+            chunk_header(dst, dlen);
+            evbuffer_add(dst, p + pos + off, dlen);
+            evbuffer_add(dst, "\r\n", 2);
+        }
+        pos += used;
+        if (used == 0)
+            break;
+    }
+    evbuffer_drain(in, pos);
+    req->bytes_in += pos;
+    req->body_started |= pos > 0;
+    if (r == PGW_ERR) {
+        pgw_log_info("request %s from %s: bad chunked body: %s", req->id, req->client_str,
+                     req->chunked.err ? req->chunked.err : "?");
+        pgw_req_respond_error(req, 400, "bad_request", 1);
+        return PGW_ERR;
+    }
+    if (r == PGW_DONE) {
+        evbuffer_add(dst, "0\r\n\r\n", 5);
+        return PGW_DONE;
+    }
+    return PGW_OK;
+}
+
+int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max)
+{
+    struct pgw_conn *c = req->conn;
+    if (req->body_done)
+        return PGW_DONE;
+    if (req->h.expect_continue && !req->continue_sent && !req->resp_started &&
+        evbuffer_get_length(c->io.in) == 0) {
+        /* The client waits for our go-ahead; the upstream never sees Expect. */
+        evbuffer_add(c->io.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        req->continue_sent = 1;
+        if (pgw_io_flush(&c->io, c->gen->config->timeouts.send) == PGW_ERR) {
+            pgw_req_abort(req, "client_closed");
+            return PGW_ERR;
+        }
+    }
+    size_t before = evbuffer_get_length(c->io.in);
+    int r = req->h.body == PGW_HTTP_BODY_CHUNKED ? body_pump_chunked(req, dst, max)
+                                                  : body_pump_length(req, dst, max);
+    if (r == PGW_ERR)
+        return PGW_ERR;
+    if (r == PGW_DONE) {
+        req->body_done = 1;
+        pgw_io_read_timeout(&c->io, 0);
+    } else if (evbuffer_get_length(c->io.in) < before) {
+        pgw_io_read_timeout(&c->io, c->gen->config->timeouts.body); /* progress */
+    }
+    if (!c->client_eof && !c->io.reading && pgw_conn_read_budget(c) > 0)
+        pgw_io_want_read(&c->io, 1);
+    if (r != PGW_DONE && c->client_eof && evbuffer_get_length(c->io.in) == 0) {
+        pgw_log_info("request %s from %s: client closed before the end of the body", req->id,
+                     c->client_str);
+        pgw_req_respond_error(req, 400, "client_closed", 1);
+        return PGW_ERR;
+    }
+    return r;
+}
+
+void pgw_req_client_read(struct pgw_req *req, int on)
+{
+    struct pgw_conn *c = req->conn;
+    pgw_io_want_read(&c->io, on && !c->client_eof && pgw_conn_read_budget(c) > 0);
+}
+
+void pgw_req_on_client_data(struct pgw_req *req)
+{
+    if (!req->body_done && req->px != NULL)
+        pgw_proxy_on_client_data(req);
+    else if (!req->body_done && req->conn->client_eof && !req->resp_started)
+        pgw_req_respond_error(req, 400, "client_closed", 1);
+    /* else: pipelined bytes wait in the buffer; reading stops when it is full */
+}
+
+void pgw_req_on_client_drain(struct pgw_req *req)
+{
+    if (req->px != NULL)
+        pgw_proxy_on_client_drain(req);
+}
+
+void pgw_req_on_client_timeout(struct pgw_req *req, int expired)
+{
+    PGW_UNUSED(expired);
+    if (!req->body_done) {
+        pgw_log_info("request %s from %s: request body not received in time", req->id,
+                     req->client_str);
+        pgw_req_respond_error(req, 408, "client_timeout", 1);
+    }
+}
+
+/* ---- Response towards the client ---- */
+
+size_t pgw_req_output_pending(const struct pgw_req *req)
+{
+    return evbuffer_get_length(req->conn->io.out);
+}
+
+int pgw_req_flush(struct pgw_req *req)
+{
+    struct pgw_conn *c = req->conn;
+    int r = pgw_io_flush(&c->io, c->gen->config->timeouts.send);
+    if (r == PGW_ERR) {
+        pgw_req_abort(req, "client_closed");
+        return PGW_ERR;
+    }
+    return r;
+}
+
+static int skip_response_field(const struct pgw_http_response *resp,
+                               const struct pgw_http_header *f)
+{
+    if (pgw_http_is_hop_by_hop(f->name, f->name_len))
+        return 1;
+    if (PGW_IEQ_LIT(f->name, f->name_len, "x-request-id"))
+        return 1; /* ours replaces it, so one id follows the request everywhere */
+    return pgw_http_connection_lists(resp->headers, resp->num_headers, f->name, f->name_len);
+}
+
+void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
+                       enum pgw_http_body body)
+{
+    struct pgw_conn *c = req->conn;
+    int client11 = req->h.minor_version == 1;
+    int unframed = body == PGW_HTTP_BODY_CHUNKED || body == PGW_HTTP_BODY_EOF;
+    req->status = resp->status;
+    req->resp_chunked = client11 && unframed;
+    if ((!client11 && unframed) || !req->body_done || !req->h.keep_alive || c->client_eof)
+        req->keep_alive = 0;
+    run_stage(req, PGW_STAGE_HEADER_FILTER);
+    size_t max = 128 + req->id_len + resp->reason_len;
+    for (size_t i = 0; i < resp->num_headers; i++)
+        max += resp->headers[i].name_len + resp->headers[i].value_len + 4;
+    struct out o;
+    struct evbuffer_iovec v = out_reserve(c->io.out, max, &o);
+    OUT_LIT(&o, "HTTP/1.1 ");
+    out_u64(&o, (uint64_t)resp->status);
+    OUT_LIT(&o, " ");
+    if (resp->reason_len > 0) {
+        out_mem(&o, resp->reason, resp->reason_len);
+    } else {
+        const char *reason = pgw_http_reason(resp->status);
+        out_mem(&o, reason, strlen(reason));
+    }
+    OUT_LIT(&o, "\r\n");
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const struct pgw_http_header *f = &resp->headers[i];
+        if (!skip_response_field(resp, f))
+            out_header(&o, f->name, f->name_len, f->value, f->value_len);
+    }
+    if (req->resp_chunked)
+        OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+    out_header(&o, "X-Request-Id", 12, req->id, req->id_len);
+    if (!req->keep_alive)
+        OUT_LIT(&o, "Connection: close\r\n");
+    else if (!client11)
+        OUT_LIT(&o, "Connection: keep-alive\r\n");
+    OUT_LIT(&o, "\r\n");
+    req->bytes_out += (size_t)(o.p - (char *)v.iov_base);
+    out_commit(c->io.out, v, &o);
+    req->resp_started = 1;
+}
+
+void pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
+{
+    struct evbuffer *out = req->conn->io.out;
+    if (len == 0)
+        return;
+    if (req->resp_chunked) {
+        chunk_header(out, len);
+        evbuffer_remove_buffer(src, out, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_remove_buffer(src, out, len);
+    }
+    req->bytes_out += len;
+}
+
+void pgw_req_send_end(struct pgw_req *req)
+{
+    if (req->resp_chunked) {
+        evbuffer_add(req->conn->io.out, "0\r\n\r\n", 5);
+        req->bytes_out += 5;
+    }
+    req->resp_done = 1;
+    req_finish(req);
+}
+
+void pgw_req_abort(struct pgw_req *req, const char *termination)
+{
+    if (req->finished)
+        return;
+    req->termination = termination ? termination : "aborted";
+    req->keep_alive = 0;
+    if (!req->resp_started)
+        req->status = 0; /* nothing was answered; the log says why */
+    req_finish(req);
+}
+
+/* ---- End of a request ---- */
+
+static void access_log_write(struct pgw_req *req)
+{
+    if (!pgw_access_log_enabled())
+        return;
+    struct pgw_conn *c = req->conn;
+    const char *path = req->path_len ? req->path : req->h.path;
+    size_t plen = PGW_MIN(req->path_len ? req->path_len : req->h.path_len, 2048);
+    size_t mlen = PGW_MIN(req->h.method_len, 64);
+    char *line = pgw_access_log_reserve(16384);
+    char *p = line;
+    char ts[32];
+    pgw_log_time(ts);
+    uint64_t now = pgw_now_us();
+    const char *route = req->route ? req->route->name : "";
+    p += sprintf(p, "{\"time\":\"%s\",\"request_id\":\"%s\",\"listener\":\"%s\",\"route\":\"%s\","
+                    "\"client\":\"%s\",\"method\":\"",
+                 ts, req->id, c->gen->config->listeners[c->listener_index].name, route,
+                 req->client_str);
+    p += pgw_json_escape(p, req->h.method ? req->h.method : "", req->h.method ? mlen : 0);
+    p += sprintf(p, "\",\"path\":\"");
+    p += pgw_json_escape(p, path ? path : "", path ? plen : 0);
+    p += sprintf(p, "\",\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+                    ",\"upstream\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f,"
+                    "\"total_ms\":%.3f,\"retries\":%u,\"termination\":\"%s\"}\n",
+                 req->status, req->bytes_in, req->bytes_out, req->upstream_addr,
+                 req->upstream_status, (double)req->upstream_us / 1000.0,
+                 (double)(now - req->start_us) / 1000.0, req->retries, req->termination);
+    pgw_access_log_commit((size_t)(p - line));
+}
+
+static void req_finish(struct pgw_req *req)
+{
+    struct pgw_conn *c = req->conn;
+    pgw_assert(!req->finished);
+    req->finished = 1;
+    run_stage(req, PGW_STAGE_LOG);
+    access_log_write(req);
+    int keep = req->keep_alive && req->body_done && req->resp_done && !c->client_eof &&
+               !pgw_worker.stopping;
+    /* Unread input (a body we did not read, pipelined bytes behind an error) must be read and
+     * dropped before the close, or the kernel's RST could destroy the answer in flight. */
+    int linger = !keep && (!req->body_done || evbuffer_get_length(c->io.in) > 0 ||
+                           req->status >= 400);
+    c->req = NULL;
+    pgw_pool_clear(c->pool); /* req is gone from here on; the upstream lease was released */
+    if (!keep) {
+        pgw_conn_end(c, linger);
+        return;
+    }
+    c->state = PGW_CONN_IDLE;
+    pgw_io_read_timeout(&c->io, c->gen->config->timeouts.keepalive);
+    if (!c->io.reading)
+        pgw_io_want_read(&c->io, 1);
+    if (pgw_io_flush(&c->io, c->gen->config->timeouts.send) == PGW_ERR) {
+        pgw_conn_close(c, NULL);
+        return;
+    }
+    if (evbuffer_get_length(c->io.in) > 0)
+        pgw_conn_process(c);
+}

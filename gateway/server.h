@@ -1,0 +1,218 @@
+/* server.h: the worker's event loop, its listeners, client connections and requests.
+ *
+ * Ownership: the worker owns the listeners and the current generation; a connection holds a
+ * reference to the generation it was accepted under and keeps it until it closes, so a later
+ * reload never changes the routes or limits of a request in flight. A connection owns its pgw_io
+ * (socket, events, buffers), its request pool and at most one request at a time (pipelined
+ * requests wait in the input buffer and are answered in order). A request's memory, its parsed
+ * head and everything registered with pgw_pool_defer() (the upstream lease included) die with the
+ * request.
+ *
+ * The request pipeline (server.c): head parsed -> rewrite -> path normalised, route matched ->
+ * access -> handler (status answer, or proxy.c: balance, upstream exchange) -> log -> next request.
+ */
+#ifndef PGW_SERVER_H
+#define PGW_SERVER_H
+
+#include "pgw.h"
+#include "addr.h"
+#include "config.h"
+#include "http.h"
+#include "io.h"
+#include "pool.h"
+#include "route.h"
+#include "stage.h"
+
+#include <event2/event.h>
+
+struct pgw_upstream;
+
+/* "host:port" of an upstream target: a 253-byte name, brackets, ":65535" and the NUL. */
+#define PGW_UPSTREAM_LABEL_MAX 264
+struct pgw_proxy;
+
+/* A generation: a validated configuration with what the worker built from it. Refcounted:
+ * the worker holds one reference, every connection one. */
+struct pgw_gen {
+    int refs;
+    uint64_t number;
+    struct pgw_config *config;
+    struct pgw_route_table **tables;   /* one per config listener */
+    struct pgw_upstream **upstreams;   /* runtime state, one per config upstream */
+    struct pgw_http_limits req_limits; /* derived from config->limits */
+};
+
+struct pgw_listener {
+    int index;     /* into gen->config->listeners */
+    evutil_socket_t fd;
+    struct event *ev;
+    const char *name; /* owned by the generation's config */
+};
+
+struct pgw_worker {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct pgw_gen *gen;
+    struct pgw_listener *listeners;
+    size_t num_listeners;
+    size_t num_conns;
+    struct pgw_conn *conns; /* every open connection */
+    uint64_t next_conn_id;
+    struct event *flush_timer;  /* access log */
+    struct event *accept_timer; /* resumes accepting after EMFILE */
+    int accept_paused;
+    uint64_t id_seed;    /* request ids: seed ^ counter, mixed */
+    uint64_t id_counter;
+    int stopping;
+};
+
+extern struct pgw_worker pgw_worker;
+
+enum pgw_conn_state {
+    PGW_CONN_PROXY_PROTOCOL = 0, /* waiting for the PROXY header */
+    PGW_CONN_IDLE,               /* keep-alive, between requests */
+    PGW_CONN_HEAD,               /* a request head is arriving */
+    PGW_CONN_ACTIVE,             /* a request is being handled */
+    PGW_CONN_CLOSING             /* flushing a last response, then close */
+};
+
+struct pgw_conn {
+    struct pgw_io io;
+    uint64_t id;
+    struct pgw_gen *gen; /* referenced */
+    int listener_index;
+    enum pgw_conn_state state;
+    struct sockaddr_storage peer;
+    struct sockaddr_storage client; /* the real client: peer, or from real_ip */
+    char client_str[PGW_ADDR_STRLEN];
+    struct pgw_pool *pool; /* the current request's; reused across keep-alive requests */
+    struct pgw_req *req;   /* in flight, or NULL */
+    unsigned requests;
+    unsigned in_handler;       /* callback nesting: defer the free */
+    unsigned peer_trusted : 1; /* peer is in real_ip.trusted */
+    unsigned client_eof : 1;   /* the client half-closed */
+    unsigned dead : 1;         /* pgw_conn_close() ran: no more I/O */
+    unsigned close_asap : 1;   /* free when the stack unwinds */
+    unsigned processing : 1;   /* inside pgw_conn_process() */
+    unsigned linger : 1;       /* CLOSING: read and drop input after the last response */
+    struct pgw_conn *prev, *next; /* the worker's list of connections */
+};
+
+/* One request. Lives in its connection's pool. */
+struct pgw_req {
+    struct pgw_conn *conn;
+    struct pgw_pool *pool;
+    struct pgw_gen *gen; /* == conn->gen: the generation this request runs on */
+    struct pgw_http_request h;
+    char *path; /* normalised path, NUL-terminated, in the pool */
+    size_t path_len;
+    struct pgw_route_match match;
+    const struct pgw_config_route *route;
+    struct sockaddr_storage client; /* the real client: the connection's, or from X-Forwarded-For */
+    char client_str[PGW_ADDR_STRLEN];
+    char id[33];
+    size_t id_len;
+    unsigned id_from_client : 1;
+    /* client body */
+    uint64_t body_left;               /* Content-Length bytes still to read */
+    struct pgw_http_chunked chunked;  /* chunked request body decoder */
+    unsigned body_done : 1;           /* the whole request body was read */
+    unsigned body_started : 1;        /* some body bytes left the client buffer */
+    unsigned continue_sent : 1;       /* "100 Continue" written */
+    /* response */
+    unsigned resp_started : 1;        /* a response head was queued to the client */
+    unsigned resp_done : 1;           /* the whole response was queued */
+    unsigned resp_chunked : 1;        /* we chunk-encode the body towards the client */
+    unsigned keep_alive : 1;          /* the client connection persists after this response */
+    unsigned finished : 1;
+    int status;
+    int upstream_status;
+    uint64_t start_us;
+    uint64_t upstream_us; /* time to the upstream's response head, 0 if none */
+    uint64_t bytes_in, bytes_out;
+    unsigned retries;
+    const char *termination; /* "ok" or why it ended otherwise */
+    char upstream_addr[PGW_UPSTREAM_LABEL_MAX];
+    struct pgw_proxy *px; /* upstream exchange, proxy.c */
+};
+
+/* ---- used by proxy.c ---- */
+
+/* Answers <req> with a gateway-generated error <status> and a small JSON body. <termination>
+ * goes to the access log. Closes the connection after the answer when <close> is set (parse
+ * errors, timeouts, requests whose body was not read). The request finishes. */
+void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close);
+
+/* Queues the response head for <resp> (from the upstream) to the client, after removing
+ * hop-by-hop fields and adding the gateway's. <body> is the framing the body will use. */
+void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
+                       enum pgw_http_body body);
+/* Moves <len> bytes of response body from <src> to the client (chunk-encoding if needed). */
+void pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len);
+/* The response ended normally. */
+void pgw_req_send_end(struct pgw_req *req);
+/* Writes what is queued. Returns PGW_OK when the output is empty, PGW_AGAIN when the client
+ * is slow (pgw_proxy_on_client_drain() runs when it has drained), PGW_ERR when the client is gone
+ * (the request was aborted: do not touch req). */
+int pgw_req_flush(struct pgw_req *req);
+/* Bytes waiting for the client. */
+size_t pgw_req_output_pending(const struct pgw_req *req);
+
+/* Moves request body bytes available in the client buffer to <dst> (Content-Length bytes as
+ * they are, chunked bodies re-encoded), at most <max> input bytes. Returns PGW_OK (moved what
+ * was there), PGW_DONE (the body is complete), PGW_ERR (bad chunked framing: the request was
+ * answered 400 and finished). */
+int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max);
+
+/* Aborts <req> without an answer (the response already started, or the client is gone):
+ * the connection closes after what is queued was written. */
+void pgw_req_abort(struct pgw_req *req, const char *termination);
+
+/* Starts or stops reading the client for <req> (backpressure of the request body). */
+void pgw_req_client_read(struct pgw_req *req, int on);
+
+/* ---- between server.c and request.c ---- */
+
+/* Guards a connection across a callback: a close requested inside is carried out by the
+ * matching leave, once the stack has unwound. */
+void pgw_conn_enter(struct pgw_conn *c);
+void pgw_conn_leave(struct pgw_conn *c);
+/* Closes <c> now, or when the outermost handler leaves. Aborts its request if any. */
+void pgw_conn_close(struct pgw_conn *c, const char *termination);
+/* Ends the connection after its last response: flushes, then closes, after a lingering read of
+ * what the client still sends (up to PGW_LINGER_MS) when <linger> is set. */
+void pgw_conn_end(struct pgw_conn *c, int linger);
+/* Parses and runs what the client sent while the connection is between requests. */
+void pgw_conn_process(struct pgw_conn *c);
+/* The client read limit for the current state (0: stop reading). */
+size_t pgw_conn_read_budget(const struct pgw_conn *c);
+
+/* request.c: starts the request whose head is the first <head_len> bytes of c->io.in, parsed
+ * into <h> (its slices point into <head>, the pulled-up input). */
+void pgw_req_start(struct pgw_conn *c, const char *head, size_t head_len,
+                   const struct pgw_http_request *h);
+/* request.c: the client sent more bytes (or EOF) while <req> runs. */
+void pgw_req_on_client_data(struct pgw_req *req);
+/* request.c: the client's output drained below the low-water mark. */
+void pgw_req_on_client_drain(struct pgw_req *req);
+/* request.c: a client deadline expired while <req> runs. */
+void pgw_req_on_client_timeout(struct pgw_req *req, int expired);
+/* request.c: answers a request that could not be parsed (status from the parser). */
+void pgw_req_reject(struct pgw_conn *c, int status, const char *why);
+
+#define PGW_CLIENT_BUFFER_MAX (64 * 1024) /* client input kept while a request runs */
+#define PGW_OUTPUT_HIGH (256 * 1024)      /* pause the upstream above this much unsent output */
+#define PGW_OUTPUT_LOW (64 * 1024)        /* resume below */
+#define PGW_LINGER_MS 2000
+
+/* ---- the worker ---- */
+
+/* Builds a generation from <config> (takes a reference). Returns NULL with *err on failure. */
+struct pgw_gen *pgw_gen_new(struct pgw_config *config, uint64_t number, const char **err);
+void pgw_gen_unref(struct pgw_gen *g);
+
+/* Creates the event loop and DNS, opens the listeners of <config>, and runs until SIGTERM/SIGINT.
+ * Returns the exit status. */
+int pgw_server_run(struct pgw_config *config);
+
+#endif
