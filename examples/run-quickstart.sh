@@ -12,10 +12,11 @@ cat <<'TXT'
 passerelle is starting on 127.0.0.1:8080 (public) and 127.0.0.1:9080 (internal). Try:
 
   curl -i http://127.0.0.1:8080/api/users/42          # proxied to the demo upstream
+  curl -i http://127.0.0.1:8080/api/v1/orders?x=1     # the upstream sees /orders?x=1
   curl -i http://127.0.0.1:8080//api/./x/../users/7   # same route: the path is normalised
   curl -i -X POST http://127.0.0.1:8080/api/users/42  # 405: the route allows GET only
   curl -i http://127.0.0.1:8080/nope                  # 404: no route
-  curl -i http://127.0.0.1:8080/api/%2e%2e%2fetc      # 400: encoded slash
+  curl -i http://127.0.0.1:8080/api/v1/a%2Fb          # 400: encoded slash
   curl -i http://127.0.0.1:9080/healthz               # liveness, internal listener only
   tail -f logs/access.log                             # one JSON line per request
 

@@ -42,6 +42,7 @@ struct pgw_gen *pgw_gen_new(struct pgw_config *config, uint64_t number, const ch
     g->req_limits.request_line = config->limits.request_line;
     g->req_limits.header_section = config->limits.header_section;
     g->req_limits.header_fields = config->limits.header_fields;
+    g->req_limits.drop_underscores = config->underscores_in_headers;
     return g;
 }
 
