@@ -886,6 +886,7 @@ static const char *check_match_host(char *h, size_t len)
 
 /* ---- Sections ---- */
 
+/* In load order: load_root() pairs loaders with these by position. */
 static const char *const top_keys[] = {"listeners", "upstreams", "routes",    "real_ip", "limits",
                                        "timeouts",  "access_log", "error_log", "http",    NULL};
 

@@ -77,8 +77,11 @@ static int make_parent_dirs(const char *path)
 
 static int open_log(const char *path, int std_fd)
 {
-    if (path == NULL || strcmp(path, "-") == 0 || strcmp(path, "stderr") == 0)
-        return std_fd == 1 ? 1 : 2;
+    /* "-" is the log's natural stream: stdout for the access log, stderr for the error log. */
+    if (path == NULL || strcmp(path, "-") == 0)
+        return std_fd;
+    if (strcmp(path, "stderr") == 0)
+        return 2;
     if (strcmp(path, "stdout") == 0)
         return 1;
     if (make_parent_dirs(path) != PGW_OK) {

@@ -498,34 +498,54 @@ static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
 
 static void on_stop_check(evutil_socket_t fd, short what, void *arg);
 
+/* Closes the connections that hold no request: idle keep-alive ones and those that never sent a
+ * byte. Closing them loses nothing; a request in flight ends with Connection: close instead. */
+static void close_idle_conns(void)
+{
+    struct pgw_conn *c = pgw_worker.conns;
+    while (c != NULL) {
+        struct pgw_conn *next = c->next;
+        int idle = c->state == PGW_CONN_IDLE || c->state == PGW_CONN_PROXY_PROTOCOL;
+        if (idle && evbuffer_get_length(c->io.in) == 0 && c->in_handler == 0)
+            pgw_conn_close(c, NULL);
+        c = next;
+    }
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     PGW_UNUSED(what);
     PGW_UNUSED(arg);
     if (pgw_worker.stopping)
         return;
-    pgw_log_notice("signal %d: stopping (in-flight requests get up to 5 s)", (int)sig);
+    pgw_log_notice("signal %d: stopping (in-flight requests get up to %d ms)", (int)sig,
+                   PGW_STOP_GRACE_MS);
     pgw_worker.stopping = 1;
     for (size_t i = 0; i < pgw_worker.num_listeners; i++)
         event_del(pgw_worker.listeners[i].ev);
+    close_idle_conns();
     struct event *ev = evtimer_new(pgw_worker.base, on_stop_check, event_self_cbarg());
-    struct timeval tv = {0, 50 * 1000};
+    struct timeval tv = {0, 0};
     evtimer_add(ev, &tv);
 }
 
 static void on_stop_check(evutil_socket_t fd, short what, void *arg)
 {
-    static int rounds;
+    static uint64_t deadline;
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
-    /* Drain: exit when every connection is idle or gone, or after 5 s. Idle keep-alive
-     * connections hold no request; closing them loses nothing. */
-    if (pgw_worker.num_conns == 0 || ++rounds > 100) {
+    if (deadline == 0)
+        deadline = pgw_now_ms() + PGW_STOP_GRACE_MS;
+    /* Drain: requests that end meanwhile close their connection (stopping forbids keep-alive). */
+    close_idle_conns();
+    if (pgw_worker.num_conns == 0 || pgw_now_ms() >= deadline) {
+        if (pgw_worker.num_conns > 0)
+            pgw_log_warn("stopping with %zu connection(s) still open", pgw_worker.num_conns);
         event_free(arg);
         event_base_loopbreak(pgw_worker.base);
         return;
     }
-    struct timeval tv = {0, 50 * 1000};
+    struct timeval tv = {0, 20 * 1000};
     evtimer_add(arg, &tv);
 }
 

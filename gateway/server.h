@@ -204,6 +204,7 @@ void pgw_req_reject(struct pgw_conn *c, int status, const char *why);
 #define PGW_OUTPUT_HIGH (256 * 1024)      /* pause the upstream above this much unsent output */
 #define PGW_OUTPUT_LOW (64 * 1024)        /* resume below */
 #define PGW_LINGER_MS 2000
+#define PGW_STOP_GRACE_MS 4000 /* SIGTERM: how long in-flight requests may take */
 
 /* ---- the worker ---- */
 

@@ -462,7 +462,8 @@ static void test_syntax_errors(void)
 
 static void test_duplicate_keys(void)
 {
-    EXPECT_ERROR(BASE "limits: {}\n\nlimits: {}\n", 5, "duplicate key \"limits\" (first at line 3)");
+    EXPECT_ERROR(BASE "limits: {}\n\nlimits: {}\n", 5,
+                 "duplicate key \"limits\" (first at line 3)");
     EXPECT_ERROR(BASE "listeners: []\n", 3, "duplicate key \"listeners\" (first at line 1)");
     EXPECT_ERROR(BASE "limits: { body: 1k, body: 2k }\n", 3, "duplicate key \"body\"");
     EXPECT_ERROR(BASE "upstreams:\n  a: { targets: [\"h:1\"] }\n  b: { targets: [\"h:2\"] }\n"
@@ -554,7 +555,8 @@ static void test_wrong_types(void)
     EXPECT_ERROR(BASE "limits:\n", 3, "limits: expected a map, got nothing (null)");
     EXPECT_ERROR(BASE "limits: { header_fields: abc }\n", 3,
                  "limits.header_fields: expected a non-negative integer, got \"abc\"");
-    EXPECT_ERROR(BASE "limits: { header_fields: \"50\" }\n", 3, "(quoted: write it without quotes)");
+    EXPECT_ERROR(BASE "limits: { header_fields: \"50\" }\n", 3,
+                 "(quoted: write it without quotes)");
     EXPECT_ERROR(BASE "limits: { header_fields: 1.5 }\n", 3, "expected a non-negative integer");
     EXPECT_ERROR(BASE "limits: { header_fields: -5 }\n", 3, "expected a non-negative integer");
     EXPECT_ERROR(BASE "limits: { header_fields: 99999999999999999999 }\n", 3,
@@ -605,7 +607,8 @@ static void test_listeners(void)
     EXPECT_ERROR("listeners:\n  - { name: \"a b\", address: \":80\" }\n", 2,
                  "listeners[0].name: invalid name \"a b\"");
     EXPECT_ERROR("listeners:\n  - { name: \"\", address: \":80\" }\n", 2, "must not be empty");
-    EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\" }\n  - { name: a, address: \":81\" }\n",
+    EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\" }\n"
+                 "  - { name: a, address: \":81\" }\n",
                  3, "listeners[1].name: listener \"a\" is already defined at line 2");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \"127.0.0.1:80\" }\n"
                  "  - name: b\n    address: \"127.0.0.1:80\"\n",
@@ -877,7 +880,8 @@ static void test_logs(void)
                  "access_log.format: expected one of json, got \"text\"");
     EXPECT_ERROR(BASE "access_log: { path: \"\" }\n", 3, "access_log.path: must not be empty");
     EXPECT_ERROR(BASE "error_log: { level: warning }\n", 3,
-                 "error_log.level: expected one of debug, info, notice, warn, error, got \"warning\"");
+                 "error_log.level: expected one of debug, info, notice, warn, error, got "
+                 "\"warning\"");
     EXPECT_ERROR(BASE "error_log: { path: [a] }\n", 3, "error_log.path: expected a string");
 }
 
