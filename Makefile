@@ -51,11 +51,12 @@ TEST_LIBS   := $(LDLIBS)
 UNIT_TESTS  := $(patsubst spec/unit/%_test.c,build/test/%_test,$(wildcard spec/unit/*_test.c))
 
 # Extra sources each unit test links besides the module it #includes (default: util.c).
-TEST_DEPS_http   := gateway/util.c
-TEST_DEPS_addr   := gateway/util.c
-TEST_DEPS_route  := gateway/util.c
-TEST_DEPS_config := gateway/util.c gateway/addr.c gateway/route.c
-TEST_DEPS_pool   := gateway/util.c
+TEST_DEPS_http     := gateway/util.c
+TEST_DEPS_addr     := gateway/util.c
+TEST_DEPS_route    := gateway/util.c
+TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c
+TEST_DEPS_yamltree := gateway/util.c
+TEST_DEPS_pool     := gateway/util.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

@@ -1,421 +1,28 @@
 /* config.c: loads the YAML configuration into an immutable, refcounted snapshot.
  *
- * Two passes. libyaml's event API first builds a small tree of scalars, lists and maps; anchors,
- * aliases and tags are refused there, so the tree is never larger than the text (no "billion
- * laughs"), and duplicate keys are found once for every map. The schema walk then checks every key
- * and value against config.h and fills the snapshot. Errors are collected, not returned early,
- * then sorted by line and written out together: any error means no snapshot.
+ * Two passes. yamltree.c first builds a small tree of scalars, lists and maps; anchors, aliases and
+ * tags are refused there, so the tree is never larger than the text (no "billion laughs"), and
+ * duplicate keys are found once for every map. The schema walk here then checks every key and
+ * value against config.h and fills the snapshot. Errors are collected, not returned early, then
+ * sorted by line and written out together: any error means no snapshot.
  */
 #include "config.h"
 #include "addr.h"
 #include "route.h"
+#include "yamltree.h"
 
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <yaml.h>
 
 #define MAX_FILE_SIZE (16u << 20) /* bytes; a larger file is a mistake, not a config */
-#define MAX_NODES 1000000u        /* bounds the tree built from a pathological file */
-#define MAX_DEPTH 64              /* the schema needs 5 levels; flow nesting needs no stack */
-#define MAX_ERRORS 1000u          /* kept; the rest are counted */
 #define MAX_NAME 64               /* listener, upstream and route names */
-#define ERR_MSG_MAX 512
-#define QUOTE_MAX 72 /* quote(): 48 shown bytes, escapes, quotes, "..." */
 
 #define KIB 1024ull
 #define SEC 1000ull
 #define MAX_DURATION (7 * 24 * 3600 * SEC)
-
-/* ---- Errors ---- */
-
-struct err {
-    unsigned line;
-    size_t seq; /* keeps the order of discovery among errors on one line */
-    char *msg;
-};
-
-struct errs {
-    const char *file;
-    struct err *v;
-    size_t n, cap;
-    size_t dropped;
-};
-
-static void PGW_PRINTF(3, 4) err_at(struct errs *e, unsigned line, const char *fmt, ...)
-{
-    char msg[ERR_MSG_MAX];
-    va_list ap;
-
-    if (e->n == MAX_ERRORS) {
-        e->dropped++;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (e->n == e->cap) {
-        e->cap = e->cap ? 2 * e->cap : 16;
-        e->v = pgw_realloc(e->v, e->cap * sizeof(*e->v));
-    }
-    e->v[e->n] = (struct err){line, e->n, pgw_strndup(msg, strlen(msg))};
-    e->n++;
-}
-
-static int err_cmp(const void *a, const void *b)
-{
-    const struct err *x = a, *y = b;
-    if (x->line != y->line)
-        return x->line < y->line ? -1 : 1;
-    return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
-/* Writes whole "FILE:LINE: message\n" lines while they fit, then a count of the rest. A buffer too
- * small for even one line gets its truncated start: the caller always has something to print. */
-static void errs_write(struct errs *e, char *buf, size_t len)
-{
-    size_t used = 0, shown = 0;
-
-    if (buf == NULL || len == 0)
-        return;
-    buf[0] = '\0';
-    qsort(e->v, e->n, sizeof(*e->v), err_cmp);
-    for (; shown < e->n; shown++) {
-        const struct err *x = &e->v[shown];
-        int n = snprintf(buf + used, len - used, "%s:%u: %s\n", e->file, x->line, x->msg);
-        if (n < 0 || (size_t)n >= len - used) {
-            if (shown > 0)
-                buf[used] = '\0'; /* keep whole lines only */
-            else
-                used = len - 1;
-            break;
-        }
-        used += (size_t)n;
-    }
-    size_t rest = e->n - shown + e->dropped;
-    if (rest > 0 && used < len - 1) {
-        int n = snprintf(buf + used, len - used, "%s: %zu more error(s) not shown\n", e->file,
-                         rest);
-        if (n < 0 || (size_t)n >= len - used)
-            buf[used] = '\0';
-    }
-}
-
-static void errs_clear(struct errs *e)
-{
-    for (size_t i = 0; i < e->n; i++)
-        free(e->v[i].msg);
-    free(e->v);
-}
-
-/* Quotes <s,len> for a message: at most 48 bytes shown, control and non-ASCII bytes as \xHH, so
- * that every error stays on one line whatever the file holds. <buf> has QUOTE_MAX bytes. */
-static const char *quote(char *buf, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0, shown = PGW_MIN(len, 48);
-
-    buf[o++] = '"';
-    for (size_t i = 0; i < shown && o < QUOTE_MAX - 9; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-            buf[o++] = '\\';
-            buf[o++] = 'x';
-            buf[o++] = hex[c >> 4];
-            buf[o++] = hex[c & 15];
-        } else {
-            buf[o++] = (char)c;
-        }
-    }
-    buf[o++] = '"';
-    if (shown < len) {
-        memcpy(buf + o, "...", 3);
-        o += 3;
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
-/* ---- The YAML tree ---- */
-
-enum node_kind { NODE_SCALAR, NODE_SEQ, NODE_MAP };
-
-struct node {
-    enum node_kind kind;
-    int is_plain; /* an unquoted scalar: may be null, a boolean or a number */
-    int is_bad;   /* already reported (an alias, a NUL byte): readers stay quiet about it */
-    unsigned line;
-    char *str; /* scalar: NUL-terminated, no NUL inside (refused) */
-    size_t len;
-    struct node **kids; /* list: items; map: key, value, key, value... */
-    size_t n, cap;
-};
-
-struct builder {
-    struct errs *e;
-    const char *input;
-    size_t input_len;
-    struct node *stack[MAX_DEPTH];
-    size_t depth;
-    struct node *root;
-    size_t num_nodes;
-    int docs;
-};
-
-static void node_free(struct node *n)
-{
-    if (n == NULL)
-        return;
-    for (size_t i = 0; i < n->n; i++)
-        node_free(n->kids[i]); /* depth bounded by MAX_DEPTH */
-    free(n->kids);
-    free(n->str);
-    free(n);
-}
-
-static unsigned mark_line(const yaml_mark_t *m) { return (unsigned)m->line + 1; }
-
-static unsigned line_at_offset(const char *s, size_t len, size_t off)
-{
-    unsigned line = 1;
-    for (size_t i = 0; i < off && i < len; i++)
-        line += s[i] == '\n';
-    return line;
-}
-
-static int node_is(const struct node *n, const char *s)
-{
-    size_t len = strlen(s);
-    return n->kind == NODE_SCALAR && n->len == len && memcmp(n->str, s, len) == 0;
-}
-
-/* YAML 1.2 core schema: an empty plain scalar, "~" and "null" in three spellings. */
-static int is_null(const struct node *n)
-{
-    return n->kind == NODE_SCALAR && n->is_plain &&
-           (n->len == 0 || node_is(n, "~") || node_is(n, "null") || node_is(n, "Null") ||
-            node_is(n, "NULL"));
-}
-
-static const char *describe(const struct node *n)
-{
-    if (n->kind == NODE_MAP)
-        return "a map";
-    if (n->kind == NODE_SEQ)
-        return "a list";
-    return is_null(n) ? "nothing (null)" : "a string";
-}
-
-/* Adds <n> (owned from here on) under the open collection. */
-static int attach(struct builder *b, struct node *n)
-{
-    if (b->depth == 0) {
-        pgw_assert(b->root == NULL); /* one document only */
-        b->root = n;
-    } else {
-        struct node *p = b->stack[b->depth - 1];
-        if (p->n == p->cap) {
-            p->cap = p->cap ? 2 * p->cap : 4;
-            p->kids = pgw_realloc(p->kids, p->cap * sizeof(*p->kids));
-        }
-        p->kids[p->n++] = n;
-    }
-    if (++b->num_nodes > MAX_NODES) {
-        err_at(b->e, n->line, "more than %u YAML nodes: refusing to read further", MAX_NODES);
-        return PGW_ERR;
-    }
-    return PGW_OK;
-}
-
-/* Aliases are what makes a small YAML file expand into a huge tree; the config has no use for
- * them, nor for anchors or tags, so all three are refused where they appear. */
-static void check_props(struct builder *b, unsigned line, const yaml_char_t *anchor,
-                        const yaml_char_t *tag)
-{
-    char q[QUOTE_MAX];
-    if (anchor != NULL)
-        err_at(b->e, line, "anchor %s: anchors and aliases are not supported, write the value out",
-               quote(q, (const char *)anchor, strlen((const char *)anchor)));
-    if (tag != NULL)
-        err_at(b->e, line, "tags (%s) are not supported",
-               quote(q, (const char *)tag, strlen((const char *)tag)));
-}
-
-static struct node *node_new(enum node_kind kind, unsigned line)
-{
-    struct node *n = pgw_calloc(1, sizeof(*n));
-    n->kind = kind;
-    n->line = line;
-    return n;
-}
-
-static int add_scalar(struct builder *b, const yaml_event_t *ev)
-{
-    struct node *n = node_new(NODE_SCALAR, mark_line(&ev->start_mark));
-    n->str = pgw_strndup((const char *)ev->data.scalar.value, ev->data.scalar.length);
-    n->len = ev->data.scalar.length;
-    n->is_plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-    check_props(b, n->line, ev->data.scalar.anchor, ev->data.scalar.tag);
-    if (memchr(n->str, '\0', n->len) != NULL) {
-        err_at(b->e, n->line, "a string contains a NUL byte");
-        n->is_bad = 1;
-    }
-    return attach(b, n);
-}
-
-static int add_alias(struct builder *b, const yaml_event_t *ev)
-{
-    char q[QUOTE_MAX];
-    const char *a = (const char *)ev->data.alias.anchor;
-    struct node *n = node_new(NODE_SCALAR, mark_line(&ev->start_mark));
-    n->str = pgw_strndup("", 0);
-    n->is_bad = 1;
-    err_at(b->e, n->line, "alias %s: anchors and aliases are not supported, write the value out",
-           quote(q, a, strlen(a)));
-    return attach(b, n);
-}
-
-static int open_collection(struct builder *b, enum node_kind kind, const yaml_event_t *ev,
-                           const yaml_char_t *anchor, const yaml_char_t *tag)
-{
-    struct node *n = node_new(kind, mark_line(&ev->start_mark));
-    check_props(b, n->line, anchor, tag);
-    if (attach(b, n) != PGW_OK)
-        return PGW_ERR;
-    if (b->depth == MAX_DEPTH) {
-        err_at(b->e, n->line, "lists and maps nested deeper than %d levels", MAX_DEPTH);
-        return PGW_ERR;
-    }
-    b->stack[b->depth++] = n;
-    return PGW_OK;
-}
-
-struct key_ref {
-    const struct node *key;
-    size_t pos;
-};
-
-static int key_ref_cmp(const void *a, const void *b)
-{
-    const struct key_ref *x = a, *y = b;
-    if (x->key->len != y->key->len)
-        return x->key->len < y->key->len ? -1 : 1;
-    int c = memcmp(x->key->str, y->key->str, x->key->len);
-    if (c != 0)
-        return c;
-    return x->pos < y->pos ? -1 : 1;
-}
-
-/* Duplicate keys: sorting keeps a map of many keys (upstreams) from costing n^2. */
-static void check_map_keys(struct builder *b, const struct node *map)
-{
-    char q[QUOTE_MAX];
-    size_t nk = map->n / 2, m = 0;
-    struct key_ref *v = pgw_malloc(nk * sizeof(*v));
-
-    for (size_t i = 0; i < nk; i++) {
-        const struct node *k = map->kids[2 * i];
-        if (k->is_bad)
-            continue;
-        if (k->kind != NODE_SCALAR)
-            err_at(b->e, k->line, "map keys must be strings, got %s", describe(k));
-        else
-            v[m++] = (struct key_ref){k, i};
-    }
-    qsort(v, m, sizeof(*v), key_ref_cmp);
-    for (size_t i = 1, first = 0; i < m; i++) {
-        const struct node *k0 = v[first].key, *k = v[i].key;
-        if (k0->len == k->len && memcmp(k0->str, k->str, k->len) == 0)
-            err_at(b->e, k->line, "duplicate key %s (first at line %u)",
-                   quote(q, k->str, k->len), k0->line);
-        else
-            first = i;
-    }
-    free(v);
-}
-
-static void syntax_error(struct builder *b, const yaml_parser_t *p)
-{
-    unsigned line = p->error == YAML_READER_ERROR
-                        ? line_at_offset(b->input, b->input_len, p->problem_offset)
-                        : mark_line(&p->problem_mark);
-    const char *problem = p->problem ? p->problem : "unknown error";
-
-    if (p->error == YAML_MEMORY_ERROR)
-        err_at(b->e, line, "out of memory while reading YAML");
-    else if (p->context != NULL)
-        err_at(b->e, line, "YAML syntax error: %s (%s at line %u)", problem, p->context,
-               mark_line(&p->context_mark));
-    else
-        err_at(b->e, line, "YAML syntax error: %s", problem);
-}
-
-/* Returns 0 to go on, 1 at the end of the stream, -1 on an error that stops reading. */
-static int on_event(struct builder *b, const yaml_event_t *ev)
-{
-    switch (ev->type) {
-    case YAML_STREAM_END_EVENT:
-        return 1;
-    case YAML_DOCUMENT_START_EVENT:
-        if (b->docs++ > 0) {
-            err_at(b->e, mark_line(&ev->start_mark), "only one YAML document is allowed");
-            return -1;
-        }
-        return 0;
-    case YAML_ALIAS_EVENT:
-        return add_alias(b, ev) == PGW_OK ? 0 : -1;
-    case YAML_SCALAR_EVENT:
-        return add_scalar(b, ev) == PGW_OK ? 0 : -1;
-    case YAML_SEQUENCE_START_EVENT:
-        return open_collection(b, NODE_SEQ, ev, ev->data.sequence_start.anchor,
-                               ev->data.sequence_start.tag) == PGW_OK ? 0 : -1;
-    case YAML_MAPPING_START_EVENT:
-        return open_collection(b, NODE_MAP, ev, ev->data.mapping_start.anchor,
-                               ev->data.mapping_start.tag) == PGW_OK ? 0 : -1;
-    case YAML_SEQUENCE_END_EVENT:
-    case YAML_MAPPING_END_EVENT:
-        pgw_assert(b->depth > 0);
-        b->depth--;
-        if (b->stack[b->depth]->kind == NODE_MAP)
-            check_map_keys(b, b->stack[b->depth]);
-        return 0;
-    default: /* stream start, document end */
-        return 0;
-    }
-}
-
-/* Returns the root (NULL for an empty stream) or NULL with the reason in <e>; *fatal tells the
- * two apart. Errors that do not stop reading (aliases, duplicate keys) are in <e> as well. */
-static struct node *read_tree(struct errs *e, const char *yaml, size_t len, int *fatal)
-{
-    struct builder b = {.e = e, .input = yaml, .input_len = len};
-    yaml_parser_t parser;
-    int r = 0;
-
-    *fatal = 0;
-    if (!yaml_parser_initialize(&parser))
-        pgw_assert(!"yaml_parser_initialize"); /* only fails on OOM, fatal everywhere */
-    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
-    while (r == 0) {
-        yaml_event_t ev;
-        if (!yaml_parser_parse(&parser, &ev)) {
-            syntax_error(&b, &parser);
-            r = -1;
-            break;
-        }
-        r = on_event(&b, &ev);
-        yaml_event_delete(&ev);
-    }
-    yaml_parser_delete(&parser);
-    if (r < 0) {
-        node_free(b.root);
-        *fatal = 1;
-        return NULL;
-    }
-    return b.root;
-}
 
 /* ---- Values ---- */
 
@@ -509,7 +116,7 @@ static const char *fmt_unit(char *buf, size_t len, uint64_t v, const struct unit
 /* ---- Schema helpers ---- */
 
 struct ctx {
-    struct errs *e;
+    struct pgw_errs *e;
     struct pgw_config *c;
 };
 
@@ -517,61 +124,61 @@ struct ctx {
 static void PGW_PRINTF(5, 6) ferr(struct ctx *x, unsigned line, const char *where, const char *key,
                                   const char *fmt, ...)
 {
-    char msg[ERR_MSG_MAX];
+    char msg[PGW_ERRS_MSG_MAX];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    err_at(x->e, line, "%s%s%s: %s", where, (*where && key) ? "." : "", key ? key : "", msg);
+    pgw_errs_add(x->e, line, "%s%s%s: %s", where, (*where && key) ? "." : "", key ? key : "", msg);
 }
 
-static const struct node *map_get(const struct node *map, const char *key)
+static const struct pgw_yaml_node *map_get(const struct pgw_yaml_node *map, const char *key)
 {
     for (size_t i = 0; i + 1 < map->n; i += 2)
-        if (node_is(map->kids[i], key))
+        if (pgw_yaml_is(map->kids[i], key))
             return map->kids[i + 1];
     return NULL;
 }
 
 /* Whether <n> is a non-null scalar; if not, reports that <expected> was expected. */
-static int want_scalar(struct ctx *x, const struct node *n, const char *where, const char *key,
-                       const char *expected)
+static int want_scalar(struct ctx *x, const struct pgw_yaml_node *n, const char *where,
+                       const char *key, const char *expected)
 {
-    if (n->kind == NODE_SCALAR && !is_null(n))
+    if (n->kind == PGW_YAML_SCALAR && !pgw_yaml_is_null(n))
         return 1;
     if (!n->is_bad)
-        ferr(x, n->line, where, key, "expected %s, got %s", expected, describe(n));
+        ferr(x, n->line, where, key, "expected %s, got %s", expected, pgw_yaml_describe(n));
     return 0;
 }
 
-static int want_kind(struct ctx *x, const struct node *n, enum node_kind kind, const char *where,
-                     const char *key)
+static int want_kind(struct ctx *x, const struct pgw_yaml_node *n, enum pgw_yaml_kind kind,
+                     const char *where, const char *key)
 {
-    if (kind == NODE_SCALAR)
+    if (kind == PGW_YAML_SCALAR)
         return want_scalar(x, n, where, key, "a string");
     if (n->kind == kind)
         return 1;
     if (!n->is_bad)
-        ferr(x, n->line, where, key, "expected %s, got %s", kind == NODE_MAP ? "a map" : "a list",
-             describe(n));
+        ferr(x, n->line, where, key, "expected %s, got %s",
+             kind == PGW_YAML_MAP ? "a map" : "a list", pgw_yaml_describe(n));
     return 0;
 }
 
 /* Looks up a required key, reporting its absence at the map's line. */
-static const struct node *require(struct ctx *x, const struct node *map, const char *where,
-                                  const char *key)
+static const struct pgw_yaml_node *require(struct ctx *x, const struct pgw_yaml_node *map,
+                                           const char *where, const char *key)
 {
-    const struct node *v = map_get(map, key);
+    const struct pgw_yaml_node *v = map_get(map, key);
     if (v == NULL)
         ferr(x, map->line, where, NULL, "missing required key \"%s\"", key);
     return v;
 }
 
-static int read_str(struct ctx *x, const struct node *v, const char *where, const char *key,
-                    char **out)
+static int read_str(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+                    const char *key, char **out)
 {
-    if (!want_kind(x, v, NODE_SCALAR, where, key))
+    if (!want_kind(x, v, PGW_YAML_SCALAR, where, key))
         return PGW_ERR;
     if (v->len == 0) {
         ferr(x, v->line, where, key, "must not be empty");
@@ -596,24 +203,24 @@ static int is_name(const char *s, size_t len)
 }
 
 /* Sets *out even for a malformed name, so that references to it do not cascade into more errors. */
-static int read_name(struct ctx *x, const struct node *v, const char *where, const char *key,
-                     char **out)
+static int read_name(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+                     const char *key, char **out)
 {
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
     if (read_str(x, v, where, key, out) != PGW_OK)
         return PGW_ERR;
     if (is_name(v->str, v->len))
         return PGW_OK;
     ferr(x, v->line, where, key, "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
-         quote(q, v->str, v->len), MAX_NAME);
+         pgw_errs_quote(q, v->str, v->len), MAX_NAME);
     return PGW_ERR;
 }
 
 /* Returns the index of <v> in <names> or -1 after reporting it. */
-static int read_enum(struct ctx *x, const struct node *v, const char *where, const char *key,
-                     const char *const *names)
+static int read_enum(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+                     const char *key, const char *const *names)
 {
-    char q[QUOTE_MAX], list[256];
+    char q[PGW_ERRS_QUOTE_MAX], list[256];
     size_t used = (size_t)snprintf(list, sizeof(list), "one of");
 
     for (int i = 0; names[i] != NULL; i++) {
@@ -623,25 +230,27 @@ static int read_enum(struct ctx *x, const struct node *v, const char *where, con
     if (!want_scalar(x, v, where, key, list))
         return -1;
     for (int i = 0; names[i] != NULL; i++)
-        if (node_is(v, names[i]))
+        if (pgw_yaml_is(v, names[i]))
             return i;
-    ferr(x, v->line, where, key, "expected %s, got %s", list, quote(q, v->str, v->len));
+    ferr(x, v->line, where, key, "expected %s, got %s", list, pgw_errs_quote(q, v->str, v->len));
     return -1;
 }
 
-static int read_bool(struct ctx *x, const struct node *v, const char *where, const char *key,
-                     int *out)
+static int read_bool(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+                     const char *key, int *out)
 {
     static const char *const yaml11[] = {"yes", "no", "on", "off", "y", "n", NULL};
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
 
     if (!want_scalar(x, v, where, key, "true or false"))
         return PGW_ERR;
-    if (v->is_plain && (node_is(v, "true") || node_is(v, "True") || node_is(v, "TRUE"))) {
+    if (v->is_plain &&
+        (pgw_yaml_is(v, "true") || pgw_yaml_is(v, "True") || pgw_yaml_is(v, "TRUE"))) {
         *out = 1;
         return PGW_OK;
     }
-    if (v->is_plain && (node_is(v, "false") || node_is(v, "False") || node_is(v, "FALSE"))) {
+    if (v->is_plain &&
+        (pgw_yaml_is(v, "false") || pgw_yaml_is(v, "False") || pgw_yaml_is(v, "FALSE"))) {
         *out = 0;
         return PGW_OK;
     }
@@ -649,8 +258,8 @@ static int read_bool(struct ctx *x, const struct node *v, const char *where, con
     for (int i = 0; yaml11[i] != NULL; i++)
         if (pgw_str_ieq(v->str, v->len, yaml11[i], strlen(yaml11[i])))
             hint = " (YAML 1.2: yes/no/on/off are strings)";
-    ferr(x, v->line, where, key, "expected true or false, got %s%s", quote(q, v->str, v->len),
-         hint);
+    ferr(x, v->line, where, key, "expected true or false, got %s%s",
+         pgw_errs_quote(q, v->str, v->len), hint);
     return PGW_ERR;
 }
 
@@ -692,7 +301,7 @@ static const char *fmt_value(char *buf, size_t len, enum field_type type, uint64
     return buf;
 }
 
-static int read_number(struct ctx *x, const struct node *v, const char *where,
+static int read_number(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                        const struct field *f, uint64_t *out)
 {
     static const char *const expected[] = {
@@ -700,7 +309,7 @@ static int read_number(struct ctx *x, const struct node *v, const char *where,
         [F_SIZE] = "a size (bytes, or with a k, m or g suffix: 8k, 10m)",
         [F_DURATION] = "a duration (250ms, 10s, 2m, 1h, or a number of seconds)",
     };
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
 
     if (!want_scalar(x, v, where, f->key, expected[f->type]))
         return PGW_ERR;
@@ -710,14 +319,15 @@ static int read_number(struct ctx *x, const struct node *v, const char *where,
     if (r == PGW_OK && (f->type != F_COUNT || v->is_plain))
         return PGW_OK;
     ferr(x, v->line, where, f->key, "expected %s, got %s%s", expected[f->type],
-         quote(q, v->str, v->len), r == PGW_OK ? " (quoted: write it without quotes)" : "");
+         pgw_errs_quote(q, v->str, v->len),
+         r == PGW_OK ? " (quoted: write it without quotes)" : "");
     return PGW_ERR;
 }
 
-static void read_field(struct ctx *x, const struct node *v, const char *where,
+static void read_field(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                        const struct field *f, void *base)
 {
-    char q[QUOTE_MAX], bound[32];
+    char q[PGW_ERRS_QUOTE_MAX], bound[32];
     uint64_t val;
 
     if (f->type == F_BOOL) {
@@ -729,19 +339,19 @@ static void read_field(struct ctx *x, const struct node *v, const char *where,
     if (read_number(x, v, where, f, &val) != PGW_OK)
         return;
     if (val < f->min)
-        ferr(x, v->line, where, f->key, "%s is below the minimum (%s)", quote(q, v->str, v->len),
-             fmt_value(bound, sizeof(bound), f->type, f->min));
+        ferr(x, v->line, where, f->key, "%s is below the minimum (%s)",
+             pgw_errs_quote(q, v->str, v->len), fmt_value(bound, sizeof(bound), f->type, f->min));
     else if (val > f->max)
-        ferr(x, v->line, where, f->key, "%s is above the maximum (%s)", quote(q, v->str, v->len),
-             fmt_value(bound, sizeof(bound), f->type, f->max));
+        ferr(x, v->line, where, f->key, "%s is above the maximum (%s)",
+             pgw_errs_quote(q, v->str, v->len), fmt_value(bound, sizeof(bound), f->type, f->max));
     else
         store(base, f, val);
 }
 
-static void unknown_key(struct ctx *x, const struct node *k, const char *where,
+static void unknown_key(struct ctx *x, const struct pgw_yaml_node *k, const char *where,
                         const char *const *extras, const struct field *fields, size_t nf)
 {
-    char q[QUOTE_MAX], list[512];
+    char q[PGW_ERRS_QUOTE_MAX], list[512];
     size_t used = 0;
 
     for (size_t i = 0; extras != NULL && extras[i] != NULL; i++)
@@ -752,31 +362,31 @@ static void unknown_key(struct ctx *x, const struct node *k, const char *where,
                                  fields[i].key);
     pgw_assert(used < sizeof(list));
     if (*where)
-        err_at(x->e, k->line, "%s: unknown key %s (allowed: %s)", where,
-               quote(q, k->str, k->len), list);
+        pgw_errs_add(x->e, k->line, "%s: unknown key %s (allowed: %s)", where,
+                     pgw_errs_quote(q, k->str, k->len), list);
     else
-        err_at(x->e, k->line, "unknown top-level key %s (allowed: %s)", quote(q, k->str, k->len),
-               list);
+        pgw_errs_add(x->e, k->line, "unknown top-level key %s (allowed: %s)",
+                     pgw_errs_quote(q, k->str, k->len), list);
 }
 
 /* Reads the keys of <map> found in <fields> into <base>, reports keys in neither <fields> nor
  * <extras> (which the caller reads itself). */
-static void walk_keys(struct ctx *x, const struct node *map, const char *where,
+static void walk_keys(struct ctx *x, const struct pgw_yaml_node *map, const char *where,
                       const char *const *extras, const struct field *fields, size_t nf, void *base)
 {
     for (size_t i = 0; i + 1 < map->n; i += 2) {
-        const struct node *k = map->kids[i];
+        const struct pgw_yaml_node *k = map->kids[i];
         int known = 0;
-        if (k->kind != NODE_SCALAR || k->is_bad)
+        if (k->kind != PGW_YAML_SCALAR || k->is_bad)
             continue; /* reported while reading the tree */
         for (size_t j = 0; j < nf && !known; j++) {
-            if (node_is(k, fields[j].key)) {
+            if (pgw_yaml_is(k, fields[j].key)) {
                 read_field(x, map->kids[i + 1], where, &fields[j], base);
                 known = 1;
             }
         }
         for (size_t j = 0; extras != NULL && extras[j] != NULL && !known; j++)
-            known = node_is(k, extras[j]);
+            known = pgw_yaml_is(k, extras[j]);
         if (!known)
             unknown_key(x, k, where, extras, fields, nf);
     }
@@ -907,33 +517,33 @@ static int same_address(const struct sockaddr_storage *a, const struct sockaddr_
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
 
-static void load_listener_address(struct ctx *x, const struct node *v, const char *where,
+static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                                   struct pgw_config_listener *l)
 {
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
     if (read_str(x, v, where, "address", &l->address) != PGW_OK)
         return;
     if (pgw_addr_parse_listen(l->address, &l->sa, &l->sa_len) != PGW_OK) {
         ferr(x, v->line, where, "address",
              "invalid listen address %s: expected ip:port, [ipv6]:port, *:port or :port",
-             quote(q, v->str, v->len));
+             pgw_errs_quote(q, v->str, v->len));
         l->sa_len = 0;
         return;
     }
     for (const struct pgw_config_listener *o = x->c->listeners; o < l; o++)
         if (o->sa_len > 0 && same_address(&o->sa, &l->sa))
             ferr(x, v->line, where, "address", "%s is already used by listener \"%s\" (line %u)",
-                 quote(q, v->str, v->len), o->name ? o->name : "?", o->line);
+                 pgw_errs_quote(q, v->str, v->len), o->name ? o->name : "?", o->line);
 }
 
-static void load_listener(struct ctx *x, const struct node *n, size_t i)
+static void load_listener(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
     static const char *const extras[] = {"name", "address", NULL};
     char where[32];
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "listeners[%zu]", i);
-    if (!want_kind(x, n, NODE_MAP, where, NULL))
+    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
     struct pgw_config_listener *l = &x->c->listeners[x->c->num_listeners++];
     l->line = n->line;
@@ -950,14 +560,15 @@ static void load_listener(struct ctx *x, const struct node *n, size_t i)
         load_listener_address(x, v, where, l);
 }
 
-static void load_listeners(struct ctx *x, const struct node *root)
+static void load_listeners(struct ctx *x, const struct pgw_yaml_node *root)
 {
-    const struct node *seq = map_get(root, "listeners");
+    const struct pgw_yaml_node *seq = map_get(root, "listeners");
     if (seq == NULL) {
-        err_at(x->e, root->line, "missing required key \"listeners\" (a list of {name, address})");
+        pgw_errs_add(x->e, root->line,
+                     "missing required key \"listeners\" (a list of {name, address})");
         return;
     }
-    if (!want_kind(x, seq, NODE_SEQ, "", "listeners"))
+    if (!want_kind(x, seq, PGW_YAML_SEQ, "", "listeners"))
         return;
     if (seq->n == 0) {
         ferr(x, seq->line, "", "listeners", "at least one listener is needed");
@@ -968,15 +579,15 @@ static void load_listeners(struct ctx *x, const struct node *root)
         load_listener(x, seq->kids[i], i);
 }
 
-static void load_real_ip(struct ctx *x, const struct node *n)
+static void load_real_ip(struct ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"trusted", "from", NULL};
     static const char *const froms[] = {"x-forwarded-for", "proxy_protocol", NULL};
     struct pgw_config_real_ip *ri = &x->c->real_ip;
-    char q[QUOTE_MAX];
-    const struct node *v;
+    char q[PGW_ERRS_QUOTE_MAX];
+    const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, NODE_MAP, "", "real_ip"))
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "real_ip"))
         return;
     walk_keys(x, n, "real_ip", extras, NULL, 0, NULL);
     if ((v = require(x, n, "real_ip", "from")) != NULL) {
@@ -985,20 +596,20 @@ static void load_real_ip(struct ctx *x, const struct node *n)
             ri->from = (enum pgw_real_ip_from)(i + 1); /* the enum follows the list, after NONE */
     }
     if ((v = require(x, n, "real_ip", "trusted")) == NULL ||
-        !want_kind(x, v, NODE_SEQ, "real_ip", "trusted"))
+        !want_kind(x, v, PGW_YAML_SEQ, "real_ip", "trusted"))
         return;
     if (v->n == 0)
         ferr(x, v->line, "real_ip", "trusted", "at least one address or range is needed");
     ri->trusted = pgw_calloc(v->n, sizeof(*ri->trusted));
     for (size_t i = 0; i < v->n; i++) {
-        const struct node *s = v->kids[i];
-        if (!want_kind(x, s, NODE_SCALAR, "real_ip", "trusted"))
+        const struct pgw_yaml_node *s = v->kids[i];
+        if (!want_kind(x, s, PGW_YAML_SCALAR, "real_ip", "trusted"))
             continue;
         if (pgw_cidr_parse(s->str, s->len, &ri->trusted[ri->num_trusted]) == PGW_OK)
             ri->num_trusted++;
         else
             ferr(x, s->line, "real_ip", "trusted", "invalid address or range %s",
-                 quote(q, s->str, s->len));
+                 pgw_errs_quote(q, s->str, s->len));
     }
 }
 
@@ -1010,16 +621,16 @@ static const struct field limit_fields[] = {
     FIELD(F_COUNT, struct pgw_config_limits, max_connections, 1, 1000000),
 };
 
-static void load_limits(struct ctx *x, const struct node *n)
+static void load_limits(struct ctx *x, const struct pgw_yaml_node *n)
 {
     struct pgw_config_limits *l = &x->c->limits;
     char a[32], b[32];
 
-    if (!want_kind(x, n, NODE_MAP, "", "limits"))
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "limits"))
         return;
     walk_keys(x, n, "limits", NULL, limit_fields, PGW_ARRAY_LEN(limit_fields), l);
     if (l->header_section < l->request_line) {
-        const struct node *v = map_get(n, "header_section");
+        const struct pgw_yaml_node *v = map_get(n, "header_section");
         v = v ? v : map_get(n, "request_line");
         v = v ? v : n;
         ferr(x, v->line, "limits", "header_section",
@@ -1036,9 +647,9 @@ static const struct field timeout_fields[] = {
     FIELD(F_DURATION, struct pgw_config_timeouts, send, 1, MAX_DURATION),
 };
 
-static void load_timeouts(struct ctx *x, const struct node *n)
+static void load_timeouts(struct ctx *x, const struct pgw_yaml_node *n)
 {
-    if (want_kind(x, n, NODE_MAP, "", "timeouts"))
+    if (want_kind(x, n, PGW_YAML_MAP, "", "timeouts"))
         walk_keys(x, n, "timeouts", NULL, timeout_fields, PGW_ARRAY_LEN(timeout_fields),
                   &x->c->timeouts);
 }
@@ -1057,12 +668,12 @@ static const struct field upstream_fields[] = {
     UPSTREAM_FIELD(F_DURATION, fail_timeout, 1, MAX_DURATION),
 };
 
-static void load_targets(struct ctx *x, const struct node *v, const char *where,
+static void load_targets(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                          struct pgw_config_upstream *u)
 {
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_kind(x, v, NODE_SEQ, where, "targets"))
+    if (!want_kind(x, v, PGW_YAML_SEQ, where, "targets"))
         return;
     if (v->n == 0) {
         ferr(x, v->line, where, "targets", "at least one target (host:port) is needed");
@@ -1070,14 +681,14 @@ static void load_targets(struct ctx *x, const struct node *v, const char *where,
     }
     u->targets = pgw_calloc(v->n, sizeof(*u->targets));
     for (size_t i = 0; i < v->n; i++) {
-        const struct node *s = v->kids[i];
-        if (!want_kind(x, s, NODE_SCALAR, where, "targets"))
+        const struct pgw_yaml_node *s = v->kids[i];
+        if (!want_kind(x, s, PGW_YAML_SCALAR, where, "targets"))
             continue;
         const char *err = parse_target(s->str, &u->targets[u->num_targets]);
         if (err == NULL)
             u->num_targets++;
         else
-            ferr(x, s->line, where, "targets", "%s: %s", quote(q, s->str, s->len), err);
+            ferr(x, s->line, where, "targets", "%s: %s", pgw_errs_quote(q, s->str, s->len), err);
     }
 }
 
@@ -1093,13 +704,14 @@ static const struct pgw_config_upstream upstream_defaults = {
     .fail_timeout = 10 * SEC,
 };
 
-static void load_upstream(struct ctx *x, const struct node *k, const struct node *n)
+static void load_upstream(struct ctx *x, const struct pgw_yaml_node *k,
+                          const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"targets", NULL};
-    char q[QUOTE_MAX], where[16 + MAX_NAME];
-    const struct node *v;
+    char q[PGW_ERRS_QUOTE_MAX], where[16 + MAX_NAME];
+    const struct pgw_yaml_node *v;
 
-    if (k->kind != NODE_SCALAR || k->is_bad)
+    if (k->kind != PGW_YAML_SCALAR || k->is_bad)
         return; /* reported while reading the tree */
     struct pgw_config_upstream *u = &x->c->upstreams[x->c->num_upstreams++];
     *u = upstream_defaults;
@@ -1110,18 +722,18 @@ static void load_upstream(struct ctx *x, const struct node *k, const struct node
     } else {
         snprintf(where, sizeof(where), "upstreams.?");
         ferr(x, k->line, "", "upstreams", "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
-             quote(q, k->str, k->len), MAX_NAME);
+             pgw_errs_quote(q, k->str, k->len), MAX_NAME);
     }
-    if (!want_kind(x, n, NODE_MAP, where, NULL))
+    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
     walk_keys(x, n, where, extras, upstream_fields, PGW_ARRAY_LEN(upstream_fields), u);
     if ((v = require(x, n, where, "targets")) != NULL)
         load_targets(x, v, where, u);
 }
 
-static void load_upstreams(struct ctx *x, const struct node *n)
+static void load_upstreams(struct ctx *x, const struct pgw_yaml_node *n)
 {
-    if (!want_kind(x, n, NODE_MAP, "", "upstreams"))
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "upstreams"))
         return;
     x->c->upstreams = pgw_calloc(n->n / 2, sizeof(*x->c->upstreams));
     for (size_t i = 0; i + 1 < n->n; i += 2)
@@ -1142,12 +754,12 @@ static int is_tchar(unsigned char c)
 }
 
 /* Methods are case-sensitive tokens; upper-casing here makes "get" mean what the writer meant. */
-static void load_methods(struct ctx *x, const struct node *v, const char *where,
+static void load_methods(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                          struct pgw_config_route *r)
 {
-    char q[QUOTE_MAX];
+    char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_kind(x, v, NODE_SEQ, where, "methods"))
+    if (!want_kind(x, v, PGW_YAML_SEQ, where, "methods"))
         return;
     if (v->n == 0) {
         ferr(x, v->line, where, "methods", "must not be empty: leave it out to allow any method");
@@ -1155,14 +767,15 @@ static void load_methods(struct ctx *x, const struct node *v, const char *where,
     }
     r->methods = pgw_calloc(v->n, sizeof(*r->methods));
     for (size_t i = 0; i < v->n; i++) {
-        const struct node *s = v->kids[i];
-        if (!want_kind(x, s, NODE_SCALAR, where, "methods"))
+        const struct pgw_yaml_node *s = v->kids[i];
+        if (!want_kind(x, s, PGW_YAML_SCALAR, where, "methods"))
             continue;
         int ok = s->len > 0 && s->len <= 32;
         for (size_t j = 0; j < s->len && ok; j++)
             ok = is_tchar((unsigned char)s->str[j]);
         if (!ok) {
-            ferr(x, s->line, where, "methods", "invalid method %s", quote(q, s->str, s->len));
+            ferr(x, s->line, where, "methods", "invalid method %s",
+                 pgw_errs_quote(q, s->str, s->len));
             continue;
         }
         char *m = pgw_strndup(s->str, s->len);
@@ -1180,27 +793,27 @@ static void load_methods(struct ctx *x, const struct node *v, const char *where,
     }
 }
 
-static void load_match(struct ctx *x, const struct node *n, const char *route_where,
+static void load_match(struct ctx *x, const struct pgw_yaml_node *n, const char *route_where,
                        struct pgw_config_route *r)
 {
     static const char *const extras[] = {"host", "path", "methods", NULL};
-    char where[48], q[QUOTE_MAX];
-    const struct node *v;
+    char where[48], q[PGW_ERRS_QUOTE_MAX];
+    const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "%s.match", route_where);
-    if (!want_kind(x, n, NODE_MAP, route_where, "match"))
+    if (!want_kind(x, n, PGW_YAML_MAP, route_where, "match"))
         return;
     walk_keys(x, n, where, extras, NULL, 0, NULL);
     if ((v = map_get(n, "host")) != NULL && read_str(x, v, where, "host", &r->host) == PGW_OK) {
         const char *err = check_match_host(r->host, strlen(r->host));
         if (err != NULL)
-            ferr(x, v->line, where, "host", "%s: %s", quote(q, v->str, v->len), err);
+            ferr(x, v->line, where, "host", "%s: %s", pgw_errs_quote(q, v->str, v->len), err);
     }
     if ((v = require(x, n, where, "path")) != NULL &&
         read_str(x, v, where, "path", &r->path) == PGW_OK) {
         const char *err = NULL;
         if (pgw_route_check_pattern(r->path, &err) != PGW_OK)
-            ferr(x, v->line, where, "path", "%s: %s", quote(q, v->str, v->len),
+            ferr(x, v->line, where, "path", "%s: %s", pgw_errs_quote(q, v->str, v->len),
                  err ? err : "invalid path pattern");
         r->path_kind = strchr(r->path, '{') != NULL         ? PGW_PATH_TEMPLATE
                        : r->path[strlen(r->path) - 1] == '/' ? PGW_PATH_PREFIX
@@ -1227,10 +840,10 @@ static int find_upstream(const struct pgw_config *c, const char *name)
 }
 
 /* References are reported at the route's line: that is where the reader looks for the route. */
-static void load_route_listeners(struct ctx *x, const struct node *v, const char *where,
+static void load_route_listeners(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                                  struct pgw_config_route *r)
 {
-    if (!want_kind(x, v, NODE_SEQ, where, "listeners"))
+    if (!want_kind(x, v, PGW_YAML_SEQ, where, "listeners"))
         return;
     if (v->n == 0) {
         ferr(x, v->line, where, "listeners", "at least one listener name is needed");
@@ -1260,11 +873,11 @@ static void load_route_listeners(struct ctx *x, const struct node *v, const char
 
 /* What depends on the route type: a proxy route needs an upstream, a status route answers
  * itself, so proxy-only keys on it are mistakes worth reporting rather than ignoring. */
-static void load_route_target(struct ctx *x, const struct node *n, const char *where,
+static void load_route_target(struct ctx *x, const struct pgw_yaml_node *n, const char *where,
                               struct pgw_config_route *r)
 {
     static const char *const proxy_only[] = {"upstream", "preserve_host", "strip_prefix", NULL};
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
     if (r->type == PGW_ROUTE_STATUS) {
         for (int i = 0; proxy_only[i] != NULL; i++)
@@ -1286,15 +899,15 @@ static void load_route_target(struct ctx *x, const struct node *n, const char *w
     }
 }
 
-static void load_route(struct ctx *x, const struct node *n, size_t i)
+static void load_route(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
     static const char *const extras[] = {"name", "type", "listeners", "match", "upstream", NULL};
     static const char *const types[] = {"proxy", "status", NULL};
     char where[32];
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "routes[%zu]", i);
-    if (!want_kind(x, n, NODE_MAP, where, NULL))
+    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
     struct pgw_config_route *r = &x->c->routes[x->c->num_routes++];
     r->line = n->line;
@@ -1318,9 +931,9 @@ static void load_route(struct ctx *x, const struct node *n, size_t i)
         load_route_target(x, n, where, r);
 }
 
-static void load_routes(struct ctx *x, const struct node *n)
+static void load_routes(struct ctx *x, const struct pgw_yaml_node *n)
 {
-    if (!want_kind(x, n, NODE_SEQ, "", "routes"))
+    if (!want_kind(x, n, PGW_YAML_SEQ, "", "routes"))
         return;
     x->c->routes = pgw_calloc(n->n, sizeof(*x->c->routes));
     for (size_t i = 0; i < n->n; i++)
@@ -1329,22 +942,24 @@ static void load_routes(struct ctx *x, const struct node *n)
 
 /* ---- Logs and HTTP ---- */
 
-static void load_access_log(struct ctx *x, const struct node *n)
+static void load_access_log(struct ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"path", "format", NULL};
     static const char *const formats[] = {"json", NULL};
     struct pgw_config_access_log *al = &x->c->access_log;
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
-    if (node_is(n, "off")) {
+    if (pgw_yaml_is(n, "off")) {
         al->enabled = 0;
         return;
     }
-    if (n->kind != NODE_MAP) {
-        char q[QUOTE_MAX];
+    if (n->kind != PGW_YAML_MAP) {
+        char q[PGW_ERRS_QUOTE_MAX];
         if (!n->is_bad)
             ferr(x, n->line, "", "access_log", "expected off or a map {path, format}, got %s",
-                 n->kind == NODE_SCALAR && !is_null(n) ? quote(q, n->str, n->len) : describe(n));
+                 n->kind == PGW_YAML_SCALAR && !pgw_yaml_is_null(n)
+                     ? pgw_errs_quote(q, n->str, n->len)
+                     : pgw_yaml_describe(n));
         return;
     }
     walk_keys(x, n, "access_log", extras, NULL, 0, NULL);
@@ -1354,14 +969,14 @@ static void load_access_log(struct ctx *x, const struct node *n)
         read_enum(x, v, "access_log", "format", formats);
 }
 
-static void load_error_log(struct ctx *x, const struct node *n)
+static void load_error_log(struct ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"path", "level", NULL};
     static const char *const levels[] = {"debug", "info", "notice", "warn", "error", NULL};
     struct pgw_config_error_log *el = &x->c->error_log;
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, NODE_MAP, "", "error_log"))
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "error_log"))
         return;
     walk_keys(x, n, "error_log", extras, NULL, 0, NULL);
     if ((v = map_get(n, "path")) != NULL)
@@ -1377,13 +992,13 @@ static const struct field http_fields[] = {
     FIELD(F_BOOL, struct pgw_config, allow_encoded_slash, 0, 1),
 };
 
-static void load_http(struct ctx *x, const struct node *n)
+static void load_http(struct ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"underscores_in_headers", NULL};
     static const char *const modes[] = {"reject", "drop", NULL};
-    const struct node *v;
+    const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, NODE_MAP, "", "http"))
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "http"))
         return;
     walk_keys(x, n, "http", extras, http_fields, PGW_ARRAY_LEN(http_fields), x->c);
     if ((v = map_get(n, "underscores_in_headers")) != NULL)
@@ -1450,16 +1065,16 @@ static void config_free(struct pgw_config *c)
 }
 
 /* Sections in dependency order: routes refer to listeners and upstreams. */
-static void load_root(struct ctx *x, const struct node *root)
+static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
 {
-    static void (*const loaders[])(struct ctx *, const struct node *) = {
+    static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,
     };
     walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);
     for (size_t i = 1; i < PGW_ARRAY_LEN(loaders); i++) {
-        const struct node *v = map_get(root, top_keys[i]);
+        const struct pgw_yaml_node *v = map_get(root, top_keys[i]);
         if (v != NULL)
             loaders[i](x, v);
     }
@@ -1468,31 +1083,31 @@ static void load_root(struct ctx *x, const struct node *root)
 struct pgw_config *pgw_config_load_string(const char *name, const char *yaml, size_t len,
                                           char *errbuf, size_t errlen)
 {
-    struct errs e = {.file = name};
+    struct pgw_errs e = {.file = name};
     struct ctx x = {.e = &e};
     int fatal;
 
     if (errbuf != NULL && errlen > 0)
         errbuf[0] = '\0';
-    struct node *root = read_tree(&e, yaml, len, &fatal);
-    if (!fatal && (root == NULL || is_null(root)))
-        err_at(&e, 1, "the configuration is empty");
-    else if (root != NULL && !root->is_bad && root->kind != NODE_MAP)
-        err_at(&e, root->line, "the top level must be a map of sections, got %s",
-               describe(root));
+    struct pgw_yaml_node *root = pgw_yaml_read(&e, yaml, len, &fatal);
+    if (!fatal && (root == NULL || pgw_yaml_is_null(root)))
+        pgw_errs_add(&e, 1, "the configuration is empty");
+    else if (root != NULL && !root->is_bad && root->kind != PGW_YAML_MAP)
+        pgw_errs_add(&e, root->line, "the top level must be a map of sections, got %s",
+                     pgw_yaml_describe(root));
     x.c = pgw_calloc(1, sizeof(*x.c));
     x.c->file = pgw_strndup(name, strlen(name));
     set_defaults(x.c);
-    if (root != NULL && root->kind == NODE_MAP)
+    if (root != NULL && root->kind == PGW_YAML_MAP)
         load_root(&x, root);
-    node_free(root);
-    if (e.n > 0 || e.dropped > 0) {
-        errs_write(&e, errbuf, errlen);
-        errs_clear(&e);
+    pgw_yaml_free(root);
+    if (pgw_errs_any(&e)) {
+        pgw_errs_write(&e, errbuf, errlen);
+        pgw_errs_clear(&e);
         config_free(x.c);
         return NULL;
     }
-    errs_clear(&e);
+    pgw_errs_clear(&e);
     x.c->refs = 1;
     return x.c;
 }
