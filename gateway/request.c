@@ -249,7 +249,7 @@ static int req_route(struct pgw_req *req)
     if (req->h.target_form == PGW_HTTP_TARGET_ASTERISK) {
         req->path = pgw_pool_strndup(req->pool, "*", 1);
         req->path_len = 1;
-        pgw_req_respond_error(req, 404, "no_route", 0);
+        pgw_req_respond_error(req, 404, "no_route", 1);
         return 0;
     }
     req->path = pgw_pool_alloc(req->pool, req->h.path_len + 1);
@@ -265,8 +265,11 @@ static int req_route(struct pgw_req *req)
                             req->h.authority_len, req->h.method, req->h.method_len, req->path,
                             req->path_len, &req->match);
     if (r != PGW_OK) {
+        /* Like every 4xx the gateway makes itself, a routing miss ends the connection: a client
+         * probing for routes gets one answer per connection, and nothing pipelined behind a
+         * request we refused is ever looked at. */
         int status = req->match.method_mismatch ? 405 : 404;
-        pgw_req_respond_error(req, status, "no_route", 0);
+        pgw_req_respond_error(req, status, "no_route", 1);
         return 0;
     }
     req->route = req->match.route;

@@ -218,6 +218,21 @@ def test_no_match_404(env, target):
     refused(env, target, 404)
 
 
+@pytest.mark.parametrize("target,method,status", [("/nothing", "GET", 404),
+                                                   ("/ro/x", "POST", 405)])
+def test_routing_miss_closes_and_ignores_pipelined_bytes(env, target, method, status):
+    """Every 4xx the gateway makes ends the connection: nothing pipelined behind it is read."""
+    snaps = snap_all(env)
+    with Client(env.gw.ports["public"]) as c:
+        c.send(build_request(method, target, host="test") + b"GET /both/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = c.read_response(method)
+        assert r.status == status, r
+        assert r.has_close(), r
+        assert c.wait_closed(2.0), "connection still open after %d" % status
+    time.sleep(0.05)
+    assert received_since(env, snaps) == {}
+
+
 # ---- normalisation ----
 
 NORMALISED = ["/admin", "//admin", "/./admin", "/x/../admin", "/%61dmin", "/%61%64%6d%69%6e",
