@@ -1085,8 +1085,8 @@ int pgw_http_chunked_decode(struct pgw_http_chunked *d, const char *buf, size_t 
             d->state = CH_ERROR;
             d->err = err;
             *consumed = i - 1;
-            *data_off = 0;
-            *data_len = 0;
+            if (have_data)
+                return PGW_OK; /* deliver the good data first; the next call reports the error */
             return PGW_ERR;
         }
         if (d->state == CH_DONE) {

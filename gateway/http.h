@@ -147,8 +147,10 @@ void pgw_http_chunked_init(struct pgw_http_chunked *d);
  * discarded, never turned into headers), or PGW_ERR (d->err set: bad or overflowing size,
  * empty size line, extensions over PGW_HTTP_CHUNK_EXT_MAX, missing CRLF after the data, bad
  * trailer field). Never reads past <len>. A data span may come with PGW_OK and PGW_DONE (never
- * with PGW_ERR); on PGW_DONE, the bytes after *consumed belong to the next message. Once PGW_DONE
- * or PGW_ERR was returned, later calls return the same and consume nothing. */
+ * with PGW_ERR: when bad framing follows data in the same buffer, the data comes with PGW_OK and
+ * the next call returns PGW_ERR, so a proxy relays every good byte before giving up); on
+ * PGW_DONE, the bytes after *consumed belong to the next message. Once PGW_DONE or PGW_ERR was
+ * returned, later calls return the same and consume nothing. */
 int pgw_http_chunked_decode(struct pgw_http_chunked *d, const char *buf, size_t len,
                             size_t *consumed, size_t *data_off, size_t *data_len);
 

@@ -1433,10 +1433,14 @@ static void test_chunked_sticky_error(void)
     CHECK_INT(used, 0);
     CHECK_INT(dlen, 0);
     CHECK(d.err == err);
-    /* data decoded earlier in the call is not returned with the error */
+    /* data decoded earlier in the call is delivered first (PGW_OK); the error comes next */
     pgw_http_chunked_init(&d);
-    CHECK_INT(pgw_http_chunked_decode(&d, "2\r\nabX", 6, &used, &off, &dlen), PGW_ERR);
+    CHECK_INT(pgw_http_chunked_decode(&d, "2\r\nabX", 6, &used, &off, &dlen), PGW_OK);
     CHECK_INT(used, 5);
+    CHECK_INT(off, 3);
+    CHECK_INT(dlen, 2);
+    CHECK_INT(pgw_http_chunked_decode(&d, "X", 1, &used, &off, &dlen), PGW_ERR);
+    CHECK_INT(used, 0);
     CHECK_INT(dlen, 0);
     /* init makes it usable again */
     pgw_http_chunked_init(&d);
