@@ -497,8 +497,9 @@ static const char *check_match_host(char *h, size_t len)
 /* ---- Sections ---- */
 
 /* In load order: load_root() pairs loaders with these by position. */
-static const char *const top_keys[] = {"listeners", "upstreams", "routes",    "real_ip", "limits",
-                                       "timeouts",  "access_log", "error_log", "http",    NULL};
+static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "real_ip",
+                                       "limits",    "timeouts",   "access_log", "error_log",
+                                       "http",      "resolver",   NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
@@ -1006,6 +1007,42 @@ static void load_http(struct ctx *x, const struct pgw_yaml_node *n)
             read_enum(x, v, "http", "underscores_in_headers", modes) == 1;
 }
 
+static const struct field resolver_fields[] = {
+    FIELD(F_DURATION, struct pgw_config_resolver, timeout, 1, 60 * SEC),
+};
+
+static void load_resolver(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    static const char *const extras[] = {"nameservers", NULL};
+    struct pgw_config_resolver *r = &x->c->resolver;
+    char q[PGW_ERRS_QUOTE_MAX];
+    const struct pgw_yaml_node *v;
+
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "resolver"))
+        return;
+    walk_keys(x, n, "resolver", extras, resolver_fields, PGW_ARRAY_LEN(resolver_fields), r);
+    if ((v = map_get(n, "nameservers")) == NULL || !want_kind(x, v, PGW_YAML_SEQ, "resolver",
+                                                              "nameservers"))
+        return;
+    r->nameservers = pgw_calloc(v->n, sizeof(*r->nameservers));
+    for (size_t i = 0; i < v->n; i++) {
+        const struct pgw_yaml_node *s = v->kids[i];
+        if (!want_kind(x, s, PGW_YAML_SCALAR, "resolver", "nameservers"))
+            continue;
+        struct pgw_config_target *t = &r->nameservers[r->num_nameservers];
+        const char *err = parse_target(s->str, t);
+        if (err == NULL && !t->is_literal) {
+            free(t->host);
+            err = "a name server is an IP address with its port (\"10.0.0.2:53\")";
+        }
+        if (err == NULL)
+            r->num_nameservers++;
+        else
+            ferr(x, s->line, "resolver", "nameservers", "%s: %s",
+                 pgw_errs_quote(q, s->str, s->len), err);
+    }
+}
+
 /* ---- Snapshot ---- */
 
 static void set_defaults(struct pgw_config *c)
@@ -1023,6 +1060,7 @@ static void set_defaults(struct pgw_config *c)
     c->access_log.path = pgw_strndup("logs/access.log", 15);
     c->error_log.path = pgw_strndup("-", 1);
     c->error_log.level = PGW_LOG_INFO;
+    c->resolver.timeout = 2 * SEC;
 }
 
 static void free_strv(char **v, size_t n)
@@ -1058,6 +1096,9 @@ static void config_free(struct pgw_config *c)
         free(r->upstream);
     }
     free(c->routes);
+    for (size_t i = 0; i < c->resolver.num_nameservers; i++)
+        free(c->resolver.nameservers[i].host);
+    free(c->resolver.nameservers);
     free(c->access_log.path);
     free(c->error_log.path);
     free(c->file);
@@ -1069,7 +1110,7 @@ static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
 {
     static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
-        load_timeouts, load_access_log, load_error_log, load_http,
+        load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
     };
     walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);

@@ -107,6 +107,14 @@ struct pgw_config_error_log {
     enum pgw_log_level level; /* default info */
 };
 
+/* resolver: { nameservers: ["127.0.0.1:53"], timeout: 2s }. Without nameservers, those of
+ * /etc/resolv.conf; /etc/hosts is always consulted first. */
+struct pgw_config_resolver {
+    struct pgw_config_target *nameservers; /* IP literals with their port */
+    size_t num_nameservers;
+    uint64_t timeout; /* ms per query attempt, default 2s */
+};
+
 struct pgw_config {
     int refs;
     char *file; /* the path it was loaded from */
@@ -119,6 +127,7 @@ struct pgw_config {
     size_t num_upstreams;
     struct pgw_config_route *routes;
     size_t num_routes;
+    struct pgw_config_resolver resolver;
     struct pgw_config_access_log access_log;
     struct pgw_config_error_log error_log;
     int underscores_in_headers; /* http: { underscores_in_headers: reject | drop }: 0 reject, 1 drop */

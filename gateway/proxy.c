@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <event2/dns.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -46,6 +47,7 @@ struct pgw_upstream_conn {
     struct pgw_upstream_conn *prev, *next; /* idle list of the target */
     unsigned connected : 1;
     unsigned requests;
+    unsigned addr_epoch; /* t->addr_epoch when it connected: an older one is never reused */
 };
 
 struct target {
@@ -62,6 +64,7 @@ struct target {
     unsigned fails;
     uint64_t down_until;
     struct pgw_upstream_conn *idle; /* most recently used first */
+    unsigned addr_epoch;            /* bumped when DNS changes the address set */
 };
 
 struct pgw_upstream {
@@ -160,15 +163,24 @@ static void idle_unlink(struct pgw_upstream_conn *uc)
     t->up->idle_count--;
 }
 
+/* Closes the idle connections of <t>; <why> goes to the debug log. */
+static void target_drop_idle(struct target *t, const char *why)
+{
+    if (t->idle != NULL)
+        pgw_log_debug("upstream %s: target %s: idle connections closed: %s", t->up->conf->name,
+                      t->label, why);
+    while (t->idle != NULL) {
+        struct pgw_upstream_conn *uc = t->idle;
+        idle_unlink(uc);
+        uc_free(uc);
+    }
+}
+
 void pgw_upstream_free(struct pgw_upstream *up)
 {
     for (size_t i = 0; i < up->ntargets; i++) {
         struct target *t = &up->targets[i];
-        while (t->idle != NULL) {
-            struct pgw_upstream_conn *uc = t->idle;
-            idle_unlink(uc);
-            uc_free(uc);
-        }
+        target_drop_idle(t, "generation released");
         if (t->dns_req != NULL)
             evdns_cancel_request(pgw_worker.dns, t->dns_req);
     }
@@ -232,6 +244,15 @@ static void on_dns(int result, char type, int count, int ttl, void *addresses, v
     t->dns_req = NULL;
     if (result == DNS_ERR_CANCEL)
         return;
+    if (PGW_UNLIKELY(pgw_log_level_min == PGW_LOG_DEBUG) && result == DNS_ERR_NONE && count > 0) {
+        char a[PGW_ADDR_STRLEN] = "";
+        if (type == DNS_IPv4_A)
+            inet_ntop(AF_INET, addresses, a, sizeof(a));
+        else
+            inet_ntop(AF_INET6, addresses, a, sizeof(a));
+        pgw_log_debug("upstream %s: %s resolved to %s (%d address(es), ttl %d)",
+                      t->up->conf->name, t->conf->host, a, count, ttl);
+    }
     if (result != DNS_ERR_NONE || count <= 0) {
         if (!t->dns_v6) { /* no A record: try AAAA */
             t->dns_v6 = 1;
@@ -248,6 +269,9 @@ static void on_dns(int result, char type, int count, int ttl, void *addresses, v
         return;
     }
     size_t n = PGW_MIN((size_t)count, (size_t)DNS_MAX_ADDRS);
+    struct sockaddr_storage old[DNS_MAX_ADDRS];
+    size_t nold = t->naddrs;
+    memcpy(old, t->addrs, sizeof(old[0]) * nold);
     for (size_t i = 0; i < n; i++) {
         struct sockaddr_storage *sa = &t->addrs[i];
         memset(sa, 0, sizeof(*sa));
@@ -266,6 +290,10 @@ static void on_dns(int result, char type, int count, int ttl, void *addresses, v
         }
     }
     t->naddrs = n;
+    if (nold > 0 && (nold != n || memcmp(old, t->addrs, sizeof(old[0]) * n) != 0)) {
+        t->addr_epoch++; /* connections leased now are not pooled again when they come back */
+        target_drop_idle(t, "its address changed");
+    }
     int secs = ttl < DNS_TTL_MIN_S ? DNS_TTL_MIN_S : ttl > DNS_TTL_MAX_S ? DNS_TTL_MAX_S : ttl;
     t->dns_expires = pgw_now_ms() + (uint64_t)secs * 1000;
     dns_wake(t, 1);
@@ -336,6 +364,7 @@ static void uc_release(struct pgw_upstream_conn *uc, int reusable)
     struct pgw_upstream *up = t->up;
     uc->px = NULL;
     if (!reusable || up->conf->keepalive == 0 || up->idle_count >= up->conf->keepalive ||
+        uc->addr_epoch != t->addr_epoch ||
         evbuffer_get_length(uc->io.in) > 0 || evbuffer_get_length(uc->io.out) > 0 ||
         pgw_worker.stopping) {
         uc_free(uc);
@@ -390,6 +419,7 @@ static void connect_new(struct pgw_proxy *px)
     pgw_io_init(&uc->io, pgw_worker.base, fd, on_upstream_read, on_upstream_write,
                 on_upstream_timer, uc);
     uc->t = t;
+    uc->addr_epoch = t->addr_epoch;
     uc->px = px;
     px->uc = uc;
     px->reused = 0;

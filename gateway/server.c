@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -549,6 +550,45 @@ static void on_stop_check(evutil_socket_t fd, short what, void *arg)
     evtimer_add(arg, &tv);
 }
 
+/* The worker's resolver: the configured name servers, else those of /etc/resolv.conf (none
+ * found: only /etc/hosts and IP literals work, and a log line says so). */
+static struct evdns_base *dns_new(struct event_base *base, const struct pgw_config_resolver *r)
+{
+    struct evdns_base *dns;
+    if (r->num_nameservers == 0) {
+        dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                       EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (dns == NULL) {
+            pgw_log_warn("no usable name server in /etc/resolv.conf: upstream host names are "
+                         "resolved from /etc/hosts only");
+            dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+            evdns_base_load_hosts(dns, NULL);
+        }
+    } else {
+        dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        for (size_t i = 0; i < r->num_nameservers; i++) {
+            struct sockaddr_storage sa;
+            socklen_t len;
+            const struct pgw_config_target *t = &r->nameservers[i];
+            pgw_assert(pgw_addr_parse_ip(t->host, strlen(t->host), &sa, &len) == PGW_OK);
+            if (sa.ss_family == AF_INET)
+                ((struct sockaddr_in *)&sa)->sin_port = htons(t->port);
+            else
+                ((struct sockaddr_in6 *)&sa)->sin6_port = htons(t->port);
+            if (evdns_base_nameserver_sockaddr_add(dns, (struct sockaddr *)&sa, len, 0) != 0)
+                pgw_log_warn("name server %s:%u could not be added", t->host,
+                             (unsigned)t->port);
+        }
+        evdns_base_load_hosts(dns, NULL);
+    }
+    pgw_assert(dns != NULL);
+    char secs[32];
+    snprintf(secs, sizeof(secs), "%.3f", (double)r->timeout / 1000.0);
+    evdns_base_set_option(dns, "timeout:", secs);
+    evdns_base_set_option(dns, "attempts:", "2");
+    return dns;
+}
+
 static uint64_t random_seed(void)
 {
     uint64_t s = 0;
@@ -566,12 +606,7 @@ int pgw_server_run(struct pgw_config *config)
     pgw_worker.base = event_base_new_with_config(ec);
     event_config_free(ec);
     pgw_assert(pgw_worker.base != NULL);
-    pgw_worker.dns = evdns_base_new(pgw_worker.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-    if (pgw_worker.dns == NULL) { /* no resolv.conf: only /etc/hosts and IP literals work */
-        pgw_worker.dns = evdns_base_new(pgw_worker.base, 0);
-        evdns_base_load_hosts(pgw_worker.dns, NULL);
-    }
+    pgw_worker.dns = dns_new(pgw_worker.base, &config->resolver);
     pgw_worker.id_seed = random_seed();
     const char *err = NULL;
     pgw_worker.gen = pgw_gen_new(config, 1, &err);

@@ -292,7 +292,8 @@ FAULTS = {
 class Upstream:
     """A recording HTTP/1.1 upstream on 127.0.0.1:<random port>."""
 
-    def __init__(self, name="up", mode=None, status=200, headers=(), body=None, port=0):
+    def __init__(self, name="up", mode=None, status=200, headers=(), body=None, port=0,
+                 host="127.0.0.1"):
         """<port>: 0 for a free one; a given port lets a stub take over the port of a
         RefusingPort that was stopped (a target that comes back)."""
         self.name = name
@@ -309,11 +310,11 @@ class Upstream:
         self.socks = []
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", port))
+        self.lsock.bind((host, port))
         self.lsock.listen(128)
         self.lsock.settimeout(0.1)
         self.port = self.lsock.getsockname()[1]
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = "%s:%d" % (host, self.port)
         self.thread = threading.Thread(target=self._accept_loop, daemon=True,
                                        name="stub-%s" % name)
         self.thread.start()
@@ -497,7 +498,7 @@ class RefusingPort:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = "%s:%d" % (host, self.port)
 
     def stop(self):
         self.sock.close()
@@ -512,7 +513,7 @@ class Blackhole:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(0)
         self.port = self.sock.getsockname()[1]
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = "%s:%d" % (host, self.port)
         self.fillers = []
         for _ in range(3):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

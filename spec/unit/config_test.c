@@ -520,7 +520,7 @@ static void test_unknown_keys(void)
 {
     EXPECT_ERROR(BASE "listenrs: []\n", 3,
                  "unknown top-level key \"listenrs\" (allowed: listeners, upstreams, routes, "
-                 "real_ip, limits, timeouts, access_log, error_log, http)");
+                 "real_ip, limits, timeouts, access_log, error_log, http, resolver)");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\", bakclog: 5 }\n", 2,
                  "listeners[0]: unknown key \"bakclog\" (allowed: name, address, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
@@ -885,6 +885,34 @@ static void test_logs(void)
     EXPECT_ERROR(BASE "error_log: { path: [a] }\n", 3, "error_log.path: expected a string");
 }
 
+static void test_resolver(void)
+{
+    struct pgw_config *c = EXPECT_OK(BASE);
+    if (c != NULL) {
+        CHECK_INT(c->resolver.num_nameservers, 0);
+        CHECK_INT(c->resolver.timeout, 2000);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(BASE "resolver: { nameservers: [\"10.0.0.2:53\", \"[::1]:5353\"], "
+                       "timeout: 250ms }\n");
+    if (c != NULL) {
+        CHECK_INT(c->resolver.num_nameservers, 2);
+        CHECK_STR(c->resolver.nameservers[0].host, "10.0.0.2");
+        CHECK_INT(c->resolver.nameservers[0].port, 53);
+        CHECK_STR(c->resolver.nameservers[1].host, "::1");
+        CHECK_INT(c->resolver.nameservers[1].port, 5353);
+        CHECK_INT(c->resolver.timeout, 250);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(BASE "resolver: { nameservers: [\"dns.example:53\"] }\n", 3,
+                 "resolver.nameservers: \"dns.example:53\": a name server is an IP address");
+    EXPECT_ERROR(BASE "resolver: { nameservers: [\"10.0.0.2\"] }\n", 3, "missing port");
+    EXPECT_ERROR(BASE "resolver: { nameservers: \"10.0.0.2:53\" }\n", 3,
+                 "resolver.nameservers: expected a list");
+    EXPECT_ERROR(BASE "resolver: { timeout: 0s }\n", 3, "resolver.timeout");
+    EXPECT_ERROR(BASE "resolver: { ttl: 5s }\n", 3, "ttl");
+}
+
 /* ---- Several errors, the buffer, files, refcounts ---- */
 
 static void test_many_errors(void)
@@ -1002,6 +1030,7 @@ int main(void)
     RUN(test_route_types);
     RUN(test_route_match);
     RUN(test_logs);
+    RUN(test_resolver);
     RUN(test_many_errors);
     RUN(test_errbuf_truncation);
     RUN(test_load_file_and_refs);
