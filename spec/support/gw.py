@@ -154,7 +154,10 @@ class Gateway:
             raise GatewayError("%s does not exist: run `make passerelle`" % BINARY)
         self.stdout = open(self.workdir / "stdout.log", "ab")
         self.stderr = open(self.workdir / "stderr.log", "ab")
-        args = self.args or [str(BINARY), "-c", str(self.config_path)]
+        if callable(self.args):  # a function of the config path, e.g. to wrap the binary
+            args = self.args(self.config_path)
+        else:
+            args = self.args or [str(BINARY), "-c", str(self.config_path)]
         self.proc = subprocess.Popen(args, cwd=str(REPO), stdout=self.stdout, stderr=self.stderr,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
