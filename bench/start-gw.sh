@@ -13,6 +13,8 @@ listeners:
   - { name: proxy, address: "127.0.0.1:$PGW_PORT_PROXY" }
   - { name: policy, address: "127.0.0.1:$PGW_PORT_POLICY" }
   - { name: tls, address: "127.0.0.1:$PGW_PORT_TLS" }
+workers: $PGW_WORKERS
+control: { socket: "$PGW_WORKDIR/control.sock" }
 limits: { max_connections: 100000 }
 upstreams:
   origin: { targets: ["$PGW_UPSTREAM"], keepalive: 256, retries: 0 }

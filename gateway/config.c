@@ -499,7 +499,8 @@ static const char *check_match_host(char *h, size_t len)
 /* In load order: load_root() pairs loaders with these by position. */
 static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "real_ip",
                                        "limits",    "timeouts",   "access_log", "error_log",
-                                       "http",      "resolver",   NULL};
+                                       "http",      "resolver",   "workers",    "control",
+                                       NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
@@ -646,6 +647,7 @@ static const struct field timeout_fields[] = {
     FIELD(F_DURATION, struct pgw_config_timeouts, body, 1, MAX_DURATION),
     FIELD(F_DURATION, struct pgw_config_timeouts, keepalive, 1, MAX_DURATION),
     FIELD(F_DURATION, struct pgw_config_timeouts, send, 1, MAX_DURATION),
+    FIELD(F_DURATION, struct pgw_config_timeouts, drain, 1, MAX_DURATION),
 };
 
 static void load_timeouts(struct ctx *x, const struct pgw_yaml_node *n)
@@ -1043,6 +1045,43 @@ static void load_resolver(struct ctx *x, const struct pgw_yaml_node *n)
     }
 }
 
+/* ---- Processes ---- */
+
+static void load_workers(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    static const struct field f = FIELD(F_COUNT, struct pgw_config, workers, 1, PGW_WORKERS_MAX);
+    if (pgw_yaml_is(n, "auto")) {
+        x->c->workers = 0;
+        return;
+    }
+    if (n->kind == PGW_YAML_SCALAR && !n->is_plain) {
+        ferr(x, n->line, "", "workers", "expected auto or a number 1..%d", PGW_WORKERS_MAX);
+        return;
+    }
+    read_field(x, n, "", &f, x->c);
+}
+
+static void load_control(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    static const char *const extras[] = {"socket", NULL};
+    const struct pgw_yaml_node *v;
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "control"))
+        return;
+    walk_keys(x, n, "control", extras, NULL, 0, NULL);
+    if ((v = map_get(n, "socket")) != NULL) {
+        char *path = NULL;
+        if (read_str(x, v, "control", "socket", &path) != PGW_OK)
+            return;
+        if (strlen(path) >= 100) { /* sun_path holds 108 bytes */
+            ferr(x, v->line, "control", "socket", "the path must be shorter than 100 bytes");
+            free(path);
+            return;
+        }
+        free(x->c->control_socket);
+        x->c->control_socket = path;
+    }
+}
+
 /* ---- Snapshot ---- */
 
 static void set_defaults(struct pgw_config *c)
@@ -1055,7 +1094,9 @@ static void set_defaults(struct pgw_config *c)
         .max_connections = 10000,
     };
     c->timeouts = (struct pgw_config_timeouts){
-        .header = 10 * SEC, .body = 30 * SEC, .keepalive = 60 * SEC, .send = 30 * SEC};
+        .header = 10 * SEC, .body = 30 * SEC, .keepalive = 60 * SEC, .send = 30 * SEC,
+        .drain = 30 * SEC};
+    c->control_socket = pgw_strndup("logs/passerelle.sock", 20);
     c->access_log.enabled = 1;
     c->access_log.path = pgw_strndup("logs/access.log", 15);
     c->error_log.path = pgw_strndup("-", 1);
@@ -1101,6 +1142,7 @@ static void config_free(struct pgw_config *c)
     free(c->resolver.nameservers);
     free(c->access_log.path);
     free(c->error_log.path);
+    free(c->control_socket);
     free(c->file);
     free(c);
 }
@@ -1111,6 +1153,7 @@ static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
     static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
+        load_workers,  load_control,
     };
     walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);
@@ -1183,25 +1226,30 @@ static char *read_all(FILE *f, size_t *len)
     return buf;
 }
 
-struct pgw_config *pgw_config_load(const char *path, char *errbuf, size_t errlen)
+char *pgw_config_read_file(const char *path, size_t *len, char *errbuf, size_t errlen)
 {
-    struct pgw_config *c = NULL;
-    size_t len = 0;
-    char *buf = NULL;
     FILE *f = fopen(path, "rb");
-
     if (f == NULL) {
         io_error(path, strerror(errno), errbuf, errlen);
         return NULL; /* no line to name: "FILE: cannot read: reason" */
     }
-    buf = read_all(f, &len);
-    if (buf == NULL)
+    char *buf = read_all(f, len);
+    if (buf == NULL) {
         io_error(path, strerror(errno), errbuf, errlen);
-    else if (len > MAX_FILE_SIZE)
+    } else if (*len > MAX_FILE_SIZE) {
         io_error(path, "larger than 16 MiB", errbuf, errlen);
-    else
-        c = pgw_config_load_string(path, buf, len, errbuf, errlen);
+        free(buf);
+        buf = NULL;
+    }
     fclose(f);
+    return buf;
+}
+
+struct pgw_config *pgw_config_load(const char *path, char *errbuf, size_t errlen)
+{
+    size_t len = 0;
+    char *buf = pgw_config_read_file(path, &len, errbuf, errlen);
+    struct pgw_config *c = buf ? pgw_config_load_string(path, buf, len, errbuf, errlen) : NULL;
     free(buf);
     return c;
 }

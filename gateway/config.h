@@ -50,6 +50,7 @@ struct pgw_config_timeouts {
     uint64_t body;      /* between body reads, default 30s (and the whole body, see docs) */
     uint64_t keepalive; /* idle between requests, default 60s */
     uint64_t send;      /* a client not reading our response, default 30s */
+    uint64_t drain;     /* graceful stop (SIGQUIT): time left to requests in flight, default 30s */
 };
 
 struct pgw_config_target {
@@ -115,9 +116,13 @@ struct pgw_config_resolver {
     uint64_t timeout; /* ms per query attempt, default 2s */
 };
 
+#define PGW_WORKERS_MAX 256
+
 struct pgw_config {
     int refs;
     char *file; /* the path it was loaded from */
+    unsigned workers;     /* worker processes; 0 = auto (one per CPU) */
+    char *control_socket; /* control: { socket: PATH }, default "logs/passerelle.sock" */
     struct pgw_config_listener *listeners;
     size_t num_listeners;
     struct pgw_config_real_ip real_ip;
@@ -143,6 +148,11 @@ struct pgw_config *pgw_config_load(const char *path, char *errbuf, size_t errlen
 /* Same from a string; <name> is used in messages in place of the file name (for tests). */
 struct pgw_config *pgw_config_load_string(const char *name, const char *yaml, size_t len,
                                           char *errbuf, size_t errlen);
+
+/* Reads the whole file <path> (at most 16 MiB) into a heap buffer the caller frees; NULL with a
+ * "FILE: cannot read: reason" message in <errbuf>. The master keeps the text of each generation
+ * it accepted, so that workers build from exactly what was validated. */
+char *pgw_config_read_file(const char *path, size_t *len, char *errbuf, size_t errlen);
 
 struct pgw_config *pgw_config_ref(struct pgw_config *c);
 void pgw_config_unref(struct pgw_config *c);

@@ -11,6 +11,7 @@
  */
 #include "proxy.h"
 #include "log.h"
+#include "out.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -493,26 +494,6 @@ static void attempt(struct pgw_proxy *px)
 
 /* ---- Request towards the upstream ---- */
 
-struct hw {
-    char *p, *end;
-};
-
-static void hw_mem(struct hw *w, const char *s, size_t n)
-{
-    pgw_assert((size_t)(w->end - w->p) >= n);
-    memcpy(w->p, s, n);
-    w->p += n;
-}
-#define HW_LIT(w, lit) hw_mem((w), (lit), sizeof(lit) - 1)
-
-static void hw_field(struct hw *w, const char *name, size_t nlen, const char *v, size_t vlen)
-{
-    hw_mem(w, name, nlen);
-    HW_LIT(w, ": ");
-    hw_mem(w, v, vlen);
-    HW_LIT(w, "\r\n");
-}
-
 static int drop_request_field(const struct pgw_req *req, const struct pgw_http_header *f,
                               int keep_forwarded)
 {
@@ -552,10 +533,9 @@ static void build_head(struct pgw_proxy *px)
                  PGW_ADDR_STRLEN;
     for (size_t i = 0; i < req->h.num_headers; i++)
         max += req->h.headers[i].name_len + req->h.headers[i].value_len + 6;
-    max += strlen(px->up->targets[0].label) * 0; /* Host comes from the target, sized below */
-    max += 300;
+    max += PGW_UPSTREAM_LABEL_MAX; /* Host, from the target */
     char *buf = pgw_pool_alloc(req->pool, max);
-    struct hw w = {buf, buf + max};
+    struct pgw_out w = {buf, buf + max};
     const char *path = req->path;
     size_t plen = req->path_len;
     if (route->strip_prefix && route->path_kind == PGW_PATH_PREFIX) {
@@ -566,25 +546,25 @@ static void build_head(struct pgw_proxy *px)
             plen = 1;
         }
     }
-    hw_mem(&w, req->h.method, req->h.method_len);
-    HW_LIT(&w, " ");
-    hw_mem(&w, path, plen);
+    pgw_out_mem(&w, req->h.method, req->h.method_len);
+    PGW_OUT_LIT(&w, " ");
+    pgw_out_mem(&w, path, plen);
     if (req->h.query != NULL) {
-        HW_LIT(&w, "?");
-        hw_mem(&w, req->h.query, req->h.query_len);
+        PGW_OUT_LIT(&w, "?");
+        pgw_out_mem(&w, req->h.query, req->h.query_len);
     }
-    HW_LIT(&w, " HTTP/1.1\r\nHost: ");
+    PGW_OUT_LIT(&w, " HTTP/1.1\r\nHost: ");
     if (route->preserve_host && req->h.authority_len > 0) {
-        hw_mem(&w, req->h.authority, req->h.authority_len);
+        pgw_out_mem(&w, req->h.authority, req->h.authority_len);
     } else {
         const struct target *t = px->t ? px->t : &px->up->targets[0];
         const char *label = t->label;
         size_t llen = strlen(label);
         if (t->conf->port == 80)
             llen -= 3; /* ":80" */
-        hw_mem(&w, label, llen);
+        pgw_out_mem(&w, label, llen);
     }
-    HW_LIT(&w, "\r\n");
+    PGW_OUT_LIT(&w, "\r\n");
     const char *xff[16];
     size_t xff_len[16], nxff = 0;
     for (size_t i = 0; i < req->h.num_headers; i++) {
@@ -594,35 +574,35 @@ static void build_head(struct pgw_proxy *px)
             xff_len[nxff++] = f->value_len;
         }
         if (!drop_request_field(req, f, keep_forwarded))
-            hw_field(&w, f->name, f->name_len, f->value, f->value_len);
+            pgw_out_field(&w, f->name, f->name_len, f->value, f->value_len);
     }
-    HW_LIT(&w, "X-Forwarded-For: ");
+    PGW_OUT_LIT(&w, "X-Forwarded-For: ");
     for (size_t i = 0; i < nxff; i++) {
-        hw_mem(&w, xff[i], xff_len[i]);
-        HW_LIT(&w, ", ");
+        pgw_out_mem(&w, xff[i], xff_len[i]);
+        PGW_OUT_LIT(&w, ", ");
     }
     char addr[PGW_ADDR_STRLEN];
     size_t alen = forwarded_for_addr(c, addr, sizeof(addr));
-    hw_mem(&w, addr, alen);
-    HW_LIT(&w, "\r\n");
+    pgw_out_mem(&w, addr, alen);
+    PGW_OUT_LIT(&w, "\r\n");
     if (!keep_forwarded ||
         !pgw_http_find(req->h.headers, req->h.num_headers, "x-forwarded-proto", 17))
-        HW_LIT(&w, "X-Forwarded-Proto: http\r\n");
+        PGW_OUT_LIT(&w, "X-Forwarded-Proto: http\r\n");
     if ((!keep_forwarded ||
          !pgw_http_find(req->h.headers, req->h.num_headers, "x-forwarded-host", 16)) &&
         req->h.authority_len > 0)
-        hw_field(&w, "X-Forwarded-Host", 16, req->h.authority, req->h.authority_len);
-    hw_field(&w, "X-Request-Id", 12, req->id, req->id_len);
+        pgw_out_field(&w, "X-Forwarded-Host", 16, req->h.authority, req->h.authority_len);
+    pgw_out_field(&w, "X-Request-Id", 12, req->id, req->id_len);
     if (req->h.body == PGW_HTTP_BODY_LENGTH) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%" PRIu64, req->h.content_length);
-        hw_field(&w, "Content-Length", 14, num, (size_t)n);
+        pgw_out_field(&w, "Content-Length", 14, num, (size_t)n);
     } else if (req->h.body == PGW_HTTP_BODY_CHUNKED) {
-        HW_LIT(&w, "Transfer-Encoding: chunked\r\n");
+        PGW_OUT_LIT(&w, "Transfer-Encoding: chunked\r\n");
     }
     if (uconf->keepalive == 0)
-        HW_LIT(&w, "Connection: close\r\n");
-    HW_LIT(&w, "\r\n");
+        PGW_OUT_LIT(&w, "Connection: close\r\n");
+    PGW_OUT_LIT(&w, "\r\n");
     px->head = buf;
     px->head_len = (size_t)(w.p - buf);
     PGW_UNUSED(xff_len);

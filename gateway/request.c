@@ -4,6 +4,7 @@
  * (keep-alive or close). See server.h for ownership.
  */
 #include "log.h"
+#include "out.h"
 #include "proxy.h"
 #include "server.h"
 
@@ -19,42 +20,8 @@ static void req_finish(struct pgw_req *req);
 
 /* ---- Small writers ---- */
 
-struct out {
-    char *p;
-    char *end;
-};
-
-static void out_mem(struct out *o, const char *s, size_t n)
-{
-    pgw_assert((size_t)(o->end - o->p) >= n);
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-#define OUT_LIT(o, lit) out_mem((o), (lit), sizeof(lit) - 1)
-
-static void out_u64(struct out *o, uint64_t v)
-{
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    pgw_assert(o->end - o->p >= n);
-    while (n)
-        *o->p++ = tmp[--n];
-}
-
-static void out_header(struct out *o, const char *name, size_t nlen, const char *val, size_t vlen)
-{
-    out_mem(o, name, nlen);
-    OUT_LIT(o, ": ");
-    out_mem(o, val, vlen);
-    OUT_LIT(o, "\r\n");
-}
-
 /* Reserves <max> bytes at the end of <buf> for an out writer; out_commit() adds what was written. */
-static struct evbuffer_iovec out_reserve(struct evbuffer *buf, size_t max, struct out *o)
+static struct evbuffer_iovec out_reserve(struct evbuffer *buf, size_t max, struct pgw_out *o)
 {
     struct evbuffer_iovec v;
     int n = evbuffer_reserve_space(buf, (ev_ssize_t)max, &v, 1);
@@ -64,7 +31,7 @@ static struct evbuffer_iovec out_reserve(struct evbuffer *buf, size_t max, struc
     return v;
 }
 
-static void out_commit(struct evbuffer *buf, struct evbuffer_iovec v, const struct out *o)
+static void out_commit(struct evbuffer *buf, struct evbuffer_iovec v, const struct pgw_out *o)
 {
     v.iov_len = (size_t)(o->p - (char *)v.iov_base);
     evbuffer_commit_space(buf, &v, 1);
@@ -197,6 +164,7 @@ void pgw_req_start(struct pgw_conn *c, const char *head, size_t head_len,
     req->bytes_in = head_len;
     req_set_id(req);
     req_set_client(req);
+    pgw_worker.requests++;
     req->body_left = h->body == PGW_HTTP_BODY_LENGTH ? h->content_length : 0;
     req->body_done = h->body == PGW_HTTP_BODY_NONE;
     pgw_http_chunked_init(&req->chunked);
@@ -314,25 +282,25 @@ static void respond(struct pgw_req *req, int status, const char *body, size_t bo
         req->keep_alive = 0; /* an unread body cannot be skipped safely */
     req->keep_alive &= req->h.keep_alive;
     req->status = status;
-    struct out o;
+    struct pgw_out o;
     struct evbuffer_iovec v = out_reserve(c->io.out, 256 + req->id_len + body_len, &o);
-    OUT_LIT(&o, "HTTP/1.1 ");
-    out_u64(&o, (uint64_t)status);
-    OUT_LIT(&o, " ");
+    PGW_OUT_LIT(&o, "HTTP/1.1 ");
+    pgw_out_u64(&o, (uint64_t)status);
+    PGW_OUT_LIT(&o, " ");
     const char *reason = pgw_http_reason(status);
-    out_mem(&o, reason, strlen(reason));
-    OUT_LIT(&o, "\r\nContent-Type: application/json\r\nContent-Length: ");
-    out_u64(&o, body_len);
-    OUT_LIT(&o, "\r\n");
+    pgw_out_mem(&o, reason, strlen(reason));
+    PGW_OUT_LIT(&o, "\r\nContent-Type: application/json\r\nContent-Length: ");
+    pgw_out_u64(&o, body_len);
+    PGW_OUT_LIT(&o, "\r\n");
     if (req->id_len > 0)
-        out_header(&o, "X-Request-Id", 12, req->id, req->id_len);
+        pgw_out_field(&o, "X-Request-Id", 12, req->id, req->id_len);
     if (!req->keep_alive)
-        OUT_LIT(&o, "Connection: close\r\n");
+        PGW_OUT_LIT(&o, "Connection: close\r\n");
     else if (req->h.minor_version == 0)
-        OUT_LIT(&o, "Connection: keep-alive\r\n");
-    OUT_LIT(&o, "\r\n");
+        PGW_OUT_LIT(&o, "Connection: keep-alive\r\n");
+    PGW_OUT_LIT(&o, "\r\n");
     if (!is_head)
-        out_mem(&o, body, body_len);
+        pgw_out_mem(&o, body, body_len);
     req->bytes_out += (size_t)(o.p - (char *)v.iov_base);
     out_commit(c->io.out, v, &o);
     req->resp_started = 1;
@@ -542,31 +510,31 @@ void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp
     size_t max = 128 + req->id_len + resp->reason_len;
     for (size_t i = 0; i < resp->num_headers; i++)
         max += resp->headers[i].name_len + resp->headers[i].value_len + 4;
-    struct out o;
+    struct pgw_out o;
     struct evbuffer_iovec v = out_reserve(c->io.out, max, &o);
-    OUT_LIT(&o, "HTTP/1.1 ");
-    out_u64(&o, (uint64_t)resp->status);
-    OUT_LIT(&o, " ");
+    PGW_OUT_LIT(&o, "HTTP/1.1 ");
+    pgw_out_u64(&o, (uint64_t)resp->status);
+    PGW_OUT_LIT(&o, " ");
     if (resp->reason_len > 0) {
-        out_mem(&o, resp->reason, resp->reason_len);
+        pgw_out_mem(&o, resp->reason, resp->reason_len);
     } else {
         const char *reason = pgw_http_reason(resp->status);
-        out_mem(&o, reason, strlen(reason));
+        pgw_out_mem(&o, reason, strlen(reason));
     }
-    OUT_LIT(&o, "\r\n");
+    PGW_OUT_LIT(&o, "\r\n");
     for (size_t i = 0; i < resp->num_headers; i++) {
         const struct pgw_http_header *f = &resp->headers[i];
         if (!skip_response_field(resp, f))
-            out_header(&o, f->name, f->name_len, f->value, f->value_len);
+            pgw_out_field(&o, f->name, f->name_len, f->value, f->value_len);
     }
     if (req->resp_chunked)
-        OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
-    out_header(&o, "X-Request-Id", 12, req->id, req->id_len);
+        PGW_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+    pgw_out_field(&o, "X-Request-Id", 12, req->id, req->id_len);
     if (!req->keep_alive)
-        OUT_LIT(&o, "Connection: close\r\n");
+        PGW_OUT_LIT(&o, "Connection: close\r\n");
     else if (!client11)
-        OUT_LIT(&o, "Connection: keep-alive\r\n");
-    OUT_LIT(&o, "\r\n");
+        PGW_OUT_LIT(&o, "Connection: keep-alive\r\n");
+    PGW_OUT_LIT(&o, "\r\n");
     req->bytes_out += (size_t)(o.p - (char *)v.iov_base);
     out_commit(c->io.out, v, &o);
     req->resp_started = 1;

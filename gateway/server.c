@@ -17,9 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-struct pgw_worker pgw_worker;
-
-static struct pgw_log_ratelimit emfile_log, accept_log, maxconn_log;
+static struct pgw_log_ratelimit accept_log;
 
 /* ---- Generations ---- */
 
@@ -149,7 +147,7 @@ static void conn_set_client(struct pgw_conn *c, const struct sockaddr_storage *s
     pgw_addr_format((const struct sockaddr *)sa, c->client_str, sizeof(c->client_str));
 }
 
-static void conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_storage *peer)
+void pgw_conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_storage *peer)
 {
     struct pgw_conn *c = pgw_calloc(1, sizeof(*c));
     struct pgw_gen *g = pgw_worker.gen;
@@ -235,6 +233,45 @@ void pgw_conn_process(struct pgw_conn *c)
     c->processing = 0;
 }
 
+static int same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* Between two requests a keep-alive connection moves to the newest generation, so that a reload
+ * reaches clients and balancers that keep connections open for hours; a request in flight always
+ * ends on the generation it started with. Returns 0 when the connection's listener (same name
+ * and address) is gone from the new generation: the connection must close. */
+static int conn_follow_gen(struct pgw_conn *c)
+{
+    struct pgw_gen *g = pgw_worker.gen;
+    if (c->gen == g || g == NULL)
+        return 1;
+    const struct pgw_config_listener *old = &c->gen->config->listeners[c->listener_index];
+    for (size_t i = 0; i < g->config->num_listeners; i++) {
+        const struct pgw_config_listener *l = &g->config->listeners[i];
+        if (strcmp(l->name, old->name) != 0 || !same_sockaddr(&l->sa, &old->sa))
+            continue;
+        g->refs++;
+        pgw_gen_unref(c->gen);
+        c->gen = g;
+        c->listener_index = (int)i;
+        const struct pgw_config_real_ip *rip = &g->config->real_ip;
+        c->peer_trusted = rip->num_trusted > 0 &&
+                          pgw_cidr_match_any(rip->trusted, rip->num_trusted,
+                                             (const struct sockaddr *)&c->peer);
+        return 1;
+    }
+    return 0;
+}
+
 static void conn_process_loop(struct pgw_conn *c)
 {
     while (!c->dead) {
@@ -253,6 +290,10 @@ static void conn_process_loop(struct pgw_conn *c)
         if (len == 0)
             return;
         if (c->state == PGW_CONN_IDLE) {
+            if (!conn_follow_gen(c)) {
+                pgw_conn_close(c, NULL); /* its listener was removed by a reload */
+                return;
+            }
             c->state = PGW_CONN_HEAD;
             if (c->requests > 0) /* the head deadline starts at its first byte */
                 pgw_io_read_timeout(&c->io, c->gen->config->timeouts.header);
@@ -365,143 +406,9 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
     pgw_conn_leave(c);
 }
 
-/* ---- Listeners and accept ---- */
+/* ---- Bulk operations for the worker ---- */
 
-static void accept_pause(void)
-{
-    if (pgw_worker.accept_paused)
-        return;
-    pgw_worker.accept_paused = 1;
-    for (size_t i = 0; i < pgw_worker.num_listeners; i++)
-        event_del(pgw_worker.listeners[i].ev);
-    struct timeval tv = {0, 100 * 1000};
-    evtimer_add(pgw_worker.accept_timer, &tv);
-}
-
-static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
-{
-    PGW_UNUSED(fd);
-    PGW_UNUSED(what);
-    PGW_UNUSED(arg);
-    pgw_worker.accept_paused = 0;
-    for (size_t i = 0; i < pgw_worker.num_listeners; i++)
-        event_add(pgw_worker.listeners[i].ev, NULL);
-}
-
-static void refuse_over_limit(evutil_socket_t fd)
-{
-    /* Best effort, never blocks: the socket is new, its send buffer empty. */
-    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                               "Content-Length: 52\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
-                               "{\"status\":503,\"error\":\"too many connections\"}      \n";
-    ssize_t w = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    PGW_UNUSED(w);
-    close(fd);
-}
-
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
-{
-    struct pgw_listener *l = arg;
-    PGW_UNUSED(what);
-    for (int i = 0; i < 64 && !pgw_worker.stopping; i++) {
-        struct sockaddr_storage peer;
-        socklen_t plen = sizeof(peer);
-        int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd == -1) {
-            int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK)
-                return;
-            if (e == EINTR || e == ECONNABORTED)
-                continue;
-            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
-                pgw_log_limited(&emfile_log, 5000, PGW_LOG_ERROR,
-                                "accept on %s: %s; accepting paused for 100 ms", l->name,
-                                strerror(e));
-                accept_pause();
-                return;
-            }
-            pgw_log_limited(&accept_log, 5000, PGW_LOG_WARN, "accept on %s: %s", l->name,
-                            strerror(e));
-            return;
-        }
-        if (pgw_worker.num_conns >= pgw_worker.gen->config->limits.max_connections) {
-            pgw_log_limited(&maxconn_log, 5000, PGW_LOG_WARN,
-                            "max_connections (%zu) reached: new connections answered 503",
-                            pgw_worker.gen->config->limits.max_connections);
-            refuse_over_limit(fd);
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        conn_new(l->index, fd, &peer);
-    }
-}
-
-static int listener_open(const struct pgw_config_listener *cl, evutil_socket_t *out)
-{
-    int fd = socket(cl->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        pgw_log_error("listener %s: socket: %s", cl->name, strerror(errno));
-        return PGW_ERR;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (cl->sa.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&cl->sa, cl->sa_len) == -1 ||
-        listen(fd, cl->backlog > 0 ? cl->backlog : 511) == -1) {
-        pgw_log_error("listener %s: cannot listen on %s: %s", cl->name, cl->address,
-                      strerror(errno));
-        close(fd);
-        return PGW_ERR;
-    }
-    *out = fd;
-    return PGW_OK;
-}
-
-static int listeners_open(const struct pgw_config *config)
-{
-    pgw_worker.listeners = pgw_calloc(config->num_listeners, sizeof(struct pgw_listener));
-    for (size_t i = 0; i < config->num_listeners; i++) {
-        struct pgw_listener *l = &pgw_worker.listeners[i];
-        l->index = (int)i;
-        l->name = config->listeners[i].name;
-        if (listener_open(&config->listeners[i], &l->fd) != PGW_OK)
-            return PGW_ERR;
-        pgw_worker.num_listeners++;
-        l->ev = event_new(pgw_worker.base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
-        event_add(l->ev, NULL);
-        pgw_log_info("listener %s on %s", l->name, config->listeners[i].address);
-    }
-    return PGW_OK;
-}
-
-static void listeners_close(void)
-{
-    for (size_t i = 0; i < pgw_worker.num_listeners; i++) {
-        event_free(pgw_worker.listeners[i].ev);
-        close(pgw_worker.listeners[i].fd);
-    }
-    free(pgw_worker.listeners);
-    pgw_worker.listeners = NULL;
-    pgw_worker.num_listeners = 0;
-}
-
-/* ---- Worker ---- */
-
-static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
-{
-    PGW_UNUSED(fd);
-    PGW_UNUSED(what);
-    PGW_UNUSED(arg);
-    pgw_access_log_flush();
-}
-
-static void on_stop_check(evutil_socket_t fd, short what, void *arg);
-
-/* Closes the connections that hold no request: idle keep-alive ones and those that never sent a
- * byte. Closing them loses nothing; a request in flight ends with Connection: close instead. */
-static void close_idle_conns(void)
+void pgw_conns_close_idle(void)
 {
     struct pgw_conn *c = pgw_worker.conns;
     while (c != NULL) {
@@ -513,134 +420,19 @@ static void close_idle_conns(void)
     }
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+void pgw_conns_follow_gen(void)
 {
-    PGW_UNUSED(what);
-    PGW_UNUSED(arg);
-    if (pgw_worker.stopping)
-        return;
-    pgw_log_notice("signal %d: stopping (in-flight requests get up to %d ms)", (int)sig,
-                   PGW_STOP_GRACE_MS);
-    pgw_worker.stopping = 1;
-    for (size_t i = 0; i < pgw_worker.num_listeners; i++)
-        event_del(pgw_worker.listeners[i].ev);
-    close_idle_conns();
-    struct event *ev = evtimer_new(pgw_worker.base, on_stop_check, event_self_cbarg());
-    struct timeval tv = {0, 0};
-    evtimer_add(ev, &tv);
+    struct pgw_conn *c = pgw_worker.conns;
+    while (c != NULL) {
+        struct pgw_conn *next = c->next;
+        if (c->state == PGW_CONN_IDLE && c->in_handler == 0 && !conn_follow_gen(c))
+            pgw_conn_close(c, NULL);
+        c = next;
+    }
 }
 
-static void on_stop_check(evutil_socket_t fd, short what, void *arg)
+void pgw_conns_close_all(const char *termination)
 {
-    static uint64_t deadline;
-    PGW_UNUSED(fd);
-    PGW_UNUSED(what);
-    if (deadline == 0)
-        deadline = pgw_now_ms() + PGW_STOP_GRACE_MS;
-    /* Drain: requests that end meanwhile close their connection (stopping forbids keep-alive). */
-    close_idle_conns();
-    if (pgw_worker.num_conns == 0 || pgw_now_ms() >= deadline) {
-        if (pgw_worker.num_conns > 0)
-            pgw_log_warn("stopping with %zu connection(s) still open", pgw_worker.num_conns);
-        event_free(arg);
-        event_base_loopbreak(pgw_worker.base);
-        return;
-    }
-    struct timeval tv = {0, 20 * 1000};
-    evtimer_add(arg, &tv);
-}
-
-/* The worker's resolver: the configured name servers, else those of /etc/resolv.conf (none
- * found: only /etc/hosts and IP literals work, and a log line says so). */
-static struct evdns_base *dns_new(struct event_base *base, const struct pgw_config_resolver *r)
-{
-    struct evdns_base *dns;
-    if (r->num_nameservers == 0) {
-        dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                       EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (dns == NULL) {
-            pgw_log_warn("no usable name server in /etc/resolv.conf: upstream host names are "
-                         "resolved from /etc/hosts only");
-            dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-            evdns_base_load_hosts(dns, NULL);
-        }
-    } else {
-        dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        for (size_t i = 0; i < r->num_nameservers; i++) {
-            struct sockaddr_storage sa;
-            socklen_t len;
-            const struct pgw_config_target *t = &r->nameservers[i];
-            pgw_assert(pgw_addr_parse_ip(t->host, strlen(t->host), &sa, &len) == PGW_OK);
-            if (sa.ss_family == AF_INET)
-                ((struct sockaddr_in *)&sa)->sin_port = htons(t->port);
-            else
-                ((struct sockaddr_in6 *)&sa)->sin6_port = htons(t->port);
-            if (evdns_base_nameserver_sockaddr_add(dns, (struct sockaddr *)&sa, len, 0) != 0)
-                pgw_log_warn("name server %s:%u could not be added", t->host,
-                             (unsigned)t->port);
-        }
-        evdns_base_load_hosts(dns, NULL);
-    }
-    pgw_assert(dns != NULL);
-    char secs[32];
-    snprintf(secs, sizeof(secs), "%.3f", (double)r->timeout / 1000.0);
-    evdns_base_set_option(dns, "timeout:", secs);
-    evdns_base_set_option(dns, "attempts:", "2");
-    return dns;
-}
-
-static uint64_t random_seed(void)
-{
-    uint64_t s = 0;
-    if (getrandom(&s, sizeof(s), GRND_NONBLOCK) != (ssize_t)sizeof(s))
-        s = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL ^ pgw_now_us();
-    return s;
-}
-
-int pgw_server_run(struct pgw_config *config)
-{
-    signal(SIGPIPE, SIG_IGN);
-    struct event_config *ec = event_config_new();
-    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    pgw_worker.base = event_base_new_with_config(ec);
-    event_config_free(ec);
-    pgw_assert(pgw_worker.base != NULL);
-    pgw_worker.dns = dns_new(pgw_worker.base, &config->resolver);
-    pgw_worker.id_seed = random_seed();
-    const char *err = NULL;
-    pgw_worker.gen = pgw_gen_new(config, 1, &err);
-    if (pgw_worker.gen == NULL) {
-        pgw_log_error("cannot build the routing tables: %s", err ? err : "?");
-        return 1;
-    }
-    pgw_worker.accept_timer = evtimer_new(pgw_worker.base, on_accept_resume, NULL);
-    pgw_worker.flush_timer = event_new(pgw_worker.base, -1, EV_PERSIST, on_flush_timer, NULL);
-    struct timeval one_s = {1, 0};
-    evtimer_add(pgw_worker.flush_timer, &one_s);
-    struct event *sigterm = evsignal_new(pgw_worker.base, SIGTERM, on_signal, NULL);
-    struct event *sigint = evsignal_new(pgw_worker.base, SIGINT, on_signal, NULL);
-    evsignal_add(sigterm, NULL);
-    evsignal_add(sigint, NULL);
-    int status = 0;
-    if (listeners_open(config) != PGW_OK) {
-        status = 1;
-    } else {
-        pgw_log_notice("passerelle started (pid %d)", (int)getpid());
-        event_base_dispatch(pgw_worker.base);
-        pgw_log_notice("passerelle stopped");
-    }
-    listeners_close();
     while (pgw_worker.conns != NULL)
-        pgw_conn_close(pgw_worker.conns, "shutdown");
-    pgw_access_log_flush();
-    event_free(sigterm);
-    event_free(sigint);
-    event_free(pgw_worker.flush_timer);
-    event_free(pgw_worker.accept_timer);
-    pgw_gen_unref(pgw_worker.gen);
-    pgw_worker.gen = NULL;
-    evdns_base_free(pgw_worker.dns, 0);
-    event_base_free(pgw_worker.base);
-    return status;
+        pgw_conn_close(pgw_worker.conns, termination);
 }

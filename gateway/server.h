@@ -1,8 +1,9 @@
 /* server.h: the worker's event loop, its listeners, client connections and requests.
  *
  * Ownership: the worker owns the listeners and the current generation; a connection holds a
- * reference to the generation it was accepted under and keeps it until it closes, so a later
- * reload never changes the routes or limits of a request in flight. A connection owns its pgw_io
+ * reference to the generation of its current request (the one it was accepted under, then the
+ * newest one at each request boundary), so a reload never changes the routes or limits of a
+ * request in flight. A connection owns its pgw_io
  * (socket, events, buffers), its request pool and at most one request at a time (pipelined
  * requests wait in the input buffer and are answered in order). A request's memory, its parsed
  * head and everything registered with pgw_pool_defer() (the upstream lease included) die with the
@@ -43,27 +44,30 @@ struct pgw_gen {
 };
 
 struct pgw_listener {
-    int index;     /* into gen->config->listeners */
-    evutil_socket_t fd;
-    struct event *ev;
-    const char *name; /* owned by the generation's config */
+    evutil_socket_t fd; /* a duplicate of the master's socket, registered in worker.acc_ep */
 };
+
+struct pgw_chan;
 
 struct pgw_worker {
     struct event_base *base;
     struct evdns_base *dns;
-    struct pgw_gen *gen;
-    struct pgw_listener *listeners;
+    struct pgw_gen *gen;        /* the newest generation; connections hold their own refs */
+    struct pgw_listener *listeners; /* one per listener of gen->config, same order */
     size_t num_listeners;
+    int acc_ep;                 /* epoll set of the listeners, EPOLLEXCLUSIVE (see worker.c) */
+    struct event *acc_ev;       /* acc_ep readable */
+    struct pgw_chan *chan;      /* to the master */
     size_t num_conns;
-    struct pgw_conn *conns; /* every open connection */
+    struct pgw_conn *conns;     /* every open connection */
     uint64_t next_conn_id;
+    uint64_t requests;          /* requests started, for status */
     struct event *flush_timer;  /* access log */
     struct event *accept_timer; /* resumes accepting after EMFILE */
     int accept_paused;
     uint64_t id_seed;    /* request ids: seed ^ counter, mixed */
     uint64_t id_counter;
-    int stopping;
+    int stopping;        /* 1: draining (SIGQUIT, master gone), 2: fast stop */
 };
 
 extern struct pgw_worker pgw_worker;
@@ -204,7 +208,6 @@ void pgw_req_reject(struct pgw_conn *c, int status, const char *why);
 #define PGW_OUTPUT_HIGH (256 * 1024)      /* pause the upstream above this much unsent output */
 #define PGW_OUTPUT_LOW (64 * 1024)        /* resume below */
 #define PGW_LINGER_MS 2000
-#define PGW_STOP_GRACE_MS 4000 /* SIGTERM: how long in-flight requests may take */
 
 /* ---- the worker ---- */
 
@@ -212,8 +215,22 @@ void pgw_req_reject(struct pgw_conn *c, int status, const char *why);
 struct pgw_gen *pgw_gen_new(struct pgw_config *config, uint64_t number, const char **err);
 void pgw_gen_unref(struct pgw_gen *g);
 
-/* Creates the event loop and DNS, opens the listeners of <config>, and runs until SIGTERM/SIGINT.
- * Returns the exit status. */
-int pgw_server_run(struct pgw_config *config);
+/* server.c: a connection accepted on listener <listener_index> of the current generation. */
+void pgw_conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_storage *peer);
+/* server.c: closes the connections that hold no request (idle keep-alive, never spoke). */
+void pgw_conns_close_idle(void);
+/* server.c: after a generation swap: idle keep-alive connections move to the new generation at
+ * once (the others do between requests), and those whose listener is gone are closed. */
+void pgw_conns_follow_gen(void);
+/* server.c: closes every connection, aborting requests in flight. */
+void pgw_conns_close_all(const char *termination);
+
+/* worker.c: a worker process, started by the master with the channel on <chan_fd>. Waits for its
+ * first generation, serves until told to stop, returns the exit status. */
+int pgw_worker_main(int chan_fd);
+
+/* worker.c: opens, binds and listens on the socket of <cl> (the master calls it; workers
+ * receive duplicates). Returns PGW_OK with *fd, or PGW_ERR with a message in <err>. */
+int pgw_listener_open(const struct pgw_config_listener *cl, int *fd, char *err, size_t errlen);
 
 #endif

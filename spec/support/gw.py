@@ -5,16 +5,25 @@ Gateway(config, workdir)   writes <workdir>/gw.yaml, runs `./passerelle -c <work
                            the repository root, waits until every listener accepts connections
                            (10 s), and stop() ends it by PID (SIGTERM, SIGKILL after 5 s).
                            The error log goes to <workdir>/error.log (level info) and the access
-                           log to <workdir>/access.log (json) unless the config says otherwise.
+                           log to <workdir>/access.log (json) unless the config says otherwise;
+                           a config dict also gets `workers: 1` and its own control socket
+                           (<workdir>/control.sock) unless it names them.
+                           ./passerelle is the master: reload(), status(), worker_pids() and
+                           signal() talk to it; stop() also makes sure no worker outlives it
+                           (survivors are killed by PID and reported by the teardown check).
+                           rss_kb() and num_fds() measure serving_pid(): the worker when there
+                           is exactly one, else the master.
 Client(port)               raw bytes in, strictly parsed responses out (httpio), close detection.
 config(...) / listener()   build config dicts; to_yaml() turns them into block YAML.
 """
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +119,93 @@ def to_yaml(obj, indent=0):
     return "\n".join(lines)
 
 
+def wait_for(fn, timeout=3.0, what="condition", interval=0.02):
+    """Polls fn() until it returns a true value, which is returned; fails the test after
+    <timeout> s, naming <what> and the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: not within %.1f s (last: %r)" % (what, timeout, v))
+        time.sleep(interval)
+
+
+# ---- processes ----
+
+def _control_socket_path(workdir):
+    """<workdir>/control.sock, or a short directory under /tmp when that path would not fit in
+    sun_path (108 bytes with the NUL)."""
+    p = Path(workdir) / "control.sock"
+    if len(str(p).encode()) < 100:
+        return p
+    return Path(tempfile.mkdtemp(prefix="pgw-")) / "control.sock"
+
+
+def _stat_fields(pid):
+    """(state, ppid, starttime) from /proc/<pid>/stat, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except (OSError, ValueError):
+        return None
+    rest = data[data.rfind(")") + 2 :].split()
+    return rest[0], int(rest[1]), int(rest[19])
+
+
+def _alive(pid, starttime):
+    """True while <pid> is the same process (same start time) and not a zombie."""
+    st = _stat_fields(pid)
+    return st is not None and st[2] == starttime and st[0] not in ("Z", "X")
+
+
+def _children(ppid):
+    """{pid: starttime} of the live (non-zombie) children of <ppid>."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        st = _stat_fields(int(name))
+        if st and st[1] == ppid and st[0] not in ("Z", "X"):
+            out[int(name)] = st[2]
+    return out
+
+
+def socket_owner(local_port, peer_port, pids):
+    """Which of <pids> holds the TCP socket whose local port is <local_port> and whose peer
+    port is <peer_port> (e.g. the gateway side of a client connection), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().split("\n")[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            lp = int(fields[1].rsplit(":", 1)[1], 16)
+            rp = int(fields[2].rsplit(":", 1)[1], 16)
+            if lp == local_port and rp == peer_port:
+                inodes.add("socket:[%s]" % fields[9])
+    if not inodes:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in inodes:
+                    return pid
+            except OSError:
+                pass
+    return None
+
+
 # ---- the gateway process ----
 
 class GatewayError(Exception):
@@ -124,25 +220,57 @@ class Gateway:
         self.error_path = self.workdir / "error.log"
         self.access_path = self.workdir / "access.log"
         self.config_path = self.workdir / "gw.yaml"
-        if isinstance(cfg, dict):
-            cfg = dict(cfg)
-            cfg.setdefault("error_log", {"path": str(self.error_path), "level": "info"})
-            cfg.setdefault("access_log", {"path": str(self.access_path), "format": "json"})
-            self.cfg = cfg
-            self.ports = {l["name"]: int(l["address"].rsplit(":", 1)[1]) for l in cfg["listeners"]}
-            text = to_yaml(cfg) + "\n"
-        else:
-            self.cfg = None
-            text = cfg
-            self.ports = {m.group(1): int(m.group(2)) for m in re.finditer(
-                r"name:\s*\"?(\w+)\"?,\s*address:\s*\"?[\d.]+:(\d+)", text)}
-        self.config_path.write_text(text)
+        self.control_path = _control_socket_path(self.workdir)
+        self.cfg = None
+        self.ports = {}
+        self.write_config(cfg, first=True)
         self.args = args
         self.proc = None
+        self.pid = None
+        self.exited_expected = False  # set by wait_exit(): the test stopped the gateway itself
+        self.leftover_workers = []    # workers still alive after the master exited (stop())
+        self._seen_workers = {}       # pid -> start time, of every worker seen
         self._access_lines = []
         self._access_off = 0
         if start:
             self.start()
+
+    def _defaults(self, cfg):
+        cfg = dict(cfg)
+        cfg.setdefault("error_log", {"path": str(self.error_path), "level": "info"})
+        cfg.setdefault("access_log", {"path": str(self.access_path), "format": "json"})
+        cfg.setdefault("workers", 1)
+        cfg.setdefault("control", {"socket": str(self.control_path)})
+        return cfg
+
+    def write_config(self, cfg, first=False):
+        """(Re)writes gw.yaml from a dict (defaults added as at start) or YAML text, and updates
+        .cfg and .ports. Text is used as is at start; when rewriting for a reload, text gets the
+        running config's workers/control/error_log/access_log keys that it lacks (so a reload
+        does not move the logs or the control socket by accident). Returns the text written."""
+        if isinstance(cfg, dict):
+            cfg = self._defaults(cfg)
+            self.cfg = cfg
+            self._carried = {k: cfg[k] for k in ("workers", "control", "error_log", "access_log")}
+            self.ports = {l["name"]: int(l["address"].rsplit(":", 1)[1]) for l in cfg["listeners"]}
+            text = to_yaml(cfg) + "\n"
+        else:
+            text = cfg
+            if first:
+                self._carried = {}
+            for key, value in self._carried.items():
+                if not re.search(r"(?m)^%s\s*:" % key, text):
+                    text = (text if text.endswith("\n") or not text else text + "\n") \
+                        + to_yaml({key: value}) + "\n"
+            self.cfg = None
+            ports = {m.group(1): int(m.group(2)) for m in re.finditer(
+                r"name:\s*\"?(\w+)\"?,\s*address:\s*\"?[\d.]+:(\d+)", text)}
+            ports = ports or {m.group(1): int(m.group(2)) for m in re.finditer(
+                r"-\s+name:\s*\"?(\w+)\"?\s*\n\s+address:\s*\"?[\d.]+:(\d+)", text)}
+            if ports or first:
+                self.ports = ports
+        self.config_path.write_text(text)
+        return text
 
     @property
     def port(self):
@@ -161,11 +289,20 @@ class Gateway:
         self.proc = subprocess.Popen(args, cwd=str(REPO), stdout=self.stdout, stderr=self.stderr,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
+        try:
+            self.wait_ports(timeout)
+        except GatewayError:
+            self.stop()
+            raise
+        return self
+
+    def wait_ports(self, timeout=10.0, ports=None):
+        """Waits until every listener (or <ports>) accepts connections."""
         deadline = time.monotonic() + timeout
-        pending = set(self.ports.values())
+        pending = set(self.ports.values() if ports is None else ports)
         while pending:
             if self.proc.poll() is not None:
-                raise GatewayError("gateway exited with status %s during start-up:\n%s" % (
+                raise GatewayError("gateway exited with status %s:\n%s" % (
                     self.proc.returncode, self.stderr_text()[-3000:] or self.error_text()[-3000:]))
             for p in list(pending):
                 try:
@@ -175,11 +312,9 @@ class Gateway:
                     pass
             if pending:
                 if time.monotonic() > deadline:
-                    self.stop()
-                    raise GatewayError("gateway not listening on %s after %.0f s" % (
+                    raise GatewayError("gateway not listening on %s after %.1f s" % (
                         sorted(pending), timeout))
                 time.sleep(0.02)
-        return self
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -191,29 +326,130 @@ class Gateway:
                                     self.error_text()[-2000:]))
 
     def stop(self, grace=5.0):
-        """SIGTERM, then SIGKILL after <grace> s. Returns the exit status."""
+        """SIGTERM, then SIGKILL after <grace> s. Returns the exit status. Workers still alive
+        1 s after the master exited are killed by PID and listed in .leftover_workers."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.worker_pids()  # remember the current workers
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._reap_workers()
         for f in (self.stdout, self.stderr):
             f.close()
+        self._remove_short_socket_dir()
         return self.proc.returncode
 
+    def wait_exit(self, timeout):
+        """For a test that stops the gateway itself (a signal): waits for the master to exit
+        and returns its status, or None if it is still running after <timeout> s. The teardown
+        check then accepts that it is no longer running."""
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.exited_expected = True
+        return status
+
+    def _reap_workers(self, grace=1.0):
+        alive = self.surviving_workers(grace)
+        for p in alive:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        self.leftover_workers = sorted(set(self.leftover_workers) | set(alive))
+
+    def surviving_workers(self, timeout=1.0):
+        """Workers seen so far that are still alive after <timeout> s (use once the master
+        has exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [p for p, st in self._seen_workers.items() if _alive(p, st)]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.02)
+
+    def _remove_short_socket_dir(self):
+        d = self.control_path.parent
+        if (d != self.workdir and d.name.startswith("pgw-")
+                and str(d.parent) == tempfile.gettempdir()):
+            shutil.rmtree(d, ignore_errors=True)
+
+    # ---- master and workers ----
+
+    def signal(self, sig):
+        """Sends <sig> to the master."""
+        os.kill(self.pid, sig)
+
+    def worker_pids(self):
+        """PIDs of the master's live children (zombies excluded), sorted."""
+        kids = _children(self.pid)
+        for p, st in kids.items():
+            self._seen_workers.setdefault(p, st)
+        return sorted(kids)
+
+    def wait_workers(self, n, timeout=5.0, exclude=()):
+        """Waits until the master has <n> live children, none of them in <exclude>; returns
+        their PIDs (or fails)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) == n and not set(pids) & set(exclude):
+                return pids
+            if time.monotonic() > deadline:
+                raise AssertionError("after %.1f s the master (pid %s) has workers %r, want %d%s"
+                                     % (timeout, self.pid, pids, n,
+                                        " none of %r" % (list(exclude),) if exclude else ""))
+            time.sleep(0.02)
+
+    def cli(self, *args, socket_path=None, timeout=10.0):
+        """Runs `passerelle <args> -c gw.yaml` (or `-s <socket_path>`) from the repository
+        root; returns the CompletedProcess (text)."""
+        where = ["-s", str(socket_path)] if socket_path else ["-c", str(self.config_path)]
+        return subprocess.run([str(BINARY)] + list(args) + where, cwd=str(REPO),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def reload(self, cfg=None, **kw):
+        """Rewrites gw.yaml from <cfg> if given (see write_config), then runs
+        `passerelle reload -c gw.yaml`. Returns the CompletedProcess."""
+        if cfg is not None:
+            self.write_config(cfg)
+        return self.cli("reload", **kw)
+
+    def status(self, **kw):
+        """`passerelle status -c gw.yaml`, parsed (fails the test on a non-zero exit or
+        output that is not one JSON object)."""
+        cp = self.cli("status", **kw)
+        assert cp.returncode == 0, "passerelle status exited %d; stderr: %r; stdout: %r" % (
+            cp.returncode, cp.stderr[-2000:], cp.stdout[-2000:])
+        try:
+            st = json.loads(cp.stdout)
+        except ValueError:
+            raise AssertionError("passerelle status printed no JSON object: %r" % cp.stdout)
+        assert isinstance(st, dict), "passerelle status printed %r, not an object" % (st,)
+        return st
+
+    def serving_pid(self):
+        """The process that serves connections: the only worker when there is exactly one
+        (the default `workers: 1`), else the master. rss_kb() and num_fds() measure it."""
+        pids = self.worker_pids() if self.pid is not None else []
+        return pids[0] if len(pids) == 1 else self.pid
+
     def rss_kb(self):
-        with open("/proc/%d/status" % self.pid) as f:
+        with open("/proc/%d/status" % self.serving_pid()) as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
 
     def num_fds(self):
-        return len(os.listdir("/proc/%d/fd" % self.pid))
+        return len(os.listdir("/proc/%d/fd" % self.serving_pid()))
 
     # ---- logs ----
 

@@ -498,7 +498,7 @@ class RefusingPort:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.address = "%s:%d" % (host, self.port)
+        self.address = "127.0.0.1:%d" % self.port
 
     def stop(self):
         self.sock.close()
@@ -513,7 +513,7 @@ class Blackhole:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(0)
         self.port = self.sock.getsockname()[1]
-        self.address = "%s:%d" % (host, self.port)
+        self.address = "127.0.0.1:%d" % self.port
         self.fillers = []
         for _ in range(3):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

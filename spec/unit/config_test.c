@@ -520,13 +520,13 @@ static void test_unknown_keys(void)
 {
     EXPECT_ERROR(BASE "listenrs: []\n", 3,
                  "unknown top-level key \"listenrs\" (allowed: listeners, upstreams, routes, "
-                 "real_ip, limits, timeouts, access_log, error_log, http, resolver)");
+                 "real_ip, limits, timeouts, access_log, error_log, http, resolver, workers, control)");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\", bakclog: 5 }\n", 2,
                  "listeners[0]: unknown key \"bakclog\" (allowed: name, address, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
                                                  "request_line, header_section, header_fields, "
                                                  "body, max_connections)");
-    EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send)");
+    EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send, drain)");
     EXPECT_ERROR(BASE "upstreams:\n  u:\n    targets: [\"h:1\"]\n    retry: 2\n", 6,
                  "upstreams.u: unknown key \"retry\" (allowed: targets, connect_timeout");
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    listeners: [public]\n    match: { path: /, "
@@ -913,6 +913,38 @@ static void test_resolver(void)
     EXPECT_ERROR(BASE "resolver: { ttl: 5s }\n", 3, "ttl");
 }
 
+static void test_processes(void)
+{
+    struct pgw_config *c = EXPECT_OK(BASE);
+    if (c != NULL) {
+        CHECK_INT(c->workers, 0); /* auto */
+        CHECK_STR(c->control_socket, "logs/passerelle.sock");
+        CHECK_INT(c->timeouts.drain, 30000);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(BASE "workers: 4\ncontrol: { socket: /run/p.sock }\ntimeouts: { drain: 2m }\n");
+    if (c != NULL) {
+        CHECK_INT(c->workers, 4);
+        CHECK_STR(c->control_socket, "/run/p.sock");
+        CHECK_INT(c->timeouts.drain, 120000);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(BASE "workers: auto\n");
+    if (c != NULL) {
+        CHECK_INT(c->workers, 0);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(BASE "workers: 0\n", 3, "workers");
+    EXPECT_ERROR(BASE "workers: 257\n", 3, "workers");
+    EXPECT_ERROR(BASE "workers: \"4\"\n", 3, "expected auto or a number 1..256");
+    EXPECT_ERROR(BASE "workers: many\n", 3, "workers");
+    EXPECT_ERROR(BASE "control: { sock: x }\n", 3, "control: unknown key \"sock\"");
+    EXPECT_ERROR(BASE "control: { socket: \"\" }\n", 3, "control.socket: must not be empty");
+    char yaml[400];
+    snprintf(yaml, sizeof(yaml), BASE "control: { socket: /%0120d }\n", 0);
+    EXPECT_ERROR(yaml, 3, "control.socket: the path must be shorter than 100 bytes");
+}
+
 /* ---- Several errors, the buffer, files, refcounts ---- */
 
 static void test_many_errors(void)
@@ -1031,6 +1063,7 @@ int main(void)
     RUN(test_route_match);
     RUN(test_logs);
     RUN(test_resolver);
+    RUN(test_processes);
     RUN(test_many_errors);
     RUN(test_errbuf_truncation);
     RUN(test_load_file_and_refs);

@@ -1,0 +1,746 @@
+/* master.c: the master process. It alone reads and validates the configuration, opens the
+ * listening sockets, numbers each accepted configuration as a generation and hands it to the
+ * workers over their channels; it starts the workers (fork + exec of our own binary, so each
+ * starts from a clean process image), replaces one that dies, and answers the CLI on the control
+ * socket (`passerelle reload`, `passerelle status`).
+ *
+ * Ownership: the master owns the current configuration snapshot and its text, the listening
+ * sockets (workers get duplicates with each generation), the control socket, one channel per
+ * worker and the CLI connections.
+ */
+#include "master.h"
+#include "control.h"
+#include "log.h"
+#include "server.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CLI_TIMEOUT_MS 5000    /* a reload or status answer waits that long for the workers */
+#define STOP_KILL_GRACE_MS 5000 /* after the drain (or at once for a fast stop) */
+#define QUICK_DEATH_MS 1000
+
+struct worker {
+    int slot;
+    pid_t pid;           /* 0: not running */
+    struct pgw_chan *ch;
+    uint64_t started_ms;
+    uint64_t gen;        /* last generation it confirmed */
+    unsigned quick_deaths;
+    struct event *respawn;
+};
+
+struct lsock {
+    struct sockaddr_storage sa;
+    socklen_t len;
+    int fd;
+};
+
+enum cli_kind { CLI_READING, CLI_RELOAD, CLI_STATUS, CLI_WRITING };
+
+struct cli {
+    int fd;
+    struct event *rev, *wev, *timer;
+    struct evbuffer *in, *out;
+    enum cli_kind kind;
+    uint64_t want;       /* reload: the generation; status: the query id */
+    unsigned waiting;    /* worker answers still expected */
+    struct evbuffer *acc; /* status: worker objects collected */
+    struct cli *prev, *next;
+};
+
+static struct {
+    struct event_base *base;
+    char exe[4096];
+    const char *path;            /* the configuration file */
+    struct pgw_config *config;   /* the current generation's */
+    char *text;                  /* its validated text, sent to workers */
+    size_t text_len;
+    uint64_t gen;
+    unsigned reloads;
+    char *last_error;            /* of the last failed reload, or NULL */
+    struct lsock *ls;            /* one per config listener, same order */
+    size_t nls;
+    struct worker workers[PGW_WORKERS_MAX];
+    size_t nworkers;             /* slots in use (the configured count) */
+    int ctl_fd;
+    struct event *ctl_ev;
+    char ctl_path[108];
+    struct cli *clis;
+    uint64_t next_query;
+    int stopping;                /* 1 graceful, 2 fast */
+    struct event *kill_timer;
+} M;
+
+static void cli_reply(struct cli *c, const char *fmt, ...) PGW_PRINTF(2, 3);
+static void clis_on_gen(uint64_t gen);
+static void clis_on_status(const struct worker *w, uint64_t query, const char *json, size_t len);
+
+/* ---- Workers ---- */
+
+static unsigned worker_count(const struct pgw_config *c)
+{
+    if (c->workers > 0)
+        return c->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > PGW_WORKERS_MAX ? PGW_WORKERS_MAX : (unsigned)n;
+}
+
+static int *listener_fds(void)
+{
+    int *fds = pgw_calloc(M.nls ? M.nls : 1, sizeof(int));
+    for (size_t i = 0; i < M.nls; i++)
+        fds[i] = M.ls[i].fd;
+    return fds;
+}
+
+static void send_gen(struct worker *w)
+{
+    size_t plen = strlen(M.path) + 1 + M.text_len;
+    char *payload = pgw_malloc(plen);
+    memcpy(payload, M.path, strlen(M.path) + 1);
+    memcpy(payload + strlen(M.path) + 1, M.text, M.text_len);
+    int *fds = listener_fds();
+    if (pgw_chan_send(w->ch, PGW_MSG_GEN, M.gen, payload, plen, fds, M.nls) != PGW_OK)
+        pgw_log_error("worker %d (pid %d): generation %llu not sent", w->slot, (int)w->pid,
+                      (unsigned long long)M.gen);
+    free(fds);
+    free(payload);
+}
+
+static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg);
+
+static void worker_spawn(struct worker *w)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
+        pgw_log_error("worker %d: socketpair: %s", w->slot, strerror(errno));
+        return;
+    }
+    pid_t master = getpid();
+    pid_t pid = fork();
+    if (pid == -1) {
+        pgw_log_error("worker %d: fork: %s", w->slot, strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return;
+    }
+    if (pid == 0) { /* child: only async-signal-safe calls until exec */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != master)
+            _exit(1);
+        if (sv[1] == PGW_WORKER_CHAN_FD)
+            fcntl(sv[1], F_SETFD, 0);
+        else if (dup2(sv[1], PGW_WORKER_CHAN_FD) == -1)
+            _exit(1);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execl(M.exe, "passerelle", "worker", (char *)NULL);
+        _exit(127);
+    }
+    close(sv[1]);
+    w->pid = pid;
+    w->gen = 0;
+    w->started_ms = pgw_now_ms();
+    w->ch = pgw_chan_new(M.base, sv[0], on_worker_msg, w);
+    pgw_log_info("worker %d started (pid %d)", w->slot, (int)pid);
+    send_gen(w);
+}
+
+static void on_respawn(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    struct worker *w = arg;
+    if (!M.stopping && w->pid == 0 && (size_t)w->slot < M.nworkers)
+        worker_spawn(w);
+}
+
+static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg)
+{
+    struct worker *w = arg;
+    PGW_UNUSED(ch);
+    if (m == NULL) { /* the worker exited or broke the protocol; SIGCHLD reaps it */
+        pgw_chan_free(w->ch);
+        w->ch = NULL;
+        return;
+    }
+    for (size_t i = 0; i < m->nfds; i++)
+        close(m->fds[i]); /* workers send none */
+    switch (m->type) {
+    case PGW_MSG_GEN_OK:
+        w->gen = m->arg;
+        clis_on_gen(m->arg);
+        break;
+    case PGW_MSG_GEN_ERR:
+        pgw_log_error("worker %d (pid %d) refused generation %llu: %.*s", w->slot, (int)w->pid,
+                      (unsigned long long)m->arg, (int)PGW_MIN(m->len, 2000), m->payload);
+        break;
+    case PGW_MSG_STATUS_REPLY:
+        clis_on_status(w, m->arg, m->payload, m->len);
+        break;
+    default:
+        pgw_log_warn("worker %d: unexpected message type %u", w->slot, m->type);
+    }
+}
+
+static struct worker *worker_by_pid(pid_t pid)
+{
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++)
+        if (M.workers[i].pid == pid)
+            return &M.workers[i];
+    return NULL;
+}
+
+static size_t workers_running(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++)
+        n += M.workers[i].pid != 0;
+    return n;
+}
+
+static void worker_reaped(struct worker *w, int status)
+{
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof(how), "killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+    int expected = M.stopping || (size_t)w->slot >= M.nworkers;
+    pgw_log(expected ? PGW_LOG_INFO : PGW_LOG_ERROR, "worker %d (pid %d) %s%s", w->slot,
+            (int)w->pid, how, expected ? "" : "; replacing it");
+    if (w->ch != NULL) {
+        pgw_chan_free(w->ch);
+        w->ch = NULL;
+    }
+    int quick = pgw_now_ms() - w->started_ms < QUICK_DEATH_MS;
+    w->quick_deaths = quick ? w->quick_deaths + 1 : 0;
+    w->pid = 0;
+    if (expected)
+        return;
+    /* At once, unless it keeps dying at start-up: then once a second, not in a tight loop. */
+    struct timeval tv = {0, w->quick_deaths > 1 ? 900 * 1000 : 0};
+    evtimer_add(w->respawn, &tv);
+}
+
+static void on_sigchld(evutil_socket_t sig, short what, void *arg)
+{
+    PGW_UNUSED(sig);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct worker *w = worker_by_pid(pid);
+        if (w != NULL)
+            worker_reaped(w, status);
+    }
+    if (M.stopping && workers_running() == 0)
+        event_base_loopbreak(M.base);
+}
+
+/* Starts or retires workers to match the configured count. */
+static void workers_resize(size_t want)
+{
+    for (size_t i = want; i < M.nworkers; i++)
+        if (M.workers[i].pid != 0)
+            kill(M.workers[i].pid, SIGQUIT); /* surplus: drains and exits */
+    size_t old = M.nworkers;
+    M.nworkers = want;
+    for (size_t i = old; i < want; i++)
+        if (M.workers[i].pid == 0)
+            worker_spawn(&M.workers[i]);
+}
+
+/* ---- Listening sockets ---- */
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* Builds the socket set of <c>: the sockets of addresses already open are kept, new ones opened.
+ * On failure nothing changes and <err> says why. On success the old set is replaced and the
+ * sockets no longer listed are closed (workers close their duplicates with the new generation). */
+static int listeners_sync(const struct pgw_config *c, char *err, size_t errlen)
+{
+    struct lsock *ls = pgw_calloc(c->num_listeners ? c->num_listeners : 1, sizeof(*ls));
+    int *taken = pgw_calloc(M.nls ? M.nls : 1, sizeof(int));
+    size_t i;
+    for (i = 0; i < c->num_listeners; i++) {
+        const struct pgw_config_listener *cl = &c->listeners[i];
+        ls[i].sa = cl->sa;
+        ls[i].len = cl->sa_len;
+        ls[i].fd = -1;
+        for (size_t j = 0; j < M.nls; j++) {
+            if (!taken[j] && same_addr(&M.ls[j].sa, &cl->sa)) {
+                taken[j] = 1;
+                ls[i].fd = M.ls[j].fd;
+                listen(ls[i].fd, cl->backlog > 0 ? cl->backlog : 511); /* backlog may change */
+                break;
+            }
+        }
+        if (ls[i].fd == -1 && pgw_listener_open(cl, &ls[i].fd, err, errlen) != PGW_OK)
+            break;
+    }
+    if (i < c->num_listeners) { /* undo: close only what this call opened */
+        for (size_t k = 0; k < i; k++) {
+            int reused = 0;
+            for (size_t j = 0; j < M.nls; j++)
+                reused |= M.ls[j].fd == ls[k].fd;
+            if (!reused)
+                close(ls[k].fd);
+        }
+        free(ls);
+        free(taken);
+        return PGW_ERR;
+    }
+    for (size_t j = 0; j < M.nls; j++)
+        if (!taken[j])
+            close(M.ls[j].fd);
+    free(M.ls);
+    free(taken);
+    M.ls = ls;
+    M.nls = c->num_listeners;
+    return PGW_OK;
+}
+
+/* ---- Reload ---- */
+
+static void set_last_error(const char *e)
+{
+    free(M.last_error);
+    size_t n = e ? strlen(e) : 0;
+    while (n > 0 && e[n - 1] == '\n')
+        n--;
+    M.last_error = e ? pgw_strndup(e, n) : NULL;
+}
+
+/* Reads and validates the file, opens new sockets, then hands the generation to every worker.
+ * Returns the new generation number, or 0 with every error in <err>. */
+static uint64_t reload(char *err, size_t errlen)
+{
+    size_t len;
+    err[0] = '\0';
+    char *text = pgw_config_read_file(M.path, &len, err, errlen);
+    struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
+    if (c != NULL && listeners_sync(c, err, errlen) != PGW_OK) {
+        pgw_config_unref(c);
+        c = NULL;
+    }
+    if (c == NULL) {
+        free(text);
+        set_last_error(err);
+        for (const char *line = err; *line != '\0';) { /* one log line per error */
+            const char *nl = strchr(line, '\n');
+            int n = nl ? (int)(nl - line) : (int)strlen(line);
+            pgw_log_error("reload refused (generation %llu stays active): %.*s",
+                          (unsigned long long)M.gen, n, line);
+            line += n + (nl != NULL);
+        }
+        return 0;
+    }
+    if (pgw_log_open(c) != PGW_OK)
+        pgw_log_error("reload: logs could not be reopened; the old ones stay in use");
+    pgw_config_unref(M.config);
+    free(M.text);
+    M.config = c;
+    M.text = text;
+    M.text_len = len;
+    M.gen++;
+    M.reloads++;
+    set_last_error(NULL);
+    pgw_log_notice("configuration %s: generation %llu", M.path, (unsigned long long)M.gen);
+    for (size_t i = 0; i < M.nworkers; i++)
+        if (M.workers[i].pid != 0 && M.workers[i].ch != NULL)
+            send_gen(&M.workers[i]);
+    workers_resize(worker_count(c));
+    return M.gen;
+}
+
+/* ---- Control socket: CLI connections ---- */
+
+static void cli_free(struct cli *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        M.clis = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->rev);
+    event_free(c->wev);
+    event_free(c->timer);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    if (c->acc)
+        evbuffer_free(c->acc);
+    close(c->fd);
+    free(c);
+}
+
+static void cli_flush(struct cli *c)
+{
+    while (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
+            event_add(c->wev, NULL);
+            return;
+        }
+        if (n <= 0)
+            break;
+    }
+    cli_free(c);
+}
+
+static void cli_reply(struct cli *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(c->out, fmt, ap);
+    va_end(ap);
+    c->kind = CLI_WRITING;
+    event_del(c->rev);
+    event_del(c->timer);
+    cli_flush(c);
+}
+
+/* Returns <s> as a quoted JSON string (heap), or "null" for NULL. */
+static char *json_string(const char *s)
+{
+    if (s == NULL)
+        return pgw_strndup("null", 4);
+    size_t n = strlen(s);
+    char *out = pgw_malloc(6 * n + 3);
+    out[0] = '"';
+    size_t k = pgw_json_escape(out + 1, s, n);
+    out[k + 1] = '"';
+    out[k + 2] = '\0';
+    return out;
+}
+
+static void status_finish(struct cli *c)
+{
+    char *err = json_string(M.last_error), *path = json_string(M.path);
+    evbuffer_add(c->acc, "", 1);
+    cli_reply(c,
+              "{\"master_pid\":%d,\"generation\":%llu,\"config\":%s,\"workers\":[%s],"
+              "\"last_reload_error\":%s,\"reloads\":%u}\n",
+              (int)getpid(), (unsigned long long)M.gen, path,
+              (const char *)evbuffer_pullup(c->acc, -1), err, M.reloads);
+    free(err);
+    free(path);
+}
+
+static void clis_on_status(const struct worker *w, uint64_t query, const char *json, size_t len)
+{
+    if (len < 2 || json[0] != '{' || json[len - 1] != '}')
+        return;
+    for (struct cli *c = M.clis; c != NULL; c = c->next) {
+        if (c->kind != CLI_STATUS || c->want != query)
+            continue;
+        /* the worker's {"pid":..} with its slot added in front */
+        evbuffer_add_printf(c->acc, "%s{\"slot\":%d,%.*s", evbuffer_get_length(c->acc) ? "," : "",
+                            w->slot, (int)(len - 1), json + 1);
+        if (--c->waiting == 0)
+            status_finish(c);
+        return;
+    }
+}
+
+static void clis_on_gen(uint64_t gen)
+{
+    struct cli *c = M.clis;
+    while (c != NULL) {
+        struct cli *next = c->next;
+        if (c->kind == CLI_RELOAD && gen == c->want && --c->waiting == 0)
+            cli_reply(c, "ok %llu\n", (unsigned long long)gen);
+        c = next;
+    }
+}
+
+static void on_cli_timer(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    struct cli *c = arg;
+    if (c->kind == CLI_STATUS)
+        status_finish(c); /* with the workers that answered */
+    else if (c->kind == CLI_RELOAD)
+        cli_reply(c, "ok %llu (%u worker(s) did not confirm in time)\n",
+                  (unsigned long long)c->want, c->waiting);
+    else
+        cli_free(c);
+}
+
+static void cli_command(struct cli *c, const char *line)
+{
+    if (strcmp(line, "reload") == 0) {
+        char err[8192];
+        uint64_t gen = reload(err, sizeof(err));
+        if (gen == 0) {
+            cli_reply(c, "error\n%s", err);
+            return;
+        }
+        c->kind = CLI_RELOAD;
+        c->want = gen;
+        for (size_t i = 0; i < M.nworkers; i++)
+            c->waiting += M.workers[i].pid != 0 && M.workers[i].ch != NULL;
+        if (c->waiting == 0)
+            cli_reply(c, "ok %llu\n", (unsigned long long)gen);
+        return;
+    }
+    if (strcmp(line, "status") == 0) {
+        c->kind = CLI_STATUS;
+        c->want = ++M.next_query;
+        c->acc = evbuffer_new();
+        for (size_t i = 0; i < PGW_WORKERS_MAX; i++) {
+            struct worker *w = &M.workers[i];
+            if (w->pid != 0 && w->ch != NULL &&
+                pgw_chan_send(w->ch, PGW_MSG_STATUS, c->want, NULL, 0, NULL, 0) == PGW_OK)
+                c->waiting++;
+        }
+        if (c->waiting == 0)
+            status_finish(c);
+        return;
+    }
+    cli_reply(c, "error\nunknown command (reload, status)\n");
+}
+
+static void on_cli_read(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    struct cli *c = arg;
+    int n = evbuffer_read(c->in, fd, 256);
+    if (n <= 0 && !(n == -1 && (errno == EAGAIN || errno == EINTR))) {
+        cli_free(c);
+        return;
+    }
+    struct evbuffer_ptr eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
+    if (eol.pos == -1) {
+        if (evbuffer_get_length(c->in) > 256)
+            cli_free(c);
+        return;
+    }
+    char line[260];
+    size_t len = PGW_MIN((size_t)eol.pos, sizeof(line) - 1);
+    evbuffer_remove(c->in, line, len);
+    line[len] = '\0';
+    event_del(c->rev);
+    cli_command(c, line);
+}
+
+static void on_cli_write(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    cli_flush(arg);
+}
+
+static void on_ctl_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd == -1)
+        return;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 ||
+        (cred.uid != 0 && cred.uid != geteuid())) {
+        pgw_log_warn("control socket: uid %d refused", (int)cred.uid);
+        close(fd);
+        return;
+    }
+    struct cli *c = pgw_calloc(1, sizeof(*c));
+    c->fd = fd;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->rev = event_new(M.base, fd, EV_READ | EV_PERSIST, on_cli_read, c);
+    c->wev = event_new(M.base, fd, EV_WRITE | EV_PERSIST, on_cli_write, c);
+    c->timer = evtimer_new(M.base, on_cli_timer, c);
+    c->next = M.clis;
+    if (c->next)
+        c->next->prev = c;
+    M.clis = c;
+    event_add(c->rev, NULL);
+    struct timeval tv = {CLI_TIMEOUT_MS / 1000, 0};
+    event_add(c->timer, &tv);
+}
+
+/* Creates the control socket, mode 0600. A socket file left by a dead master is replaced; one
+ * with a live master behind it means another gateway uses this path: refuse to start. */
+static int ctl_open(const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        pgw_log_error("control socket path too long: %s", path);
+        return PGW_ERR;
+    }
+    snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe != -1 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+        close(probe);
+        pgw_log_error("control socket %s: another passerelle master is running", path);
+        return PGW_ERR;
+    }
+    if (probe != -1)
+        close(probe);
+    unlink(path);
+    char dir[108];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0755);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    mode_t old = umask(077);
+    int ok = fd != -1 && bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 && listen(fd, 16) == 0;
+    umask(old);
+    if (!ok) {
+        pgw_log_error("control socket %s: %s", path, strerror(errno));
+        if (fd != -1)
+            close(fd);
+        return PGW_ERR;
+    }
+    chmod(path, 0600);
+    M.ctl_fd = fd;
+    snprintf(M.ctl_path, sizeof(M.ctl_path), "%s", path);
+    M.ctl_ev = event_new(M.base, fd, EV_READ | EV_PERSIST, on_ctl_accept, NULL);
+    event_add(M.ctl_ev, NULL);
+    return PGW_OK;
+}
+
+/* ---- Signals and stopping ---- */
+
+static void on_kill_timer(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++) {
+        if (M.workers[i].pid != 0) {
+            pgw_log_warn("worker %zu (pid %d) still running: killed", i, (int)M.workers[i].pid);
+            kill(M.workers[i].pid, SIGKILL);
+        }
+    }
+}
+
+static void master_stop(int fast)
+{
+    int level = fast ? 2 : 1;
+    if (M.stopping >= level)
+        return; /* a second QUIT does not restart the drain */
+    M.stopping = level;
+    pgw_log_notice("master: %s", fast ? "stopping now" : "graceful stop: draining");
+    for (size_t i = 0; i < M.nls; i++) /* workers close theirs: the ports close */
+        close(M.ls[i].fd);
+    M.nls = 0;
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++)
+        if (M.workers[i].pid != 0)
+            kill(M.workers[i].pid, fast ? SIGTERM : SIGQUIT);
+    uint64_t grace = STOP_KILL_GRACE_MS + (fast ? 0 : M.config->timeouts.drain);
+    struct timeval tv = {(time_t)(grace / 1000), (suseconds_t)(grace % 1000) * 1000};
+    event_del(M.kill_timer);
+    event_add(M.kill_timer, &tv);
+    if (workers_running() == 0)
+        event_base_loopbreak(M.base);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    if (sig == SIGHUP) {
+        char err[8192];
+        if (!M.stopping)
+            reload(err, sizeof(err));
+        return;
+    }
+    master_stop(sig != SIGQUIT);
+}
+
+/* ---- Run ---- */
+
+int pgw_master_run(const char *path, struct pgw_config *config, char *text, size_t text_len)
+{
+    signal(SIGPIPE, SIG_IGN);
+    M.path = path;
+    M.config = config;
+    M.text = text;
+    M.text_len = text_len;
+    M.gen = 1;
+    ssize_t n = readlink("/proc/self/exe", M.exe, sizeof(M.exe) - 1);
+    if (n <= 0) {
+        pgw_log_error("cannot find our own executable: %s", strerror(errno));
+        return 1;
+    }
+    M.exe[n] = '\0';
+    M.base = event_base_new();
+    pgw_assert(M.base != NULL);
+    char err[1024];
+    if (listeners_sync(config, err, sizeof(err)) != PGW_OK) {
+        pgw_log_error("%s", err);
+        return 1;
+    }
+    if (ctl_open(config->control_socket) != PGW_OK)
+        return 1;
+    M.kill_timer = evtimer_new(M.base, on_kill_timer, NULL);
+    static const int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD};
+    struct event *sev[PGW_ARRAY_LEN(sigs)];
+    for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++) {
+        sev[i] = evsignal_new(M.base, sigs[i], sigs[i] == SIGCHLD ? on_sigchld : on_signal, NULL);
+        evsignal_add(sev[i], NULL);
+    }
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++) {
+        M.workers[i].slot = (int)i;
+        M.workers[i].respawn = evtimer_new(M.base, on_respawn, &M.workers[i]);
+    }
+    pgw_log_notice("passerelle master started (pid %d), generation 1, control socket %s",
+                   (int)getpid(), M.ctl_path);
+    workers_resize(worker_count(config));
+    event_base_dispatch(M.base);
+    pgw_log_notice("passerelle stopped");
+    while (M.clis != NULL)
+        cli_free(M.clis);
+    for (size_t i = 0; i < PGW_WORKERS_MAX; i++) {
+        pgw_chan_free(M.workers[i].ch);
+        event_free(M.workers[i].respawn);
+    }
+    for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++)
+        event_free(sev[i]);
+    for (size_t i = 0; i < M.nls; i++)
+        close(M.ls[i].fd);
+    free(M.ls);
+    event_free(M.kill_timer);
+    event_free(M.ctl_ev);
+    close(M.ctl_fd);
+    unlink(M.ctl_path);
+    event_base_free(M.base);
+    pgw_config_unref(M.config);
+    free(M.text);
+    free(M.last_error);
+    return 0;
+}

@@ -1,0 +1,421 @@
+/* worker.c: a worker process: its event loop, the listening sockets it accepts on, the channel
+ * to the master (generations in, status out), signals and stopping. Connections and requests
+ * live in server.c and request.c.
+ *
+ * Accept spreading: every worker has the same listening sockets (duplicates sent by the master).
+ * Each worker registers them in a private epoll set with EPOLLEXCLUSIVE, and that set in its
+ * libevent loop, so the kernel wakes one waiting worker per new connection instead of all of
+ * them (no thundering herd), and a worker that is busy or stuck is simply not waiting: the next
+ * one takes the connection from the shared queue. SO_REUSEPORT would instead hash every
+ * connection to a fixed worker's own queue, including a stuck worker's.
+ *
+ * Generations: the master sends the validated configuration text and the listening sockets; the
+ * worker builds the generation, swaps it in, and answers GEN_OK. Connections keep the generation
+ * they were accepted under until they close.
+ */
+#include "control.h"
+#include "log.h"
+#include "proxy.h"
+#include "server.h"
+
+#include <errno.h>
+#include <event2/dns.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct pgw_worker pgw_worker;
+
+static struct pgw_log_ratelimit emfile_log, accept_log, maxconn_log;
+
+/* ---- Accept ---- */
+
+static void accept_pause(void)
+{
+    if (pgw_worker.accept_paused)
+        return;
+    pgw_worker.accept_paused = 1;
+    event_del(pgw_worker.acc_ev);
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(pgw_worker.accept_timer, &tv);
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    pgw_worker.accept_paused = 0;
+    if (!pgw_worker.stopping)
+        event_add(pgw_worker.acc_ev, NULL);
+}
+
+static void refuse_over_limit(evutil_socket_t fd)
+{
+    /* Best effort, never blocks: the socket is new, its send buffer empty. */
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                               "Content-Length: 52\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+                               "{\"status\":503,\"error\":\"too many connections\"}      \n";
+    ssize_t w = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    PGW_UNUSED(w);
+    close(fd);
+}
+
+/* Accepts up to a batch on listener <index>. */
+static void accept_batch(size_t index)
+{
+    const char *name = pgw_worker.gen->config->listeners[index].name;
+    int lfd = pgw_worker.listeners[index].fd;
+    for (int i = 0; i < 64 && !pgw_worker.stopping; i++) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                return;
+            if (e == EINTR || e == ECONNABORTED)
+                continue;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                pgw_log_limited(&emfile_log, 5000, PGW_LOG_ERROR,
+                                "accept on %s: %s; accepting paused for 100 ms", name, strerror(e));
+                accept_pause();
+                return;
+            }
+            pgw_log_limited(&accept_log, 5000, PGW_LOG_WARN, "accept on %s: %s", name,
+                            strerror(e));
+            return;
+        }
+        if (pgw_worker.num_conns >= pgw_worker.gen->config->limits.max_connections) {
+            pgw_log_limited(&maxconn_log, 5000, PGW_LOG_WARN,
+                            "max_connections (%zu) reached: new connections answered 503",
+                            pgw_worker.gen->config->limits.max_connections);
+            refuse_over_limit(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pgw_conn_new((int)index, fd, &peer);
+    }
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    struct epoll_event evs[16];
+    int n = epoll_wait(fd, evs, (int)PGW_ARRAY_LEN(evs), 0);
+    for (int i = 0; i < n; i++)
+        if (evs[i].data.u32 < pgw_worker.num_listeners)
+            accept_batch(evs[i].data.u32);
+}
+
+/* ---- Listeners ---- */
+
+int pgw_listener_open(const struct pgw_config_listener *cl, int *out, char *err, size_t errlen)
+{
+    int fd = socket(cl->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(err, errlen, "listener %s: socket: %s", cl->name, strerror(errno));
+        return PGW_ERR;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (cl->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&cl->sa, cl->sa_len) == -1 ||
+        listen(fd, cl->backlog > 0 ? cl->backlog : 511) == -1) {
+        snprintf(err, errlen, "listener %s: cannot listen on %s: %s", cl->name, cl->address,
+                 strerror(errno));
+        close(fd);
+        return PGW_ERR;
+    }
+    *out = fd;
+    return PGW_OK;
+}
+
+static void listeners_close(void)
+{
+    for (size_t i = 0; i < pgw_worker.num_listeners; i++) {
+        /* The master and other workers hold the same socket: leave our epoll set explicitly,
+         * closing our descriptor alone would not. */
+        epoll_ctl(pgw_worker.acc_ep, EPOLL_CTL_DEL, pgw_worker.listeners[i].fd, NULL);
+        close(pgw_worker.listeners[i].fd);
+    }
+    free(pgw_worker.listeners);
+    pgw_worker.listeners = NULL;
+    pgw_worker.num_listeners = 0;
+}
+
+/* Takes ownership of <fds>, one per listener of the new generation. */
+static void listeners_install(const int *fds, size_t n)
+{
+    static int exclusive = EPOLLEXCLUSIVE;
+    listeners_close();
+    pgw_worker.listeners = pgw_calloc(n ? n : 1, sizeof(struct pgw_listener));
+    for (size_t i = 0; i < n; i++) {
+        struct epoll_event ev = {.events = EPOLLIN | (uint32_t)exclusive, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(pgw_worker.acc_ep, EPOLL_CTL_ADD, fds[i], &ev) == -1 && errno == EINVAL &&
+            exclusive) {
+            pgw_log_warn("EPOLLEXCLUSIVE is not supported: every worker wakes on a new connection");
+            exclusive = 0;
+            ev.events = EPOLLIN;
+            epoll_ctl(pgw_worker.acc_ep, EPOLL_CTL_ADD, fds[i], &ev);
+        }
+        pgw_worker.listeners[i].fd = fds[i];
+    }
+    pgw_worker.num_listeners = n;
+}
+
+/* ---- Generations from the master ---- */
+
+/* Points the resolver at the generation's name servers (reloads may change them). */
+static void dns_configure(const struct pgw_config_resolver *r)
+{
+    struct evdns_base *dns = pgw_worker.dns;
+    evdns_base_clear_nameservers_and_suspend(dns);
+    if (r->num_nameservers == 0) {
+        if (evdns_base_resolv_conf_parse(dns, DNS_OPTIONS_ALL, "/etc/resolv.conf") != 0)
+            pgw_log_warn("no usable name server in /etc/resolv.conf: upstream host names are "
+                         "resolved from /etc/hosts only");
+    } else {
+        for (size_t i = 0; i < r->num_nameservers; i++) {
+            const struct pgw_config_target *t = &r->nameservers[i];
+            struct sockaddr_storage sa;
+            socklen_t len;
+            pgw_assert(pgw_addr_parse_ip(t->host, strlen(t->host), &sa, &len) == PGW_OK);
+            if (sa.ss_family == AF_INET)
+                ((struct sockaddr_in *)&sa)->sin_port = htons(t->port);
+            else
+                ((struct sockaddr_in6 *)&sa)->sin6_port = htons(t->port);
+            if (evdns_base_nameserver_sockaddr_add(dns, (struct sockaddr *)&sa, len, 0) != 0)
+                pgw_log_warn("name server %s:%u could not be added", t->host, (unsigned)t->port);
+        }
+        evdns_base_load_hosts(dns, NULL);
+    }
+    char secs[32];
+    snprintf(secs, sizeof(secs), "%.3f", (double)r->timeout / 1000.0);
+    evdns_base_set_option(dns, "timeout:", secs);
+    evdns_base_set_option(dns, "attempts:", "2");
+    evdns_base_resume(dns);
+}
+
+static void gen_refuse(uint64_t number, const char *why, const int *fds, size_t nfds)
+{
+    for (size_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    pgw_log_error("generation %llu refused: %s", (unsigned long long)number, why);
+    pgw_chan_send(pgw_worker.chan, PGW_MSG_GEN_ERR, number, why, strlen(why), NULL, 0);
+}
+
+/* PGW_MSG_GEN: payload "<file name>\0<yaml>". Builds and swaps in the new generation. */
+static void gen_install(const struct pgw_msg *m)
+{
+    const char *nul = memchr(m->payload, '\0', m->len);
+    if (nul == NULL) {
+        gen_refuse(m->arg, "malformed generation message", m->fds, m->nfds);
+        return;
+    }
+    char errbuf[4096];
+    const char *text = nul + 1;
+    struct pgw_config *config = pgw_config_load_string(
+        m->payload, text, m->len - (size_t)(text - m->payload), errbuf, sizeof(errbuf));
+    if (config == NULL) { /* the master validated it: only a version skew gets here */
+        gen_refuse(m->arg, errbuf, m->fds, m->nfds);
+        return;
+    }
+    const char *err = NULL;
+    struct pgw_gen *g = m->nfds == config->num_listeners ? pgw_gen_new(config, m->arg, &err) : NULL;
+    pgw_config_unref(config); /* the generation holds its own reference */
+    if (g == NULL) {
+        gen_refuse(m->arg, err ? err : "listener sockets do not match the configuration", m->fds,
+                   m->nfds);
+        return;
+    }
+    if (pgw_log_open(g->config) != PGW_OK)
+        pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
+    dns_configure(&g->config->resolver);
+    listeners_install(m->fds, m->nfds);
+    struct pgw_gen *old = pgw_worker.gen;
+    pgw_worker.gen = g;
+    pgw_conns_follow_gen();
+    pgw_gen_unref(old); /* freed when its last request ends */
+    if (!pgw_worker.accept_paused && !pgw_worker.stopping)
+        event_add(pgw_worker.acc_ev, NULL);
+    pgw_log_info("worker %d: generation %llu active", (int)getpid(), (unsigned long long)m->arg);
+    pgw_chan_send(pgw_worker.chan, PGW_MSG_GEN_OK, m->arg, NULL, 0, NULL, 0);
+}
+
+static void status_reply(uint64_t query)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf),
+                     "{\"pid\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu}",
+                     (int)getpid(), (unsigned long long)(pgw_worker.gen ? pgw_worker.gen->number : 0),
+                     pgw_worker.num_conns, (unsigned long long)pgw_worker.requests);
+    pgw_chan_send(pgw_worker.chan, PGW_MSG_STATUS_REPLY, query, buf, (size_t)n, NULL, 0);
+}
+
+static void worker_stop(int fast, const char *why);
+
+static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg)
+{
+    PGW_UNUSED(ch);
+    PGW_UNUSED(arg);
+    if (m == NULL) { /* the master is gone: nobody would replace us or reload; drain and go */
+        pgw_chan_free(pgw_worker.chan);
+        pgw_worker.chan = NULL;
+        worker_stop(0, "the master closed the control channel");
+        return;
+    }
+    switch (m->type) {
+    case PGW_MSG_GEN:
+        gen_install(m);
+        return;
+    case PGW_MSG_STATUS:
+        status_reply(m->arg);
+        break;
+    default:
+        pgw_log_warn("control channel: unexpected message type %u", m->type);
+        break;
+    }
+    for (size_t i = 0; i < m->nfds; i++)
+        close(m->fds[i]);
+}
+
+/* ---- Stopping ---- */
+
+static struct event *stop_timer;
+static uint64_t stop_deadline;
+
+static void on_stop_check(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    /* Requests that end meanwhile close their connection (stopping forbids keep-alive). */
+    pgw_conns_close_idle();
+    if (pgw_worker.num_conns == 0 || pgw_now_ms() >= stop_deadline) {
+        if (pgw_worker.num_conns > 0)
+            pgw_log_warn("worker %d: drain time over, closing %zu connection(s)", (int)getpid(),
+                         pgw_worker.num_conns);
+        event_base_loopbreak(pgw_worker.base);
+        return;
+    }
+    struct timeval tv = {0, 20 * 1000};
+    evtimer_add(stop_timer, &tv);
+}
+
+/* Fast: close everything now. Graceful: stop accepting, close idle connections, let requests in
+ * flight finish within timeouts.drain. A second graceful request does not restart the drain; a
+ * fast one after a graceful one cuts it short. */
+static void worker_stop(int fast, const char *why)
+{
+    int level = fast ? 2 : 1;
+    if (pgw_worker.stopping >= level)
+        return;
+    int first = pgw_worker.stopping == 0;
+    pgw_worker.stopping = level;
+    pgw_log_notice("worker %d: %s: %s", (int)getpid(), why,
+                   fast ? "stopping now" : "draining");
+    event_del(pgw_worker.acc_ev);
+    listeners_close();
+    if (fast) {
+        pgw_conns_close_all("shutdown");
+        event_base_loopbreak(pgw_worker.base);
+        return;
+    }
+    if (first) {
+        uint64_t drain = pgw_worker.gen ? pgw_worker.gen->config->timeouts.drain : 0;
+        stop_deadline = pgw_now_ms() + drain;
+        stop_timer = evtimer_new(pgw_worker.base, on_stop_check, NULL);
+        struct timeval tv = {0, 0};
+        evtimer_add(stop_timer, &tv);
+    }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    worker_stop(sig != SIGQUIT, strsignal((int)sig));
+}
+
+/* ---- The worker's life ---- */
+
+static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    pgw_access_log_flush();
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof(s), GRND_NONBLOCK) != (ssize_t)sizeof(s))
+        s = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL ^ pgw_now_us();
+    return s;
+}
+
+static struct event_base *base_new(void)
+{
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    pgw_assert(base != NULL);
+    return base;
+}
+
+int pgw_worker_main(int chan_fd)
+{
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* reloads come from the master, never from a terminal hang-up */
+    pgw_worker.base = base_new();
+    pgw_worker.dns = evdns_base_new(pgw_worker.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    pgw_worker.id_seed = random_seed();
+    pgw_worker.acc_ep = epoll_create1(EPOLL_CLOEXEC);
+    pgw_assert(pgw_worker.acc_ep != -1 && pgw_worker.dns != NULL);
+    pgw_worker.acc_ev = event_new(pgw_worker.base, pgw_worker.acc_ep, EV_READ | EV_PERSIST,
+                                  on_accept, NULL);
+    pgw_worker.accept_timer = evtimer_new(pgw_worker.base, on_accept_resume, NULL);
+    pgw_worker.flush_timer = event_new(pgw_worker.base, -1, EV_PERSIST, on_flush_timer, NULL);
+    struct timeval one_s = {1, 0};
+    evtimer_add(pgw_worker.flush_timer, &one_s);
+    static const int sigs[] = {SIGTERM, SIGINT, SIGQUIT};
+    struct event *sev[PGW_ARRAY_LEN(sigs)];
+    for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++) {
+        sev[i] = evsignal_new(pgw_worker.base, sigs[i], on_signal, NULL);
+        evsignal_add(sev[i], NULL);
+    }
+    pgw_worker.chan = pgw_chan_new(pgw_worker.base, chan_fd, on_master_msg, NULL);
+    event_base_dispatch(pgw_worker.base);
+    pgw_conns_close_all("shutdown");
+    pgw_access_log_flush();
+    pgw_log_info("worker %d: stopped", (int)getpid());
+    listeners_close();
+    for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++)
+        event_free(sev[i]);
+    if (stop_timer)
+        event_free(stop_timer);
+    pgw_chan_free(pgw_worker.chan);
+    event_free(pgw_worker.flush_timer);
+    event_free(pgw_worker.accept_timer);
+    event_free(pgw_worker.acc_ev);
+    close(pgw_worker.acc_ep);
+    pgw_gen_unref(pgw_worker.gen);
+    pgw_worker.gen = NULL;
+    evdns_base_free(pgw_worker.dns, 0);
+    event_base_free(pgw_worker.base);
+    pgw_log_close();
+    return 0;
+}
