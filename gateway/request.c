@@ -278,7 +278,7 @@ static void respond(struct pgw_req *req, int status, const char *body, size_t bo
 {
     struct pgw_conn *c = req->conn;
     int is_head = req->h.method && PGW_IEQ_LIT(req->h.method, req->h.method_len, "HEAD");
-    if (close || !req->body_done)
+    if (close || !req->body_done || pgw_worker.stopping)
         req->keep_alive = 0; /* an unread body cannot be skipped safely */
     req->keep_alive &= req->h.keep_alive;
     req->status = status;
@@ -504,7 +504,8 @@ void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp
     int unframed = body == PGW_HTTP_BODY_CHUNKED || body == PGW_HTTP_BODY_EOF;
     req->status = resp->status;
     req->resp_chunked = client11 && unframed;
-    if ((!client11 && unframed) || !req->body_done || !req->h.keep_alive || c->client_eof)
+    if ((!client11 && unframed) || !req->body_done || !req->h.keep_alive || c->client_eof ||
+        pgw_worker.stopping) /* draining: say so, the client opens its next one elsewhere */
         req->keep_alive = 0;
     run_stage(req, PGW_STAGE_HEADER_FILTER);
     size_t max = 128 + req->id_len + resp->reason_len;

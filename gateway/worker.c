@@ -10,8 +10,8 @@
  * connection to a fixed worker's own queue, including a stuck worker's.
  *
  * Generations: the master sends the validated configuration text and the listening sockets; the
- * worker builds the generation, swaps it in, and answers GEN_OK. Connections keep the generation
- * they were accepted under until they close.
+ * worker builds the generation, swaps it in, and answers GEN_OK. A request ends on the generation
+ * it started with; a keep-alive connection moves to the newest one between requests (server.c).
  */
 #include "control.h"
 #include "log.h"

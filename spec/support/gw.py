@@ -227,7 +227,9 @@ class Gateway:
         self.args = args
         self.proc = None
         self.pid = None
-        self.exited_expected = False  # set by wait_exit(): the test stopped the gateway itself
+        self.exited_expected = False  # the test stopped the gateway itself (wait_exit() sets it;
+        #                               set it when sending the signal, so a failed assert
+        #                               before wait_exit() does not add a teardown error)
         self.leftover_workers = []    # workers still alive after the master exited (stop())
         self._seen_workers = {}       # pid -> start time, of every worker seen
         self._access_lines = []
