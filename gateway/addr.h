@@ -37,6 +37,9 @@ int pgw_addr_parse_listen(const char *s, struct sockaddr_storage *sa, socklen_t 
  * Returns PGW_OK or PGW_ERR. */
 int pgw_addr_parse_ip(const char *s, size_t len, struct sockaddr_storage *sa, socklen_t *sa_len);
 
+/* Whether <a> and <b> are the same IPv4 or IPv6 address and port (other families: never). */
+int pgw_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 /* Writes the address of <sa> without port ("10.1.2.3", "2001:db8::1"; IPv4-mapped IPv6 shown as
  * IPv4) NUL-terminated into <buf> (PGW_ADDR_STRLEN bytes are always enough). Returns the length;
  * 0 with an empty string for other families (AF_UNSPEC, AF_UNIX) or a buffer too small. */

@@ -506,19 +506,6 @@ static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
 };
 
-static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-}
-
 static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
                                   struct pgw_config_listener *l)
 {
@@ -533,7 +520,7 @@ static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, 
         return;
     }
     for (const struct pgw_config_listener *o = x->c->listeners; o < l; o++)
-        if (o->sa_len > 0 && same_address(&o->sa, &l->sa))
+        if (o->sa_len > 0 && pgw_addr_equal(&o->sa, &l->sa))
             ferr(x, v->line, where, "address", "%s is already used by listener \"%s\" (line %u)",
                  pgw_errs_quote(q, v->str, v->len), o->name ? o->name : "?", o->line);
 }

@@ -268,18 +268,6 @@ static void workers_resize(size_t want)
 
 /* ---- Listening sockets ---- */
 
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 /* Builds the socket set of <c>: the sockets of addresses already open are kept, new ones opened.
  * On failure nothing changes and <err> says why. On success the old set is replaced and the
  * sockets no longer listed are closed (workers close their duplicates with the new generation). */
@@ -294,7 +282,7 @@ static int listeners_sync(const struct pgw_config *c, char *err, size_t errlen)
         ls[i].len = cl->sa_len;
         ls[i].fd = -1;
         for (size_t j = 0; j < M.nls; j++) {
-            if (!taken[j] && same_addr(&M.ls[j].sa, &cl->sa)) {
+            if (!taken[j] && pgw_addr_equal(&M.ls[j].sa, &cl->sa)) {
                 taken[j] = 1;
                 ls[i].fd = M.ls[j].fd;
                 listen(ls[i].fd, cl->backlog > 0 ? cl->backlog : 511); /* backlog may change */

@@ -233,18 +233,6 @@ void pgw_conn_process(struct pgw_conn *c)
     c->processing = 0;
 }
 
-static int same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 /* Between two requests a keep-alive connection moves to the newest generation, so that a reload
  * reaches clients and balancers that keep connections open for hours; a request in flight always
  * ends on the generation it started with. Returns 0 when the connection's listener (same name
@@ -257,7 +245,7 @@ static int conn_follow_gen(struct pgw_conn *c)
     const struct pgw_config_listener *old = &c->gen->config->listeners[c->listener_index];
     for (size_t i = 0; i < g->config->num_listeners; i++) {
         const struct pgw_config_listener *l = &g->config->listeners[i];
-        if (strcmp(l->name, old->name) != 0 || !same_sockaddr(&l->sa, &old->sa))
+        if (strcmp(l->name, old->name) != 0 || !pgw_addr_equal(&l->sa, &old->sa))
             continue;
         g->refs++;
         pgw_gen_unref(c->gen);

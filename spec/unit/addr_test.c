@@ -595,6 +595,25 @@ static void test_xff(void)
     CHECK(strcmp(show(&out, 0), "5.6.7.8") == 0);
 }
 
+static void test_equal(void)
+{
+    struct sockaddr_storage a, b, c, d, e;
+    socklen_t l;
+    CHECK_INT(pgw_addr_parse_listen("127.0.0.1:80", &a, &l), PGW_OK);
+    CHECK_INT(pgw_addr_parse_listen("*:80", &b, &l), PGW_OK);
+    CHECK_INT(pgw_addr_parse_listen("0.0.0.0:80", &c, &l), PGW_OK);
+    CHECK_INT(pgw_addr_parse_listen("[::1]:80", &d, &l), PGW_OK);
+    CHECK_INT(pgw_addr_parse_listen("[::1]:81", &e, &l), PGW_OK);
+    CHECK(pgw_addr_equal(&a, &a));
+    CHECK(!pgw_addr_equal(&a, &b));
+    CHECK(pgw_addr_equal(&b, &c)); /* "*" is 0.0.0.0 */
+    CHECK(!pgw_addr_equal(&a, &d));
+    CHECK(!pgw_addr_equal(&d, &e)); /* ports differ */
+    CHECK(pgw_addr_equal(&d, &d));
+    struct sockaddr_storage u1 = {.ss_family = AF_UNIX}, u2 = {.ss_family = AF_UNIX};
+    CHECK(!pgw_addr_equal(&u1, &u2)); /* other families never compare equal */
+}
+
 int main(void)
 {
     RUN(test_cidr_parse);
@@ -605,5 +624,6 @@ int main(void)
     RUN(test_proxy_v1_invalid);
     RUN(test_proxy_v2);
     RUN(test_xff);
+    RUN(test_equal);
     return TEST_REPORT("addr");
 }
