@@ -57,6 +57,7 @@ TEST_DEPS_route    := gateway/util.c
 TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c
 TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
+TEST_DEPS_control := gateway/util.c gateway/log.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

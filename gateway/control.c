@@ -220,9 +220,11 @@ static int deliver(struct pgw_chan *ch)
         struct pgw_msg m = {get32(p + 4), get64(p + 8), (const char *)p + HDR_LEN, len, NULL,
                             nfds};
         int fds[PGW_CHAN_FDS_MAX];
-        memcpy(fds, ch->fds, nfds * sizeof(int));
-        memmove(ch->fds, ch->fds + nfds, (ch->nfds - nfds) * sizeof(int));
-        ch->nfds -= nfds;
+        if (nfds > 0) { /* ch->fds is NULL until a descriptor ever arrived */
+            memcpy(fds, ch->fds, nfds * sizeof(int));
+            memmove(ch->fds, ch->fds + nfds, (ch->nfds - nfds) * sizeof(int));
+            ch->nfds -= nfds;
+        }
         m.fds = fds;
         ch->cb(ch, &m, ch->arg);
         evbuffer_drain(ch->in, HDR_LEN + len);
