@@ -500,7 +500,7 @@ static const char *check_match_host(char *h, size_t len)
 static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "real_ip",
                                        "limits",    "timeouts",   "access_log", "error_log",
                                        "http",      "resolver",   "workers",    "control",
-                                       NULL};
+                                       "policies",  NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
@@ -525,9 +525,196 @@ static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, 
                  pgw_errs_quote(q, v->str, v->len), o->name ? o->name : "?", o->line);
 }
 
+/* ---- Policy lists ---- */
+
+int pgw_config_policy_engine;
+
+/* A growable byte buffer for the JSON text of a policy's settings. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->p = pgw_realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+#define SB_LIT(b, lit) sb_add((b), (lit), sizeof(lit) - 1)
+
+/* A JSON string: quotes, backslashes and control bytes escaped, UTF-8 passed through. */
+static void sb_json_string(struct sbuf *b, const char *s, size_t n)
+{
+    SB_LIT(b, "\"");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_add(b, e, 2);
+        } else if (c < 0x20 || c == 0x7f) {
+            char e[8];
+            snprintf(e, sizeof(e), "\\u%04x", c);
+            sb_add(b, e, 6);
+        } else {
+            sb_add(b, (const char *)&c, 1);
+        }
+    }
+    SB_LIT(b, "\"");
+}
+
+/* Whether <s> is a JSON number as written: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int is_json_number(const char *s)
+{
+    const char *p = s + (*s == '-');
+    if (*p == '0')
+        p++;
+    else if (is_digit(*p))
+        while (is_digit(*p))
+            p++;
+    else
+        return 0;
+    if (*p == '.') {
+        if (!is_digit(*++p))
+            return 0;
+        while (is_digit(*p))
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p += p[1] == '+' || p[1] == '-' ? 2 : 1;
+        if (!is_digit(*p))
+            return 0;
+        while (is_digit(*p))
+            p++;
+    }
+    return *p == '\0';
+}
+
+/* Plain scalars become JSON numbers, booleans and null when they read as such (YAML 1.2 core
+ * schema); everything else, and every quoted scalar, is a string. */
+static void yaml_to_json(struct sbuf *b, const struct pgw_yaml_node *n)
+{
+    if (n->kind == PGW_YAML_SCALAR) {
+        if (n->is_plain && pgw_yaml_is_null(n))
+            SB_LIT(b, "null");
+        else if (n->is_plain && (pgw_yaml_is(n, "true") || pgw_yaml_is(n, "false")))
+            sb_add(b, n->str, n->len);
+        else if (n->is_plain && is_json_number(n->str))
+            sb_add(b, n->str, n->len);
+        else
+            sb_json_string(b, n->str, n->len);
+        return;
+    }
+    int map = n->kind == PGW_YAML_MAP;
+    sb_add(b, map ? "{" : "[", 1);
+    for (size_t i = 0; i < n->n; i += map ? 2 : 1) {
+        if (i > 0)
+            SB_LIT(b, ",");
+        if (map) {
+            sb_json_string(b, n->kids[i]->str ? n->kids[i]->str : "", n->kids[i]->len);
+            SB_LIT(b, ":");
+            yaml_to_json(b, n->kids[i + 1]);
+        } else {
+            yaml_to_json(b, n->kids[i]);
+        }
+    }
+    sb_add(b, map ? "}" : "]", 1);
+}
+
+static int is_policy_name(const char *s, size_t len)
+{
+    if (len == 0 || len > 64 || !(s[0] >= 'a' && s[0] <= 'z'))
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || is_digit(s[i]) || s[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/* One entry: NAME, or { NAME: { settings } } (NAME: with nothing means no settings). */
+static void load_policy_entry(struct ctx *x, const struct pgw_yaml_node *e, const char *where,
+                              struct pgw_config_policies *ps)
+{
+    char q[PGW_ERRS_QUOTE_MAX];
+    const struct pgw_yaml_node *k = e, *v = NULL;
+    if (e->kind == PGW_YAML_MAP) {
+        if (e->n != 2) {
+            ferr(x, e->line, where, "policies",
+                 "each entry names one policy: \"- name\" or \"- name: { settings }\"");
+            return;
+        }
+        k = e->kids[0];
+        v = e->kids[1];
+    }
+    if (k->kind != PGW_YAML_SCALAR || k->is_bad) {
+        ferr(x, e->line, where, "policies", "expected a policy name, got %s", pgw_yaml_describe(k));
+        return;
+    }
+    if (!is_policy_name(k->str, k->len)) {
+        ferr(x, k->line, where, "policies",
+             "%s is not a policy name (lower-case letters, digits and _, starting with a letter)",
+             pgw_errs_quote(q, k->str, k->len));
+        return;
+    }
+    if (v != NULL && !pgw_yaml_is_null(v) && v->kind != PGW_YAML_MAP) {
+        ferr(x, v->line, where, "policies", "the settings of %s must be a map, got %s", k->str,
+             pgw_yaml_describe(v));
+        return;
+    }
+    struct pgw_config_policy *p = &ps->v[ps->n++];
+    p->name = pgw_strndup(k->str, k->len);
+    p->line = k->line;
+    struct sbuf b = {0};
+    if (v == NULL || pgw_yaml_is_null(v))
+        SB_LIT(&b, "{}");
+    else
+        yaml_to_json(&b, v);
+    p->conf_json = b.p;
+}
+
+static void load_policies_list(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+                               struct pgw_config_policies *ps)
+{
+    if (!want_kind(x, v, PGW_YAML_SEQ, where, "policies"))
+        return;
+    ps->v = pgw_calloc(v->n ? v->n : 1, sizeof(*ps->v));
+    for (size_t i = 0; i < v->n; i++)
+        load_policy_entry(x, v->kids[i], where, ps);
+    /* A policy list that nothing would run is a security hole (a key_auth that never checks):
+     * refused until the policy engine is linked in. */
+    if (ps->n > 0 && !pgw_config_policy_engine)
+        ferr(x, ps->v[0].line, where, "policies",
+             "policies are not run by this version of passerelle yet (the policy engine is in "
+             "progress): remove this list");
+}
+
+static void free_policies(struct pgw_config_policies *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        free(ps->v[i].name);
+        free(ps->v[i].conf_json);
+    }
+    free(ps->v);
+}
+
+static void load_policies_section(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    static const char *const extras[] = {"dir", NULL};
+    const struct pgw_yaml_node *v;
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "policies"))
+        return;
+    walk_keys(x, n, "policies", extras, NULL, 0, NULL);
+    if ((v = map_get(n, "dir")) != NULL)
+        read_str(x, v, "policies", "dir", &x->c->policies_dir);
+}
+
 static void load_listener(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
-    static const char *const extras[] = {"name", "address", NULL};
+    static const char *const extras[] = {"name", "address", "policies", NULL};
     char where[32];
     const struct pgw_yaml_node *v;
 
@@ -547,6 +734,8 @@ static void load_listener(struct ctx *x, const struct pgw_yaml_node *n, size_t i
     }
     if ((v = require(x, n, where, "address")) != NULL)
         load_listener_address(x, v, where, l);
+    if ((v = map_get(n, "policies")) != NULL)
+        load_policies_list(x, v, where, &l->policies);
 }
 
 static void load_listeners(struct ctx *x, const struct pgw_yaml_node *root)
@@ -891,7 +1080,8 @@ static void load_route_target(struct ctx *x, const struct pgw_yaml_node *n, cons
 
 static void load_route(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
-    static const char *const extras[] = {"name", "type", "listeners", "match", "upstream", NULL};
+    static const char *const extras[] = {"name",     "type",     "listeners",
+                                         "match",    "upstream", "policies", NULL};
     static const char *const types[] = {"proxy", "status", NULL};
     char where[32];
     const struct pgw_yaml_node *v;
@@ -919,6 +1109,8 @@ static void load_route(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
         load_match(x, v, where, r);
     if (type >= 0) /* with a misspelt type, what the route needs is unknown: say nothing more */
         load_route_target(x, n, where, r);
+    if ((v = map_get(n, "policies")) != NULL)
+        load_policies_list(x, v, where, &r->policies);
 }
 
 static void load_routes(struct ctx *x, const struct pgw_yaml_node *n)
@@ -1084,6 +1276,7 @@ static void set_defaults(struct pgw_config *c)
         .header = 10 * SEC, .body = 30 * SEC, .keepalive = 60 * SEC, .send = 30 * SEC,
         .drain = 30 * SEC};
     c->control_socket = pgw_strndup("logs/passerelle.sock", 20);
+    c->policies_dir = pgw_strndup("policies", 8);
     c->access_log.enabled = 1;
     c->access_log.path = pgw_strndup("logs/access.log", 15);
     c->error_log.path = pgw_strndup("-", 1);
@@ -1103,6 +1296,7 @@ static void config_free(struct pgw_config *c)
     for (size_t i = 0; i < c->num_listeners; i++) {
         free(c->listeners[i].name);
         free(c->listeners[i].address);
+        free_policies(&c->listeners[i].policies);
     }
     free(c->listeners);
     free(c->real_ip.trusted);
@@ -1122,6 +1316,7 @@ static void config_free(struct pgw_config *c)
         free(r->path);
         free_strv(r->methods, r->num_methods);
         free(r->upstream);
+        free_policies(&r->policies);
     }
     free(c->routes);
     for (size_t i = 0; i < c->resolver.num_nameservers; i++)
@@ -1130,6 +1325,7 @@ static void config_free(struct pgw_config *c)
     free(c->access_log.path);
     free(c->error_log.path);
     free(c->control_socket);
+    free(c->policies_dir);
     free(c->file);
     free(c);
 }
@@ -1140,7 +1336,7 @@ static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
     static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
-        load_workers,  load_control,
+        load_workers,  load_control,    load_policies_section,
     };
     walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);

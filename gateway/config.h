@@ -19,12 +19,26 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* One entry of a `policies:` list: a policy and its settings, in the order they run. */
+struct pgw_config_policy {
+    char *name;      /* [a-z][a-z0-9_]*: a built-in policy or <policies.dir>/<name>.lua */
+    char *conf_json; /* the entry's settings as JSON text ("{}" when none), checked against the
+                        policy's own schema when the policy set is built */
+    unsigned line;
+};
+
+struct pgw_config_policies {
+    struct pgw_config_policy *v;
+    size_t n;
+};
+
 struct pgw_config_listener {
     char *name;
     char *address;                  /* as written: "0.0.0.0:8080", "[::1]:8080" */
     struct sockaddr_storage sa;     /* parsed */
     socklen_t sa_len;
     int backlog;                    /* listen(2) backlog, default 511 */
+    struct pgw_config_policies policies; /* run first for every request on this listener */
     unsigned line;                  /* line in the file, for messages */
 };
 
@@ -93,6 +107,7 @@ struct pgw_config_route {
     int upstream_index;        /* resolved index into config->upstreams, -1 for status routes */
     int preserve_host;         /* default 0: upstream Host is the target's host[:port] */
     int strip_prefix;          /* default 0: remove the matched prefix before forwarding */
+    struct pgw_config_policies policies; /* in order, after the listener's */
     unsigned line;
 };
 
@@ -123,6 +138,7 @@ struct pgw_config {
     char *file; /* the path it was loaded from */
     unsigned workers;     /* worker processes; 0 = auto (one per CPU) */
     char *control_socket; /* control: { socket: PATH }, default "logs/passerelle.sock" */
+    char *policies_dir;   /* policies: { dir: PATH }, default "policies" */
     struct pgw_config_listener *listeners;
     size_t num_listeners;
     struct pgw_config_real_ip real_ip;
@@ -138,6 +154,10 @@ struct pgw_config {
     int underscores_in_headers; /* http: { underscores_in_headers: reject | drop }: 0 reject, 1 drop */
     int allow_encoded_slash;    /* http: { allow_encoded_slash: false } keeps %2F/%5C rejected */
 };
+
+/* Set to 1 by the policy engine when it is linked in; until then a non-empty `policies:` list
+ * is a configuration error rather than a list that silently never runs. */
+extern int pgw_config_policy_engine;
 
 /* Loads and validates <path>. Returns the snapshot (refs == 1) or NULL with every error written
  * to <errbuf> as "FILE:LINE: message\n" lines sorted by line (whole lines while they fit in

@@ -520,9 +520,10 @@ static void test_unknown_keys(void)
 {
     EXPECT_ERROR(BASE "listenrs: []\n", 3,
                  "unknown top-level key \"listenrs\" (allowed: listeners, upstreams, routes, "
-                 "real_ip, limits, timeouts, access_log, error_log, http, resolver, workers, control)");
+                 "real_ip, limits, timeouts, access_log, error_log, http, resolver, workers, control, "
+                 "policies)");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\", bakclog: 5 }\n", 2,
-                 "listeners[0]: unknown key \"bakclog\" (allowed: name, address, backlog)");
+                 "listeners[0]: unknown key \"bakclog\" (allowed: name, address, policies, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
                                                  "request_line, header_section, header_fields, "
                                                  "body, max_connections)");
@@ -535,7 +536,7 @@ static void test_unknown_keys(void)
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    type: status\n    listeners: [public]\n"
                       "    match: { path: / }\n    timeout: 1s\n",
                  8, "routes[0]: unknown key \"timeout\" (allowed: name, type, listeners, match, "
-                    "upstream, preserve_host, strip_prefix)");
+                    "upstream, policies, preserve_host, strip_prefix)");
     EXPECT_ERROR(BASE "real_ip: { from: proxy_protocol, trusted: [\"::1\"], via: x }\n", 3,
                  "real_ip: unknown key \"via\" (allowed: trusted, from)");
     EXPECT_ERROR(BASE "access_log: { path: a, rotate: 1 }\n", 3, "(allowed: path, format)");
@@ -945,6 +946,71 @@ static void test_processes(void)
     EXPECT_ERROR(yaml, 3, "control.socket: the path must be shorter than 100 bytes");
 }
 
+#define POLICY_BASE                                                                                \
+    "listeners:\n"                                                                                 \
+    "  - name: public\n"                                                                           \
+    "    address: \"127.0.0.1:8080\"\n"                                                           \
+    "    policies: [ request_id, { cors: { origins: [\"*\"] } } ]\n"                               \
+    "upstreams: { u: { targets: [\"127.0.0.1:9\"] } }\n"                                          \
+    "routes:\n"                                                                                    \
+    "  - name: r\n"                                                                                \
+    "    listeners: [public]\n"                                                                    \
+    "    match: { path: / }\n"                                                                     \
+    "    upstream: u\n"                                                                            \
+    "    policies:\n"
+
+static void test_policies(void)
+{
+    /* without the engine, a policy list is refused: it would never run */
+    EXPECT_ERROR(POLICY_BASE "      - key_auth\n", 5, "policies are not run by this version");
+    pgw_config_policy_engine = 1;
+    struct pgw_config *c = EXPECT_OK(
+        POLICY_BASE "      - key_auth: { header: apikey, hide: true }\n"
+                    "      - rate_limit: { limit: 100, window: 1m, burst: 1.5e2, by: null }\n"
+                    "      - my_transform\n"
+                    "      - empty:\n"
+                    "      - quoted: { n: \"42\", s: \"caf\xc3\xa9 \\\"q\\\"\", l: [1, two, -0.5], "
+                    "m: { x: ~ } }\n"
+                    "policies: { dir: /etc/passerelle/policies }\n");
+    if (c == NULL)
+        return;
+    CHECK_STR(c->policies_dir, "/etc/passerelle/policies");
+    const struct pgw_config_policies *lp = &c->listeners[0].policies;
+    CHECK_INT(lp->n, 2);
+    CHECK_STR(lp->v[0].name, "request_id");
+    CHECK_STR(lp->v[0].conf_json, "{}");
+    CHECK_STR(lp->v[1].name, "cors");
+    CHECK_STR(lp->v[1].conf_json, "{\"origins\":[\"*\"]}");
+    const struct pgw_config_policies *rp = &c->routes[0].policies;
+    CHECK_INT(rp->n, 5);
+    CHECK_STR(rp->v[0].name, "key_auth");
+    CHECK_STR(rp->v[0].conf_json, "{\"header\":\"apikey\",\"hide\":true}");
+    CHECK_INT(rp->v[0].line, 12);
+    CHECK_STR(rp->v[1].conf_json, "{\"limit\":100,\"window\":\"1m\",\"burst\":1.5e2,\"by\":null}");
+    CHECK_STR(rp->v[2].name, "my_transform");
+    CHECK_STR(rp->v[2].conf_json, "{}");
+    CHECK_STR(rp->v[3].name, "empty");
+    CHECK_STR(rp->v[3].conf_json, "{}");
+    CHECK_STR(rp->v[4].conf_json, "{\"n\":\"42\",\"s\":\"caf\xc3\xa9 \\\"q\\\"\",\"l\":[1,\"two\",-0.5],"
+                                  "\"m\":{\"x\":null}}");
+    pgw_config_unref(c);
+
+    c = EXPECT_OK(BASE);
+    if (c != NULL) {
+        CHECK_STR(c->policies_dir, "policies");
+        CHECK_INT(c->listeners[0].policies.n, 0);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(POLICY_BASE "      - KeyAuth\n", 12, "\"KeyAuth\" is not a policy name");
+    EXPECT_ERROR(POLICY_BASE "      - a: {}\n        b: {}\n", 12, "each entry names one policy");
+    EXPECT_ERROR(POLICY_BASE "      - key_auth: [1]\n", 12, "the settings of key_auth must be a map");
+    EXPECT_ERROR(POLICY_BASE "      - [x]\n", 12, "expected a policy name");
+    EXPECT_ERROR(POLICY_BASE "      - x\npolicies: { directory: x }\n", 13,
+                 "policies: unknown key \"directory\"");
+    EXPECT_ERROR(BASE "routes: []\npolicies: [a]\n", 4, "policies: expected a map");
+    pgw_config_policy_engine = 0;
+}
+
 /* ---- Several errors, the buffer, files, refcounts ---- */
 
 static void test_many_errors(void)
@@ -979,7 +1045,7 @@ static void test_many_errors(void)
 static void test_errbuf_truncation(void)
 {
     static const char yaml[] = "a: 1\nb: 2\nc: 3\nd: 4\ne: 5\n";
-    char small[200];
+    char small[300]; /* room for one whole line and the note, not for two lines */
     memset(small, 'x', sizeof(small));
     struct pgw_config *c = pgw_config_load_string(NAME, yaml, strlen(yaml), small, sizeof(small));
     CHECK(c == NULL);
@@ -1064,6 +1130,7 @@ int main(void)
     RUN(test_logs);
     RUN(test_resolver);
     RUN(test_processes);
+    RUN(test_policies);
     RUN(test_many_errors);
     RUN(test_errbuf_truncation);
     RUN(test_load_file_and_refs);
