@@ -962,7 +962,7 @@ static void test_processes(void)
 static void test_policies(void)
 {
     /* without the engine, a policy list is refused: it would never run */
-    EXPECT_ERROR(POLICY_BASE "      - key_auth\n", 5, "policies are not run by this version");
+    EXPECT_ERROR(POLICY_BASE "      - key_auth\n", 4, "policies are not run by this version");
     pgw_config_policy_engine = 1;
     struct pgw_config *c = EXPECT_OK(
         POLICY_BASE "      - key_auth: { header: apikey, hide: true }\n"
