@@ -85,3 +85,44 @@ icount: passerelle
 
 clean:
 	rm -rf build passerelle
+
+# ---- Lua: LuaJIT, the embedded SDK, tools/luabc (issue 5) ----
+# gateway/lua*.c link LuaJIT from libluajit2-5.1-dev (never libluajit-5.1-dev, see DEB_PKGS). The
+# SDK in lua/ is compiled to bytecode by build/luabc (built from tools/luabc.c against the same
+# LuaJIT) into build/gen/lua_sdk.c, which is linked into ./passerelle: no Lua file is read at run
+# time. docs/lua.md describes the bridge.
+LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null)
+LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null)
+LUA_SDK_SRCS  := $(sort $(wildcard lua/pgw/*.lua lua/pgw/*/*.lua))
+
+CFLAGS        += $(LUAJIT_CFLAGS)
+LDLIBS        += $(LUAJIT_LIBS)
+TEST_CFLAGS   += $(LUAJIT_CFLAGS)
+TEST_LIBS     += $(LUAJIT_LIBS)
+OBJS          += build/obj/lua_sdk.o
+
+passerelle: build/obj/lua_sdk.o
+
+build/luabc: tools/luabc.c | build/obj
+	$(CC) $(CFLAGS) -o $@ $< $(LUAJIT_LIBS)
+
+build/gen/lua_sdk.c: build/luabc $(LUA_SDK_SRCS) | build/gen
+	build/luabc -o $@ $(LUA_SDK_SRCS)
+
+build/obj/lua_sdk.o: build/gen/lua_sdk.c gateway/lua.h gateway/pgw.h | build/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/gen:
+	mkdir -p $@
+
+TEST_DEPS_lua := gateway/util.c gateway/log.c build/gen/lua_sdk.c
+build/test/lua_test: build/gen/lua_sdk.c
+
+# The cost of running policies with the JIT off (numbers in docs/lua.md); not part of `make test`.
+lua-bench: build/lua_bench
+	build/lua_bench
+
+build/lua_bench: bench/lua_jitoff.c gateway/lua.c gateway/lua.h build/gen/lua_sdk.c | build/obj
+	$(CC) $(CFLAGS) -o $@ $< gateway/util.c gateway/log.c build/gen/lua_sdk.c $(LUAJIT_LIBS) -lm
+
+.PHONY: lua-bench
