@@ -241,10 +241,12 @@ static void dns_wake(struct target *t, int ok);
 
 static void on_dns(int result, char type, int count, int ttl, void *addresses, void *arg)
 {
-    struct target *t = arg;
-    t->dns_req = NULL;
+    /* A cancelled lookup is reported from a deferred callback, after pgw_upstream_free() freed
+     * the target: <arg> must not be touched then. */
     if (result == DNS_ERR_CANCEL)
         return;
+    struct target *t = arg;
+    t->dns_req = NULL;
     if (PGW_UNLIKELY(pgw_log_level_min == PGW_LOG_DEBUG) && result == DNS_ERR_NONE && count > 0) {
         char a[PGW_ADDR_STRLEN] = "";
         if (type == DNS_IPv4_A)
