@@ -23,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTHON  := /usr/bin/python3
 
-.PHONY: all deps run test unit lua-spec e2e bench icount clean
+.PHONY: all deps run test unit lua-spec e2e e2e-asan bench icount clean
 all: passerelle
 
 passerelle: $(OBJS)
@@ -71,7 +71,15 @@ lua-spec:
 e2e: passerelle
 	@spec/run-all e2e
 
-test: passerelle $(UNIT_TESTS)
+# The whole gateway under ASan+UBSan, for a second pass of the end-to-end suites: memory errors
+# and leaks in the real request, reload and shutdown paths fail the test that caused them.
+build/passerelle-asan: $(SRCS) $(HDRS) build/gen/lua_sdk.c
+	$(CC) $(TEST_CFLAGS) -o $@ $(SRCS) build/gen/lua_sdk.c $(TEST_LIBS)
+
+e2e-asan: build/passerelle-asan
+	@spec/run-all e2e-asan
+
+test: passerelle build/passerelle-asan $(UNIT_TESTS)
 	@spec/run-all all
 
 # ---- benchmarks (see ../shared/bench/README.md) ----
