@@ -426,8 +426,8 @@ int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max)
     } else if (evbuffer_get_length(c->io.in) < before) {
         pgw_io_read_timeout(&c->io, c->gen->config->timeouts.body); /* progress */
     }
-    if (!c->client_eof && !c->io.reading && pgw_conn_read_budget(c) > 0)
-        pgw_io_want_read(&c->io, 1);
+    if (!c->io.reading)
+        pgw_req_client_read(req, 1);
     if (r != PGW_DONE && c->client_eof && evbuffer_get_length(c->io.in) == 0) {
         pgw_log_info("request %s from %s: client closed before the end of the body", req->id,
                      c->client_str);
@@ -440,7 +440,13 @@ int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max)
 void pgw_req_client_read(struct pgw_req *req, int on)
 {
     struct pgw_conn *c = req->conn;
-    pgw_io_want_read(&c->io, on && !c->client_eof && pgw_conn_read_budget(c) > 0);
+    int reading = on && !c->client_eof && pgw_conn_read_budget(c) > 0;
+    int was = c->io.reading;
+    pgw_io_want_read(&c->io, reading);
+    /* The body deadline measures the client, not us: it runs only while we wait to read. When
+     * the upstream is slow to take the body, its send_timeout governs instead. */
+    if (!req->body_done && was != reading)
+        pgw_io_read_timeout(&c->io, reading ? c->gen->config->timeouts.body : 0);
 }
 
 void pgw_req_on_client_data(struct pgw_req *req)

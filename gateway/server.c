@@ -332,8 +332,11 @@ static void on_client_read(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(what);
     pgw_conn_enter(c);
     size_t budget = pgw_conn_read_budget(c);
-    if (budget == 0) {
-        pgw_io_want_read(&c->io, 0); /* backpressure: resumed when the buffer drains */
+    if (budget == 0) { /* backpressure: resumed when the buffer drains */
+        if (c->state == PGW_CONN_ACTIVE && c->req != NULL)
+            pgw_req_client_read(c->req, 0);
+        else
+            pgw_io_want_read(&c->io, 0);
     } else {
         ssize_t n = pgw_io_read(&c->io, budget);
         if (n > 0) {

@@ -385,3 +385,54 @@ def test_out_of_descriptors_pauses_accept(make_gateway, make_stub):
     finally:
         for c in held:
             c.close()
+
+
+def test_slow_upstream_reader_is_not_a_client_body_timeout(make_gateway):
+    """While the upstream is slow to take the body, the gateway stops reading the client; the
+    client's body deadline must not run meanwhile (the upstream's send_timeout governs)."""
+    import socket as so
+    lsock = so.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    size = 24 * 1024 * 1024  # more than every buffer on the way (kernel and gateway)
+    got = {}
+
+    def upstream():
+        c, _ = lsock.accept()
+        time.sleep(2.5)  # longer than the client body timeout: the body backs up meanwhile
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        n = len(body)
+        while n < size:
+            chunk = c.recv(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+        got["n"] = n
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.close()
+
+    t = threading.Thread(target=upstream, daemon=True)
+    t.start()
+    g = make_gateway(config(
+        listeners=[listener("public")],
+        timeouts={"header": "2s", "body": "1s", "keepalive": "5s", "send": "5s"},
+        limits={"body": "64m"},
+        upstreams={"slow": {"targets": ["127.0.0.1:%d" % lsock.getsockname()[1]],
+                            "read_timeout": "10s", "send_timeout": "10s", "retries": 0}},
+        routes=[{"name": "all", "listeners": ["public"], "match": {"path": "/"},
+                 "upstream": "slow"}]))
+    try:
+        with Client(g.port, timeout=20.0) as c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"x" * (1 << 20)
+            for _ in range(size // len(chunk)):
+                c.send(chunk)
+            r = c.read_response()
+        assert r.status == 200 and r.body == b"ok", r
+        t.join(5)
+        assert got.get("n") == size, got
+    finally:
+        lsock.close()
