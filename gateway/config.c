@@ -824,6 +824,7 @@ static const struct field timeout_fields[] = {
     FIELD(F_DURATION, struct pgw_config_timeouts, keepalive, 1, MAX_DURATION),
     FIELD(F_DURATION, struct pgw_config_timeouts, send, 1, MAX_DURATION),
     FIELD(F_DURATION, struct pgw_config_timeouts, drain, 1, MAX_DURATION),
+    FIELD(F_DURATION, struct pgw_config_timeouts, watchdog, 500, MAX_DURATION),
 };
 
 static void load_timeouts(struct ctx *x, const struct pgw_yaml_node *n)
@@ -1274,7 +1275,7 @@ static void set_defaults(struct pgw_config *c)
     };
     c->timeouts = (struct pgw_config_timeouts){
         .header = 10 * SEC, .body = 30 * SEC, .keepalive = 60 * SEC, .send = 30 * SEC,
-        .drain = 30 * SEC};
+        .drain = 30 * SEC, .watchdog = 10 * SEC};
     c->control_socket = pgw_strndup("logs/passerelle.sock", 20);
     c->policies_dir = pgw_strndup("policies", 8);
     c->access_log.enabled = 1;

@@ -65,6 +65,8 @@ struct pgw_config_timeouts {
     uint64_t keepalive; /* idle between requests, default 60s */
     uint64_t send;      /* a client not reading our response, default 30s */
     uint64_t drain;     /* graceful stop (SIGQUIT): time left to requests in flight, default 30s */
+    uint64_t watchdog;  /* a worker whose event loop does not answer the master for that long is
+                           killed and replaced, default 10s */
 };
 
 struct pgw_config_target {

@@ -26,6 +26,8 @@ enum pgw_msg_type {
     PGW_MSG_GEN_ERR,      /* worker -> master: arg = generation refused, payload = why */
     PGW_MSG_STATUS,       /* master -> worker: arg = query id */
     PGW_MSG_STATUS_REPLY, /* worker -> master: arg = query id, payload = a JSON object */
+    PGW_MSG_PING,         /* master -> worker: arg = sequence number (the watchdog) */
+    PGW_MSG_PONG,         /* worker -> master: arg = the sequence number, answered at once */
 };
 
 struct pgw_msg {

@@ -39,6 +39,7 @@ struct worker {
     uint64_t gen;        /* last generation it confirmed */
     unsigned quick_deaths;
     struct event *respawn;
+    uint64_t last_pong_ms; /* the watchdog: the last time its event loop answered */
 };
 
 struct lsock {
@@ -81,6 +82,8 @@ static struct {
     uint64_t next_query;
     int stopping;                /* 1 graceful, 2 fast */
     struct event *kill_timer;
+    struct event *watchdog;
+    uint64_t ping_seq;
 } M;
 
 static void cli_reply(struct cli *c, const char *fmt, ...) PGW_PRINTF(2, 3);
@@ -154,6 +157,7 @@ static void worker_spawn(struct worker *w)
     w->pid = pid;
     w->gen = 0;
     w->started_ms = pgw_now_ms();
+    w->last_pong_ms = w->started_ms;
     w->ch = pgw_chan_new(M.base, sv[0], on_worker_msg, w);
     pgw_log_info("worker %d started (pid %d)", w->slot, (int)pid);
     send_gen(w);
@@ -190,6 +194,9 @@ static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
         break;
     case PGW_MSG_STATUS_REPLY:
         clis_on_status(w, m->arg, m->payload, m->len);
+        break;
+    case PGW_MSG_PONG:
+        w->last_pong_ms = pgw_now_ms();
         break;
     default:
         pgw_log_warn("worker %d: unexpected message type %u", w->slot, m->type);
@@ -264,6 +271,37 @@ static void workers_resize(size_t want)
     for (size_t i = old; i < want; i++)
         if (M.workers[i].pid == 0)
             worker_spawn(&M.workers[i]);
+}
+
+/* ---- Watchdog ---- */
+
+/* Pings every worker four times per timeouts.watchdog; a worker whose event loop has not
+ * answered for the whole period (stuck in a loop, stopped, deadlocked) is killed and, like any
+ * worker that dies, replaced. Losing its in-flight requests is the price of getting its share of
+ * the traffic back. */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    uint64_t now = pgw_now_ms(), limit = M.config->timeouts.watchdog;
+    M.ping_seq++;
+    for (size_t i = 0; i < M.nworkers; i++) {
+        struct worker *w = &M.workers[i];
+        if (w->pid == 0 || w->ch == NULL || M.stopping)
+            continue;
+        if (now - w->last_pong_ms > limit) {
+            pgw_log_error("worker %d (pid %d) has not answered for %llu ms: killed", w->slot,
+                          (int)w->pid, (unsigned long long)(now - w->last_pong_ms));
+            kill(w->pid, SIGKILL);
+            w->last_pong_ms = now; /* one kill; the reaper replaces it */
+            continue;
+        }
+        pgw_chan_send(w->ch, PGW_MSG_PING, M.ping_seq, NULL, 0, NULL, 0);
+    }
+    uint64_t every = PGW_MAX(limit / 4, 100);
+    struct timeval tv = {(time_t)(every / 1000), (suseconds_t)(every % 1000) * 1000};
+    evtimer_add(M.watchdog, &tv);
 }
 
 /* ---- Listening sockets ---- */
@@ -696,6 +734,8 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     if (ctl_open(config->control_socket) != PGW_OK)
         return 1;
     M.kill_timer = evtimer_new(M.base, on_kill_timer, NULL);
+    M.watchdog = evtimer_new(M.base, on_watchdog, NULL);
+    on_watchdog(-1, 0, NULL);
     static const int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD};
     struct event *sev[PGW_ARRAY_LEN(sigs)];
     for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++) {
@@ -723,6 +763,7 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
         close(M.ls[i].fd);
     free(M.ls);
     event_free(M.kill_timer);
+    event_free(M.watchdog);
     event_free(M.ctl_ev);
     close(M.ctl_fd);
     unlink(M.ctl_path);

@@ -281,6 +281,9 @@ static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
     case PGW_MSG_STATUS:
         status_reply(m->arg);
         break;
+    case PGW_MSG_PING: /* answered from the event loop: a stuck loop does not answer */
+        pgw_chan_send(pgw_worker.chan, PGW_MSG_PONG, m->arg, NULL, 0, NULL, 0);
+        break;
     default:
         pgw_log_warn("control channel: unexpected message type %u", m->type);
         break;

@@ -455,3 +455,43 @@ def test_fast_stop_with_a_request_in_flight(make_gateway, make_stub, sig):
     finally:
         slow.close()
     assert not g.surviving_workers(1.0), "workers outlived the master: %r" % workers
+
+
+def test_watchdog_replaces_a_worker_that_stops_answering(make_gateway, make_stub):
+    """A worker whose event loop is stuck (here: SIGSTOP) is killed after timeouts.watchdog and
+    replaced; the other worker keeps serving meanwhile."""
+    up = make_stub("app")
+    g = make_gateway(gw_config(up, workers=2, timeouts={"watchdog": "1s"}))
+    pids = g.wait_workers(2)
+    stuck = pids[0]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        new = g.wait_workers(2, timeout=6.0, exclude=[stuck])
+        elapsed = time.monotonic() - t0
+        assert pids[1] in new and stuck not in new, (pids, new)
+        assert elapsed < 4.0, "replaced after %.1f s with a 1 s watchdog" % elapsed
+    finally:
+        try:
+            os.kill(stuck, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    text = g.error_text()
+    assert re.search(r"\[error\] worker \d \(pid %d\) has not answered for \d+ ms: killed" % stuck,
+                     text), text[-2000:]
+    assert re.search(r"worker \d \(pid %d\) killed by signal 9" % stuck, text), text[-2000:]
+    with Client(g.port) as c:
+        c.request(target="/after")
+        assert c.read_response().status == 200
+
+
+def test_watchdog_leaves_busy_but_healthy_workers_alone(make_gateway, make_stub):
+    up = make_stub("app")
+    g = make_gateway(gw_config(up, workers=1, timeouts={"watchdog": "500ms"}))
+    pids = g.wait_workers(1)
+    load = Load(g.port, threads=4, keepalive=[True, False, True, False])
+    with load:
+        time.sleep(2.0)
+    assert not load.failures, load.summary()
+    assert g.worker_pids() == pids
+    assert "has not answered" not in g.error_text()

@@ -527,7 +527,7 @@ static void test_unknown_keys(void)
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
                                                  "request_line, header_section, header_fields, "
                                                  "body, max_connections)");
-    EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send, drain)");
+    EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send, drain, watchdog)");
     EXPECT_ERROR(BASE "upstreams:\n  u:\n    targets: [\"h:1\"]\n    retry: 2\n", 6,
                  "upstreams.u: unknown key \"retry\" (allowed: targets, connect_timeout");
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    listeners: [public]\n    match: { path: /, "
