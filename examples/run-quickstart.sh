@@ -19,6 +19,8 @@ passerelle is starting on 127.0.0.1:8080 (public) and 127.0.0.1:9080 (internal).
   curl -i http://127.0.0.1:8080/api/v1/a%2Fb          # 400: encoded slash
   curl -i http://127.0.0.1:9080/healthz               # liveness, internal listener only
   tail -f logs/access.log                             # one JSON line per request
+  ./passerelle status -c examples/quickstart.yaml     # generation, workers, connections
+  ./passerelle reload -c examples/quickstart.yaml     # after an edit: applied in place
 
 TXT
 ./passerelle -c examples/quickstart.yaml
