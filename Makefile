@@ -16,7 +16,8 @@ SRCS    := $(wildcard gateway/*.c)
 OBJS    := $(patsubst gateway/%.c,build/obj/%.o,$(SRCS))
 HDRS    := $(wildcard gateway/*.h)
 
-# Debian packages: build, run, test. Never libluajit-5.1-dev (it conflicts with luajit2).
+# Debian packages: build, run, test. LuaJIT comes from libluajit2-5.1-dev (OpenResty's branch);
+# Debian's other LuaJIT dev package conflicts with it and would remove nginx's Lua module.
 DEB_PKGS := gcc make libc6-dev pkg-config libevent-dev libssl-dev libyaml-dev liblmdb-dev \
             libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -95,7 +96,7 @@ clean:
 	rm -rf build passerelle
 
 # ---- Lua: LuaJIT, the embedded SDK, tools/luabc (issue 5) ----
-# gateway/lua*.c link LuaJIT from libluajit2-5.1-dev (never libluajit-5.1-dev, see DEB_PKGS). The
+# gateway/lua*.c link LuaJIT from libluajit2-5.1-dev (not the conflicting package, see DEB_PKGS). The
 # SDK in lua/ is compiled to bytecode by build/luabc (built from tools/luabc.c against the same
 # LuaJIT) into build/gen/lua_sdk.c, which is linked into ./passerelle: no Lua file is read at run
 # time. docs/lua.md describes the bridge.

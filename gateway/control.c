@@ -171,7 +171,7 @@ int pgw_chan_send(struct pgw_chan *ch, uint32_t type, uint64_t arg, const void *
     return PGW_OK;
 }
 
-size_t pgw_chan_pending(const struct pgw_chan *ch) { return ch->pending; }
+size_t pgw_chan_queued(const struct pgw_chan *ch) { return ch->pending; }
 
 static void on_chan_write(evutil_socket_t fd, short what, void *arg)
 {

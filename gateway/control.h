@@ -57,6 +57,6 @@ int pgw_chan_send(struct pgw_chan *ch, uint32_t type, uint64_t arg, const void *
                   size_t len, const int *fds, size_t nfds);
 
 /* Bytes queued and not yet sent. */
-size_t pgw_chan_pending(const struct pgw_chan *ch);
+size_t pgw_chan_queued(const struct pgw_chan *ch);
 
 #endif

@@ -103,7 +103,7 @@ class Reader:
             except Closed:
                 return bytes(out)
 
-    def has_pending(self):
+    def has_buffered(self):
         return bool(self.buf)
 
 

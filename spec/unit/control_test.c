@@ -232,7 +232,7 @@ static void test_small_messages_in_order(void)
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_STATUS, 0, NULL, 0, NULL, 0), PGW_OK);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN_ERR, UINT64_MAX, "bad", 3, NULL, 0), PGW_OK);
     CHECK_INT(pgw_chan_send(a.ch, 0xdeadbeefu, 0x0102030405060708ull, "", 0, NULL, 0), PGW_OK);
-    CHECK_INT(pgw_chan_pending(a.ch), 0); /* small frames leave at once */
+    CHECK_INT(pgw_chan_queued(a.ch), 0); /* small frames leave at once */
     CHECK_INT(pgw_chan_send(b.ch, PGW_MSG_STATUS_REPLY, 42, "{}", 2, NULL, 0), PGW_OK);
 
     CHECK(pump_until(base, &b.nmsgs, 4));
@@ -277,13 +277,13 @@ static void test_large_payload(void)
     size_t big = big_len(a.ch);
     char *p = pattern(big, 1);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 3, p, big, NULL, 0), PGW_OK);
-    CHECK(pgw_chan_pending(a.ch) > 0);           /* more than the socket buffers take */
-    CHECK(pgw_chan_pending(a.ch) <= big + HDR_LEN);
+    CHECK(pgw_chan_queued(a.ch) > 0);           /* more than the socket buffers take */
+    CHECK(pgw_chan_queued(a.ch) <= big + HDR_LEN);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_STATUS, 4, "after", 5, NULL, 0), PGW_OK); /* queued */
 
     CHECK(pump_until(base, &b.nmsgs, 2));
     CHECK_INT(b.nmsgs, 2);
-    CHECK_INT(pgw_chan_pending(a.ch), 0);
+    CHECK_INT(pgw_chan_queued(a.ch), 0);
     CHECK_INT(a.nclosed + b.nclosed, 0);
     if (b.nmsgs == 2) {
         CHECK_INT(b.msgs[0].type, PGW_MSG_GEN);
@@ -313,7 +313,7 @@ static void test_payload_at_bound(void)
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 9, p, len, NULL, 0), PGW_OK);
     CHECK(pump_until(base, &b.nmsgs, 1));
     CHECK_INT(b.nclosed, 0);
-    CHECK_INT(pgw_chan_pending(a.ch), 0);
+    CHECK_INT(pgw_chan_queued(a.ch), 0);
     if (b.nmsgs == 1)
         CHECK(b.msgs[0].len == len && memcmp(b.msgs[0].payload, p, len) == 0);
     free(p);
@@ -393,7 +393,7 @@ static void test_descriptors_queued_behind_partial(void)
         CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, (uint64_t)k, payload, lens[k], fds, counts[k]),
                   PGW_OK);
         if (k == 0)
-            CHECK(pgw_chan_pending(a.ch) > 0); /* the rest are queued behind a partial frame */
+            CHECK(pgw_chan_queued(a.ch) > 0); /* the rest are queued behind a partial frame */
         for (size_t j = 0; j < counts[k]; j++) {
             close(p[next][0]);
             p[next][0] = -1;
@@ -403,7 +403,7 @@ static void test_descriptors_queued_behind_partial(void)
     CHECK(pump_until(base, &b.nmsgs, 5));
     CHECK_INT(b.nmsgs, 5);
     CHECK_INT(b.nclosed, 0);
-    CHECK_INT(pgw_chan_pending(a.ch), 0);
+    CHECK_INT(pgw_chan_queued(a.ch), 0);
     next = 0;
     for (int k = 0; k < 5 && k < b.nmsgs; k++) {
         struct rec_msg *r = &b.msgs[k];
@@ -500,7 +500,7 @@ static void test_peer_close_while_sending(void)
     char *payload = pattern(big, 4);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 1, payload, big, NULL, 0), PGW_OK);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 2, payload, 10, p, 2), PGW_OK); /* still queued */
-    CHECK(pgw_chan_pending(a.ch) > 0);
+    CHECK(pgw_chan_queued(a.ch) > 0);
     side_clear(&b);
     CHECK(pump_until(base, &a.nclosed, 1));
     pump_idle(base, 20);
@@ -568,7 +568,7 @@ static void test_send_over_bounds(void)
               PGW_ERR);
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 1, huge, SIZE_MAX, NULL, 0), PGW_ERR);
     free(huge);
-    CHECK_INT(pgw_chan_pending(a.ch), 0);
+    CHECK_INT(pgw_chan_queued(a.ch), 0);
     /* nothing was queued and the channel still works */
     CHECK_INT(pgw_chan_send(a.ch, PGW_MSG_GEN, 5, "ok", 2, NULL, 0), PGW_OK);
     CHECK(pump_until(base, &b.nmsgs, 1));
