@@ -66,7 +66,7 @@ build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | buil
 unit: $(UNIT_TESTS)
 	@spec/run-all unit
 
-lua-spec:
+lua-spec: build/luarun
 	@spec/run-all lua
 
 e2e: passerelle
@@ -80,7 +80,7 @@ build/passerelle-asan: $(SRCS) $(HDRS) build/gen/lua_sdk.c
 e2e-asan: build/passerelle-asan
 	@spec/run-all e2e-asan
 
-test: passerelle build/passerelle-asan $(UNIT_TESTS)
+test: passerelle build/passerelle-asan build/luarun $(UNIT_TESTS)
 	@spec/run-all all
 
 # ---- benchmarks (see ../shared/bench/README.md) ----
@@ -123,6 +123,11 @@ build/obj/lua_sdk.o: build/gen/lua_sdk.c gateway/lua.h gateway/pgw.h | build/obj
 
 build/gen:
 	mkdir -p $@
+
+# The Lua specs' interpreter (spec/run-all lua): the `luajit` command-line package must not be
+# installed (see DEB_PKGS), so a few lines of C run spec/support/runner.lua against the same LuaJIT.
+build/luarun: tools/luarun.c | build/obj
+	$(CC) $(CFLAGS) -o $@ $< $(LUAJIT_LIBS)
 
 TEST_DEPS_lua := gateway/util.c gateway/log.c build/gen/lua_sdk.c
 build/test/lua_test: build/gen/lua_sdk.c

@@ -16,6 +16,8 @@
 -- plus init_worker, called once per worker after load. Stage functions and everything they
 -- call from the policy run with the JIT off and under the CPU budget (docs/lua.md).
 
+local schema = require "pgw.schema"
+
 local M = {}
 
 -- pgw.policy.STAGES
@@ -30,7 +32,9 @@ M.STAGES = { "init_worker", "rewrite", "access", "header_filter", "body_filter",
 -- Stages: all, and at load time. Yields: no.
 -- Returns: true, or nil and a message naming the first offending field. Fields that are
 -- neither a stage, `name` nor `schema` are allowed (helpers, constants); a field named like a
--- stage must be a function.
+-- stage must be a function; `schema` must be a valid schema (pgw.schema.check_schema, whose
+-- message is returned as "field 'schema': <field>: <message>"). A route's config for the
+-- policy is then checked with pgw.schema.check(tbl.schema or {}, conf, name).
 -- Example: assert(pgw.policy.check({ access = function() end }))
 function M.check(tbl)
     if type(tbl) ~= "table" then
@@ -41,6 +45,12 @@ function M.check(tbl)
     end
     if tbl.schema ~= nil and type(tbl.schema) ~= "table" then
         return nil, "field 'schema' must be a table"
+    end
+    if tbl.schema ~= nil then
+        local ok, err = schema.check_schema(tbl.schema)
+        if not ok then
+            return nil, "field 'schema': " .. err
+        end
     end
     for _, s in ipairs(M.STAGES) do
         local fn = tbl[s]

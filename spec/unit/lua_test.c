@@ -364,6 +364,7 @@ static const struct escape escapes[] = {
     {"require 'io'", "module 'io' not found"},
     {"require 'string.buffer'", "module 'string.buffer' not found"},
     {"require 'pgw.internal.sandbox'", "module 'pgw.internal.sandbox' not found"},
+    {"require 'pgw.policies.cors'", "module 'pgw.policies.cors' not found"},
     {"require 'nosuchpolicy'", "module 'nosuchpolicy' not found"},
     {"local x = ffi.C", "global 'ffi'"},
     {"jit.off()", "global 'jit'"},

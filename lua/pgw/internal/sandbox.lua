@@ -1,6 +1,7 @@
 -- pgw/internal/sandbox.lua: builds the environment each policy runs in. Bridge-internal: loaded
 -- once by gateway/lua.c with the privileged values below, never reachable from a policy
--- (`require` refuses "pgw.internal.*"). docs/lua.md lists what a policy sees and why.
+-- (`require` refuses "pgw.internal.*" and "pgw.policies.*"). docs/lua.md lists what a policy
+-- sees and why.
 --
 -- Called as chunk(priv) where priv = {
 --   guard_check = C function: raises the CPU-budget error again if the budget was exceeded,
@@ -242,8 +243,10 @@ local function s_require(name)
     if type(name) ~= "string" then
         error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
     end
+    -- Built-in policies are not SDK modules: the engine loads them into a sandbox like any
+    -- policy of the set, so a trusted require must never hand one out in the global environment.
     if (name == "pgw" or sub(name, 1, 4) == "pgw.") and sub(name, 1, 13) ~= "pgw.internal."
-        and sdk_has(name) then
+        and sub(name, 1, 13) ~= "pgw.policies." and sdk_has(name) then
         local m = trusted_require(name)
         if type(m) == "table" then
             m = readonly(m)
