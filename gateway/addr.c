@@ -569,3 +569,41 @@ int pgw_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_stora
     return x->sin6_port == y->sin6_port &&
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
+
+static int hosts_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+size_t pgw_hosts_lookup(const char *text, size_t len, const char *name, size_t name_len,
+                        struct sockaddr_storage *out, socklen_t *out_lens, size_t max)
+{
+    size_t found = 0;
+    const char *p = text, *end = text + len;
+    while (p < end && found < max) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol ? eol : end;
+        const char *hash = memchr(p, '#', (size_t)(line_end - p));
+        const char *stop = hash ? hash : line_end;
+        const char *fields[2];
+        size_t flen[2], nf = 0;
+        int matched = 0;
+        for (const char *q = p; q < stop;) {
+            while (q < stop && hosts_space(*q))
+                q++;
+            const char *w = q;
+            while (q < stop && !hosts_space(*q))
+                q++;
+            if (q == w)
+                break;
+            if (nf < 2) {
+                fields[nf] = w;
+                flen[nf++] = (size_t)(q - w);
+            }
+            if (nf >= 2 && w != fields[0] && pgw_str_ieq(w, (size_t)(q - w), name, name_len))
+                matched = 1;
+        }
+        if (matched && pgw_addr_parse_ip(fields[0], flen[0], &out[found], &out_lens[found]) ==
+                           PGW_OK)
+            found++;
+        p = eol ? eol + 1 : end;
+    }
+    return found;
+}

@@ -37,6 +37,13 @@ int pgw_addr_parse_listen(const char *s, struct sockaddr_storage *sa, socklen_t 
  * Returns PGW_OK or PGW_ERR. */
 int pgw_addr_parse_ip(const char *s, size_t len, struct sockaddr_storage *sa, socklen_t *sa_len);
 
+/* Looks <name> (<name_len> bytes) up in the hosts-file text <text,len>: lines "address name
+ * [alias...]", '#' starting a comment, names compared case-insensitively. Writes the addresses of
+ * every matching line (port 0, in file order, at most <max>) into <out>/<out_lens>; lines whose
+ * address does not parse are skipped. Returns how many were found. */
+size_t pgw_hosts_lookup(const char *text, size_t len, const char *name, size_t name_len,
+                        struct sockaddr_storage *out, socklen_t *out_lens, size_t max);
+
 /* Whether <a> and <b> are the same IPv4 or IPv6 address and port (other families: never). */
 int pgw_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 

@@ -66,6 +66,7 @@ struct target {
     uint64_t down_until;
     struct pgw_upstream_conn *idle; /* most recently used first */
     unsigned addr_epoch;            /* bumped when DNS changes the address set */
+    unsigned static_addrs : 1;      /* from /etc/hosts: no DNS */
 };
 
 struct pgw_upstream {
@@ -123,14 +124,19 @@ static void target_init(struct target *t, struct pgw_upstream *up,
              (unsigned)conf->port);
     if (conf->is_literal) {
         if (pgw_addr_parse_ip(conf->host, strlen(conf->host), &t->addrs[0], &t->addr_lens[0]) ==
-            PGW_OK) {
-            struct sockaddr_storage *sa = &t->addrs[0];
-            if (sa->ss_family == AF_INET)
-                ((struct sockaddr_in *)sa)->sin_port = htons(conf->port);
-            else
-                ((struct sockaddr_in6 *)sa)->sin6_port = htons(conf->port);
+            PGW_OK)
             t->naddrs = 1;
-        }
+    } else if (pgw_worker.hosts != NULL) {
+        t->naddrs = pgw_hosts_lookup(pgw_worker.hosts, pgw_worker.hosts_len, conf->host,
+                                     strlen(conf->host), t->addrs, t->addr_lens, DNS_MAX_ADDRS);
+        t->static_addrs = t->naddrs > 0;
+    }
+    for (size_t i = 0; i < t->naddrs; i++) {
+        struct sockaddr_storage *sa = &t->addrs[i];
+        if (sa->ss_family == AF_INET)
+            ((struct sockaddr_in *)sa)->sin_port = htons(conf->port);
+        else
+            ((struct sockaddr_in6 *)sa)->sin6_port = htons(conf->port);
     }
 }
 
@@ -309,7 +315,6 @@ static void dns_start(struct target *t)
     t->dns_v6 = 0;
     t->dns_req = evdns_base_resolve_ipv4(pgw_worker.dns, t->conf->host, 0, on_dns, t);
     if (t->dns_req == NULL) {
-        /* on_dns may already have run (answered from the hosts file); anything else failed */
         pgw_log_debug("upstream %s: resolution of %s did not start", t->up->conf->name,
                       t->conf->host);
     }
@@ -344,10 +349,11 @@ static void dns_wake(struct target *t, int ok)
     }
 }
 
-/* Returns 1 when <t> has an address to use now, 0 when the caller must wait for DNS. */
+/* Returns 1 when <t> has an address to use now, 0 when the caller must wait for DNS (on_dns
+ * wakes it), -1 when no lookup could start. */
 static int target_ready(struct target *t)
 {
-    if (t->conf->is_literal)
+    if (t->conf->is_literal || t->static_addrs)
         return 1;
     uint64_t now = pgw_now_ms();
     if (t->naddrs > 0) {
@@ -356,7 +362,12 @@ static int target_ready(struct target *t)
         return 1;
     }
     dns_start(t);
-    return t->naddrs > 0; /* the hosts file may have answered synchronously */
+    if (t->dns_req == NULL) { /* evdns refused to start it: no callback will come */
+        pgw_log_limited(&dns_log, 5000, PGW_LOG_ERROR, "upstream %s: cannot resolve %s: the "
+                        "lookup did not start", t->up->conf->name, t->conf->host);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- Leases ---- */
@@ -482,7 +493,12 @@ static void attempt(struct pgw_proxy *px)
         px->attempts++;
     }
     px->attempt_start_us = pgw_now_us();
-    if (!target_ready(t)) {
+    int ready = target_ready(t);
+    if (ready < 0) {
+        attempt_failed(px, FAIL_CONNECT, "name resolution failed");
+        return;
+    }
+    if (ready == 0) {
         px->waiting_dns = 1;
         px->wait_prev = NULL;
         px->wait_next = t->waiters;

@@ -58,6 +58,8 @@ struct pgw_worker {
     int acc_ep;                 /* epoll set of the listeners, EPOLLEXCLUSIVE (see worker.c) */
     struct event *acc_ev;       /* acc_ep readable */
     struct pgw_chan *chan;      /* to the master */
+    char *hosts;                /* /etc/hosts as read at the last generation (NULL: none) */
+    size_t hosts_len;
     size_t num_conns;
     struct pgw_conn *conns;     /* every open connection */
     uint64_t next_conn_id;

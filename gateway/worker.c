@@ -175,10 +175,24 @@ static void listeners_install(const int *fds, size_t n)
 
 /* ---- Generations from the master ---- */
 
-/* Points the resolver at the generation's name servers (reloads may change them). */
+static int resolver_equal(const struct pgw_config_resolver *a, const struct pgw_config_resolver *b)
+{
+    if (a->timeout != b->timeout || a->num_nameservers != b->num_nameservers)
+        return 0;
+    for (size_t i = 0; i < a->num_nameservers; i++)
+        if (a->nameservers[i].port != b->nameservers[i].port ||
+            strcmp(a->nameservers[i].host, b->nameservers[i].host) != 0)
+            return 0;
+    return 1;
+}
+
+/* Points the resolver at the generation's name servers when they changed (reloading the hosts
+ * file and resolv.conf on every generation would only add duplicate entries). */
 static void dns_configure(const struct pgw_config_resolver *r)
 {
     struct evdns_base *dns = pgw_worker.dns;
+    if (pgw_worker.gen != NULL && resolver_equal(&pgw_worker.gen->config->resolver, r))
+        return;
     evdns_base_clear_nameservers_and_suspend(dns);
     if (r->num_nameservers == 0) {
         if (evdns_base_resolv_conf_parse(dns, DNS_OPTIONS_ALL, "/etc/resolv.conf") != 0)
@@ -206,6 +220,25 @@ static void dns_configure(const struct pgw_config_resolver *r)
     evdns_base_resume(dns);
 }
 
+/* Upstream names found in /etc/hosts use its addresses and skip DNS (evdns's own hosts support
+ * only serves getaddrinfo lookups, not the TTL-carrying ones proxy.c makes). Read once per
+ * generation: the file is small and may have changed since the last one. */
+static void hosts_reload(void)
+{
+    free(pgw_worker.hosts);
+    pgw_worker.hosts = NULL;
+    pgw_worker.hosts_len = 0;
+    FILE *f = fopen("/etc/hosts", "rb");
+    if (f == NULL)
+        return;
+    size_t cap = 1 << 20; /* a hosts file larger than this is cut: nobody has one */
+    char *buf = pgw_malloc(cap);
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    pgw_worker.hosts = buf;
+    pgw_worker.hosts_len = n;
+}
+
 static void gen_refuse(uint64_t number, const char *why, const int *fds, size_t nfds)
 {
     for (size_t i = 0; i < nfds; i++)
@@ -230,6 +263,7 @@ static void gen_install(const struct pgw_msg *m)
         gen_refuse(m->arg, errbuf, m->fds, m->nfds);
         return;
     }
+    hosts_reload();
     const char *err = NULL;
     struct pgw_gen *g = m->nfds == config->num_listeners ? pgw_gen_new(config, m->arg, &err) : NULL;
     pgw_config_unref(config); /* the generation holds its own reference */
@@ -419,6 +453,7 @@ int pgw_worker_main(int chan_fd)
     pgw_worker.gen = NULL;
     evdns_base_free(pgw_worker.dns, 0);
     event_base_free(pgw_worker.base);
+    free(pgw_worker.hosts);
     pgw_log_close();
     return 0;
 }

@@ -614,6 +614,34 @@ static void test_equal(void)
     CHECK(!pgw_addr_equal(&u1, &u2)); /* other families never compare equal */
 }
 
+static void test_hosts(void)
+{
+    static const char h[] = "# comment\n127.0.0.1\tlocalhost loopback\n"
+                            "::1 localhost ip6-localhost # trailing comment\n"
+                            "10.0.0.7 users.internal Users-2 # users\n"
+                            "bogus-address users.internal\n"
+                            "10.0.0.8\n"
+                            "   \n"
+                            "10.0.0.9 other #users.internal\n"
+                            "10.0.0.10 users.internal";
+    struct sockaddr_storage out[4];
+    socklen_t lens[4];
+    char buf[PGW_ADDR_STRLEN];
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "localhost", 9, out, lens, 4), 2);
+    pgw_addr_format((struct sockaddr *)&out[0], buf, sizeof(buf));
+    CHECK(strcmp(buf, "127.0.0.1") == 0);
+    pgw_addr_format((struct sockaddr *)&out[1], buf, sizeof(buf));
+    CHECK(strcmp(buf, "::1") == 0);
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "USERS.internal", 14, out, lens, 4), 2);
+    pgw_addr_format((struct sockaddr *)&out[1], buf, sizeof(buf));
+    CHECK(strcmp(buf, "10.0.0.10") == 0); /* last line, no final newline */
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "users-2", 7, out, lens, 4), 1);
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "users", 5, out, lens, 4), 0);
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "10.0.0.8", 8, out, lens, 4), 0);
+    CHECK_INT(pgw_hosts_lookup(h, sizeof(h) - 1, "localhost", 9, out, lens, 1), 1); /* bounded */
+    CHECK_INT(pgw_hosts_lookup("", 0, "localhost", 9, out, lens, 4), 0);
+}
+
 int main(void)
 {
     RUN(test_cidr_parse);
@@ -625,5 +653,6 @@ int main(void)
     RUN(test_proxy_v2);
     RUN(test_xff);
     RUN(test_equal);
+    RUN(test_hosts);
     return TEST_REPORT("addr");
 }
