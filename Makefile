@@ -129,14 +129,16 @@ build/gen:
 build/luarun: tools/luarun.c | build/obj
 	$(CC) $(CFLAGS) -o $@ $< $(LUAJIT_LIBS)
 
-TEST_DEPS_lua := gateway/util.c gateway/log.c build/gen/lua_sdk.c
+TEST_DEPS_lua := gateway/util.c gateway/log.c gateway/lua_pattern.c build/gen/lua_sdk.c
 build/test/lua_test: build/gen/lua_sdk.c
 
 # The cost of running policies with the JIT off (numbers in docs/lua.md); not part of `make test`.
 lua-bench: build/lua_bench
 	build/lua_bench
 
-build/lua_bench: bench/lua_jitoff.c gateway/lua.c gateway/lua.h build/gen/lua_sdk.c | build/obj
-	$(CC) $(CFLAGS) -o $@ $< gateway/util.c gateway/log.c build/gen/lua_sdk.c $(LUAJIT_LIBS) -lm
+build/lua_bench: bench/lua_jitoff.c gateway/lua.c gateway/lua_pattern.c gateway/lua.h \
+                 build/gen/lua_sdk.c | build/obj
+	$(CC) $(CFLAGS) -o $@ $< gateway/util.c gateway/log.c gateway/lua_pattern.c \
+	    build/gen/lua_sdk.c $(LUAJIT_LIBS) -lm
 
 .PHONY: lua-bench

@@ -136,33 +136,58 @@ static void set_timer(struct pgw_lua *lua, uint64_t at)
     ST(lua->timer_at, at);
 }
 
-static void guard_hook(lua_State *L, lua_Debug *ar)
-{
-    struct pgw_lua *lua = pgw_lua_from_state(L);
-    if (LD(lua->deadline) == 0 || !LD(lua->fired))
-        return; /* left over from a run that ended */
-    if (!lua->tripped) {
-        lua->tripped = 1;
-        /* lua_getinfo "Sl" fills ar without allocating. A hook adds no frame: ar is the
-         * function that was running. */
-        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-            snprintf(lua->trip_msg, sizeof(lua->trip_msg), "%s:%d: ", ar->short_src,
-                     ar->currentline);
-        else
-            lua->trip_msg[0] = '\0';
-        size_t n = strlen(lua->trip_msg);
-        snprintf(lua->trip_msg + n, sizeof(lua->trip_msg) - n,
-                 "policy exceeded its CPU budget of %u ms", lua->budget_ms);
-    }
-    int saved = pgw_lua_reserve_open(lua);
-    lua_pushstring(L, lua->trip_msg);
-    pgw_lua_reserve_restore(lua, saved);
-    lua_error(L);
+/* Formats the budget error once per run, with the file:line of <ar> when it has one. */
+static void trip(struct pgw_lua *lua, lua_State *L, lua_Debug *ar) {
+  if (lua->tripped)
+    return;
+  lua->tripped = 1;
+  /* lua_getinfo "Sl" fills ar without allocating. */
+  if (ar != NULL && lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+    snprintf(lua->trip_msg, sizeof(lua->trip_msg), "%s:%d: ", ar->short_src,
+             ar->currentline);
+  else
+    lua->trip_msg[0] = '\0';
+  size_t n = strlen(lua->trip_msg);
+  snprintf(lua->trip_msg + n, sizeof(lua->trip_msg) - n,
+           "policy exceeded its CPU budget of %u ms", lua->budget_ms);
 }
 
-/* Async-signal-safe: clock_gettime, timer_settime, atomics, and lua_sethook, which LuaJIT
- * documents as callable "asynchronously (e.g. during a signal)" (lj_dispatch.c) and uses so in
- * luajit.c's SIGINT handler. */
+static int raise_trip(struct pgw_lua *lua, lua_State *L) {
+  int saved = pgw_lua_reserve_open(lua);
+  lua_pushstring(L, lua->trip_msg);
+  pgw_lua_reserve_restore(lua, saved);
+  return lua_error(L);
+}
+
+static void guard_hook(lua_State *L, lua_Debug *ar) {
+  struct pgw_lua *lua = pgw_lua_from_state(L);
+  if (LD(lua->deadline) == 0 || !LD(lua->fired))
+    return; /* left over from a run that ended */
+  trip(lua, L,
+       ar); /* a hook adds no frame: ar is the function that was running */
+  raise_trip(lua, L);
+}
+
+void pgw_lua_guard_check(lua_State *L) {
+  struct pgw_lua *lua = pgw_lua_from_state(L);
+  uint64_t deadline = LD(lua->deadline);
+  if (deadline == 0 || (!LD(lua->fired) && mono_ns() < deadline))
+    return;
+  /* Level 0 is the C function that checks; name the nearest Lua code above it
+   * (a tail call replaced the caller's frame, pcall(string.find, ...) puts a C
+   * function in between). */
+  lua_Debug ar;
+  int level = 1;
+  while (lua_getstack(L, level, &ar) && lua_getinfo(L, "l", &ar) &&
+         ar.currentline <= 0)
+    level++;
+  trip(lua, L, lua_getstack(L, level, &ar) ? &ar : NULL);
+  raise_trip(lua, L);
+}
+
+/* Async-signal-safe: clock_gettime, timer_settime, atomics, and lua_sethook,
+ * which LuaJIT documents as callable "asynchronously (e.g. during a signal)"
+ * (lj_dispatch.c) and uses so in luajit.c's SIGINT handler. */
 static void on_guard_signal(int sig, siginfo_t *si, void *uctx)
 {
     PGW_UNUSED(sig);
@@ -355,7 +380,9 @@ static int init_state(lua_State *L)
         return luaL_error(L, "the embedded SDK has no pgw.internal.sandbox");
     if (luaL_loadbuffer(L, (const char *)m->code, m->len, m->chunkname) != 0)
         return lua_error(L);
-    lua_createtable(L, 0, 3); /* chunk priv */
+    lua_createtable(L, 0, 4); /* chunk priv */
+    pgw_lua_pattern_push(L);
+    lua_setfield(L, -2, "pattern");
     lua_pushcfunction(L, l_guard_check);
     lua_setfield(L, -2, "guard_check");
     lua_pushlightuserdata(L, &io_yield_key);

@@ -22,9 +22,10 @@
  * the signal handler installs a count hook; the hook raises "<file>:<line>: policy exceeded its
  * CPU budget of N ms" in the policy's interpreted code (policy functions are loaded with the JIT
  * off for that reason), and wrapped pcall/xpcall/coroutine.resume re-raise it so a policy cannot
- * swallow it. Not covered: time spent inside one C function (a pathological Lua pattern in
- * string.find, a huge table.sort or table.concat: bounded by the memory cap except patterns),
- * and compiled SDK code; the master's heartbeat kill is the last line of defence there.
+ * swallow it. Policy code matches patterns with lua_pattern.c, whose step budget polls the
+ * deadline (pgw_lua_guard_check). Not covered: time spent inside one other C function (a huge
+ * table.sort or table.concat: bounded by the memory cap), and compiled SDK code; the master's
+ * heartbeat kill is the last line of defence there.
  */
 #ifndef PGW_LUA_H
 #define PGW_LUA_H
@@ -118,6 +119,20 @@ void pgw_lua_guard_arm(struct pgw_lua *lua, unsigned budget_ms);
 /* Ends the run armed last. Returns 1 if the budget was exceeded during it (the count hook was
  * installed), 0 otherwise; removes the hook. */
 int pgw_lua_guard_disarm(struct pgw_lua *lua);
+
+/* For C functions that run long without returning to Lua: if the current run's deadline has
+ * passed, raises the budget error of the hook ("<file>:<line>: policy exceeded its CPU budget of
+ * N ms", the location of the Lua code calling the C function), which the policy cannot swallow;
+ * otherwise returns. Costs one clock read. No effect outside a guarded run. */
+void pgw_lua_guard_check(lua_State *L);
+
+/* ---- Pattern matching for policies (lua_pattern.c) ---- */
+
+/* Pushes a table { find, match, gmatch, gsub }: Lua 5.1 pattern functions with LuaJIT's results
+ * and error messages, which call pgw_lua_guard_check() every few thousand matching steps and
+ * raise "pattern too complex" past 200 nested pattern items. For states made by pgw_lua_new()
+ * only. The sandbox installs them in each policy's `string` and the string metatable. */
+void pgw_lua_pattern_push(lua_State *L);
 
 /* ---- Coroutines (the request thread) ---- */
 

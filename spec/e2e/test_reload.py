@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from gw import Client, config, free_port, get_ok, listener, wait_for
+from gw import BINARY, Client, config, free_port, get_ok, listener, wait_for
 from httpio import pattern_body
 from load import Load
 
@@ -452,6 +452,9 @@ def test_many_reloads_keep_worker_memory_flat(make_gateway, make_stub):
     for _ in range(300):
         assert g.reload().returncode == 0
     grown = rss() - before
-    assert grown < 64, "a worker grew by %d kB over 300 reloads" % grown
+    # ASan keeps freed memory in quarantine (to catch use-after-free), so RSS says nothing there:
+    # the sanitizer pass checks the 300 swaps for memory errors, the release pass checks RSS.
+    if not str(BINARY).endswith("-asan"):
+        assert grown < 64, "a worker grew by %d kB over 300 reloads" % grown
     assert g.worker_pids() == [pid]
     assert stub_of(port, "/x") == (200, "a")

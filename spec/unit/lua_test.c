@@ -1,6 +1,7 @@
 /* lua_test.c: the Lua bridge core: embedded SDK, memory cap and reserve, CPU guard (pcall and
  * resume paths, caught errors, lazy timer), the sandbox (every escape the policy-engine issue
- * lists), policy loading errors, and policy coroutines with bridge yields. Timings are asserted
+ * lists), policy loading errors, policy coroutines with bridge yields, and the guarded pattern
+ * matcher (lua_pattern.c: conformance with the builtin, budget, depth). Timings are asserted
  * only loosely (budget * 10): the point is that the run stops, not how fast. */
 #include "../../gateway/lua.c"
 #include "../support/test.h"
@@ -630,6 +631,193 @@ static void test_coroutines(void)
     pgw_lua_free(lua);
 }
 
+/* ---- Pattern matching (lua_pattern.c) ---- */
+
+/* Runs every (function, subject, pattern[, init/plain/repl/max]) combination through the builtin
+ * string library and through ours (argument P), in the same call site so that error locations
+ * and function names agree; returns the number of cases and the mismatches. */
+static const char *const conformance_src =
+    "local P = ...\n"
+    "local function ser(ok, ...)\n"
+    "    local t = { ok and \"ok\" or \"err\" }\n"
+    "    for i = 1, select(\"#\", ...) do\n"
+    "        local v = select(i, ...)\n"
+    "        t[#t + 1] = type(v) .. \":\" .. tostring(v)\n"
+    "    end\n"
+    "    return table.concat(t, \"|\")\n"
+    "end\n"
+    "local function run(f, ...) return f(...) end\n"
+    "local function gm(f, s, p)\n"
+    "    local out, n = {}, 0\n"
+    "    for a, b, c in run(f, s, p) do\n"
+    "        n = n + 1\n"
+    "        out[#out + 1] = tostring(a) .. \",\" .. tostring(b) .. \",\" .. tostring(c)\n"
+    "        if n > 200 then break end\n"
+    "    end\n"
+    "    return table.concat(out, \";\")\n"
+    "end\n"
+    "local function rec(...)\n"
+    "    local t = {}\n"
+    "    for i = 1, select(\"#\", ...) do t[i] = type((select(i, ...))) .. \":\" .. tostring((select(i, ...))) end\n"
+    "    return \"<\" .. table.concat(t, \",\") .. \">\"\n"
+    "end\n"
+    "local subjects = { \"\", \"a\", \"abc\", \"aaa\", \"hello world\", \"  trim me  \", \"key=value; k2=v2\",\n"
+    "    \"THE (quick) [brown] {fox}\", \"f(a(b)c)d\", \"x = 10, y = 20\", \"\\0a\\0b\", \"caf\\195\\169 123 0x1F\",\n"
+    "    \"Content-Type: text/html; charset=utf-8\", \"a.b.c\", \"%d%%\", \"THE UP lower Mixed\",\n"
+    "    \"line1\\nline2\\r\\nline3\", \"aXbXXc\", \"((()))\", \"$^\", \"ab]cd\", \"a-b-c\", \"\\t\\v\\f tab\" }\n"
+    "local patterns = { \"\", \"a\", \"a*\", \"a+\", \"a-\", \"a?\", \".\", \".-\", \".*\", \"^a\", \"a$\", \"^$\", \"^(.-)$\",\n"
+    "    \"%a+\", \"%A+\", \"%d+\", \"%D\", \"%l+\", \"%u+\", \"%s+\", \"%S+\", \"%w+\", \"%W\", \"%x+\", \"%p+\", \"%c\", \"%z\",\n"
+    "    \"%Z+\", \"%g+\", \"[abc]\", \"[^abc]+\", \"[a-z]+\", \"[%a%d]+\", \"[%]]\", \"[]]\", \"[^]]+\", \"[a-]\", \"[-a]\",\n"
+    "    \"[%-]\", \"(%w+)=(%w+)\", \"()a()\", \"()\", \"(a*(.)%w(%s*))\", \"%b()\", \"%b[]\", \"%b{}\", \"%bxy\",\n"
+    "    \"%f[%w]%w+\", \"%f[%W]\", \"%f[%a]\", \"%f[^%z]\", \"%f[%z]\", \"(.)%1\", \"(a)(b)?\", \"[%w_]+:%s*(.-)%s*$\",\n"
+    "    \"^%s*(.-)%s*$\", \"(%d+)%.(%d+)\", \"0x(%x+)\", \"%$\", \"$a\", \"a$b\", \"^^\", \"%^\", \"[^%s]+\", \"%.\",\n"
+    "    \"(h)(e)(l)(l)(o)\", \"k(%d?)=\", \"[%a-]+\", \"X*\", \"X-c\", \"(X+)\", \"%S-$\", \"\\195.\", \"[\\128-\\255]+\",\n"
+    "    \"a.-b\", \"(()a)\", \".-(%d)\", \"[a-c-e]\", \"[%d-z]+\", \"%%\" }\n"
+    "local errs = { \"%\", \"a%\", \"[a\", \"[^\", \"[a%\", \"[%\", \"%b\", \"%ba\", \"%f\", \"%fa\", \"(\", \"(()\", \")\",\n"
+    "    \"a)\", \"%1\", \"(a)%2\", \"(a%1)\", \"[]\", \"[^]\", \"((((((((((((((((((((((((((((((((((a))))))))))))))))))))))))))))))))))\",\n"
+    "    (\"a?\"):rep(250), (\"(a\"):rep(40), \"%g\", \"[%\", \"%f[\", \"%f[a\" }\n"
+    "local repls = { \"\", \"x\", \"%0\", \"%1\", \"<%0>\", \"%%\", \"%2\", \"%a\", \"%\", \"[%1|%0]\", 7,\n"
+    "    { a = \"A\", hello = 1, world = false, abc = true }, rec, function() return nil end,\n"
+    "    function() return {} end, function(a) return a .. a end }\n"
+    "local cases, bad, n = {}, {}, 0\n"
+    "local function check(desc, a, b)\n"
+    "    n = n + 1\n"
+    "    if a ~= b then bad[#bad + 1] = desc .. \"\\n   builtin: \" .. a .. \"\\n   ours:    \" .. b end\n"
+    "end\n"
+    "local function q(x) return string.format(\"%q\", tostring(x)) end\n"
+    "local all = {}\n"
+    "for _, p in ipairs(patterns) do all[#all + 1] = p end\n"
+    "for _, p in ipairs(errs) do all[#all + 1] = p end\n"
+    "for _, p in ipairs(all) do\n"
+    "    for _, s in ipairs(subjects) do\n"
+    "        local d = q(s) .. \" \" .. q(p)\n"
+    "        check(\"find \" .. d, ser(pcall(run, string.find, s, p)), ser(pcall(run, P.find, s, p)))\n"
+    "        check(\"match \" .. d, ser(pcall(run, string.match, s, p)), ser(pcall(run, P.match, s, p)))\n"
+    "        check(\"gmatch \" .. d, ser(pcall(gm, string.gmatch, s, p)), ser(pcall(gm, P.gmatch, s, p)))\n"
+    "        for _, init in ipairs({ 2, -3, 0, 100, -100 }) do\n"
+    "            check(\"find init \" .. init .. \" \" .. d, ser(pcall(run, string.find, s, p, init)),\n"
+    "                ser(pcall(run, P.find, s, p, init)))\n"
+    "            check(\"find plain \" .. init .. \" \" .. d, ser(pcall(run, string.find, s, p, init, true)),\n"
+    "                ser(pcall(run, P.find, s, p, init, true)))\n"
+    "            check(\"match init \" .. init .. \" \" .. d, ser(pcall(run, string.match, s, p, init)),\n"
+    "                ser(pcall(run, P.match, s, p, init)))\n"
+    "        end\n"
+    "        for ri, r in ipairs(repls) do\n"
+    "            check(\"gsub r\" .. ri .. \" \" .. d, ser(pcall(run, string.gsub, s, p, r)),\n"
+    "                ser(pcall(run, P.gsub, s, p, r)))\n"
+    "        end\n"
+    "        for _, m in ipairs({ 0, 1, 2, -1, 1.5 }) do\n"
+    "            check(\"gsub max \" .. m .. \" \" .. d, ser(pcall(run, string.gsub, s, p, \"<%0>\", m)),\n"
+    "                ser(pcall(run, P.gsub, s, p, \"<%0>\", m)))\n"
+    "        end\n"
+    "    end\n"
+    "end\n"
+    "-- argument errors and odd types\n"
+    "local odd = {\n"
+    "    { \"find\", 123, 2 }, { \"find\", \"a1b2\", 2 }, { \"find\", nil, \"a\" }, { \"find\", \"a\", nil },\n"
+    "    { \"find\", \"abc\", \"b\", \"x\" }, { \"find\", \"abc\", \"b\", \"2\" }, { \"match\", {}, \"a\" },\n"
+    "    { \"gsub\", \"abc\", \"b\" }, { \"gsub\", \"abc\", \"b\", true }, { \"gsub\", \"abc\", \"b\", \"x\", \"y\" },\n"
+    "    { \"gsub\", 12345, 3, 9 }, { \"gmatch\", \"abc\", nil }, { \"find\", \"a\\0b\", \"\\0\" },\n"
+    "    { \"find\", \"a\\0b\", \"\\0\", 1, true }, { \"find\", \"a\\0b.\", \"b\\0.\" }, { \"find\", \"ab.\", \"b.\\0\" },\n"
+    "    { \"match\", \"a\\0b\", \"%z\" }, { \"gsub\", \"a\\0b\", \"%z\", \"0\" }, { \"find\", \"aaa\", \"a\", 1.9 },\n"
+    "    { \"find\", (\"a\"):rep(300), (\"a-\"):rep(250) }, { \"match\", (\"a\"):rep(300), (\"a?\"):rep(250) },\n"
+    "    { \"find\", (\"a\"):rep(300), (\"a-\"):rep(199) .. \"$\" }, { \"gsub\", (\"ab\"):rep(50), \"(a)(b)\", \"%2%1\" },\n"
+    "    { \"match\", (\"x\"):rep(40), (\"(x)\"):rep(32) }, { \"match\", (\"x\"):rep(40), (\"(x)\"):rep(33) },\n"
+    "}\n"
+    "for i, c in ipairs(odd) do\n"
+    "    local f = c[1]\n"
+    "    check(\"odd \" .. i .. \" \" .. f, ser(pcall(run, string[f], c[2], c[3], c[4], c[5])),\n"
+    "        ser(pcall(run, P[f], c[2], c[3], c[4], c[5])))\n"
+    "end\n"
+    "return n, table.concat(bad, \"\\n\")\n";
+
+static void test_pattern_conformance(void)
+{
+    struct pgw_lua *lua = new_state();
+    if (lua == NULL)
+        return;
+    lua_State *L = pgw_lua_state(lua);
+    CHECK_INT(luaL_loadbuffer(L, conformance_src, strlen(conformance_src), "=conformance"), 0);
+    pgw_lua_pattern_push(L);
+    int rc = pgw_lua_call_guarded(lua, 1, 2, 120000, err, sizeof(err));
+    CHECK_INT(rc, PGW_OK);
+    if (rc != PGW_OK) {
+        fprintf(stderr, "  %s\n", err);
+    } else {
+        CHECK(lua_tonumber(L, -2) > 90000);
+        const char *bad = lua_tostring(L, -1);
+        if (bad == NULL || bad[0] != '\0') {
+            fprintf(stderr, "FAIL %s: mismatches:\n%.4000s\n", test_current, bad ? bad : "?");
+            test_current_failed = 1;
+        }
+    }
+    lua_settop(L, 0);
+    pgw_lua_free(lua);
+}
+
+static const char *const pattern_src =
+    "local s, p = ('a'):rep(600), ('a*'):rep(3) .. 'b'\n"
+    "return {\n"
+    "  find = function() local i = string.find(s, p) return i end,\n"
+    "  method = function() local m = s:match(p) return m end,\n"
+    "  gsub = function() return (string.gsub(s, p, 'x')) end,\n"
+    "  gmatch = function() for m in s:gmatch(p) do end end,\n"
+    "  swallow = function() while true do pcall(string.find, s, p) end end,\n"
+    "  balance = function() return string.find(('('):rep(3e5), '%b()%b()') end,\n"
+    "  plain = function() local h = ('a'):rep(5e5) return string.find(h:rep(2), h .. 'b', 1, true) end,\n"
+    "  tail = function() return string.find(s, p) end,\n"
+    "  deep = function() return string.find(('a'):rep(300), ('a-'):rep(250)) end,\n"
+    "  normal = function()\n"
+    "    local k, v = string.match('Content-Type: text/html', '^([%w-]+):%s*(.-)%s*$')\n"
+    "    return k == 'Content-Type' and v == 'text/html' and 1 or 0 end,\n"
+    "  same = function()\n"
+    "    return ('').find == string.find and ('').gsub == string.gsub and 1 or 0 end,\n"
+    "  fns = function() return string.find end,\n"
+    "}\n";
+
+static void test_pattern_guard(void)
+{
+    struct pgw_lua *lua = new_state();
+    if (lua == NULL)
+        return;
+    lua_State *L = pgw_lua_state(lua);
+    int ref;
+    CHECK_INT(load(lua, "pat", pattern_src, &ref), PGW_OK);
+
+    /* 28.9 s with the builtin find; stopped within budget * 10 now. */
+    check_interrupted(lua, ref, "find", 30);
+    CHECK_HAS(err, "policies/pat.lua:3: policy exceeded its CPU budget of 30 ms");
+    check_interrupted(lua, ref, "method", 30);
+    CHECK_HAS(err, "policies/pat.lua:4: policy exceeded its CPU budget of 30 ms");
+    check_interrupted(lua, ref, "gsub", 30);
+    CHECK_HAS(err, "policies/pat.lua:5:");
+    check_interrupted(lua, ref, "gmatch", 30);
+    CHECK_HAS(err, "policies/pat.lua:6:");
+    check_interrupted(lua, ref, "swallow", 30);
+    check_interrupted(lua, ref, "balance", 30);
+    check_interrupted(lua, ref, "plain", 30);
+    check_interrupted(lua, ref, "tail", 30); /* no Lua frame left to name */
+
+    CHECK_INT(call(lua, ref, "deep", 1000, NULL), PGW_ERR);
+    CHECK_HAS(err, "pattern too complex");
+
+    double v = 0;
+    CHECK_INT(call(lua, ref, "normal", 1000, &v), PGW_OK); /* usable afterwards */
+    CHECK(v == 1);
+    CHECK_INT(call(lua, ref, "same", 1000, &v), PGW_OK); /* methods are the guarded ones too */
+    CHECK(v == 1);
+
+    /* The policy's string.find is ours; trusted code keeps the builtin. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_getfield(L, -1, "fns");
+    lua_call(L, 0, 1);
+    lua_getglobal(L, "string");
+    lua_getfield(L, -1, "find");
+    CHECK(lua_iscfunction(L, -3) && !lua_rawequal(L, -1, -3));
+    lua_settop(L, 0);
+    pgw_lua_free(lua);
+}
+
 int main(void)
 {
     RUN(test_new_and_sdk);
@@ -643,5 +831,7 @@ int main(void)
     RUN(test_sandbox_isolation);
     RUN(test_load_errors);
     RUN(test_coroutines);
+    RUN(test_pattern_conformance);
+    RUN(test_pattern_guard);
     return TEST_REPORT("lua");
 }

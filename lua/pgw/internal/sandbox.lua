@@ -7,12 +7,15 @@
 --   guard_check = C function: raises the CPU-budget error again if the budget was exceeded,
 --   io_yield    = light userdata: first value of every yield made by a bridge function that waits,
 --   sdk_has     = C function: whether the embedded SDK has a module of that name,
+--   pattern     = { find, match, gmatch, gsub }: the pattern functions of gateway/lua_pattern.c,
+--                 which the CPU guard can stop (the builtin ones run to completion in C),
 -- }
 -- Returns { new_env = function(name) -> env, register = function(name, tbl or nil),
 --           readonly = function(t) -> view }.
 
 local priv = ...
 local guard_check, IO, sdk_has = priv.guard_check, priv.io_yield, priv.sdk_has
+local PATTERN = priv.pattern
 
 local error, pairs, ipairs, type, tostring, rawset, setmetatable, select =
     error, pairs, ipairs, type, tostring, rawset, setmetatable, select
@@ -106,9 +109,20 @@ end
 
 -- getmetatable("") returns this stand-in, never the real metatable, so a policy cannot replace
 -- string methods for everyone. string.dump is gone from the real string table (gateway/lua.c).
+-- Method calls (s:find(p)) reach the guarded pattern functions too: the metatable is shared by
+-- every string, so it gets a copy of the string table with them; trusted code calling string.*
+-- (or a local copy of it) keeps the builtin, JIT-compiled ones.
 do
     local mt = debug.getmetatable("")
-    mt.__metatable = readonly({ __index = mt.__index })
+    local methods = {}
+    for k, v in pairs(mt.__index) do
+        methods[k] = v
+    end
+    for k, v in pairs(PATTERN) do
+        methods[k] = v
+    end
+    mt.__index = methods
+    mt.__metatable = readonly({ __index = methods })
 end
 
 -- ---- Calls that catch errors: never swallow the CPU-budget error ----
@@ -213,10 +227,10 @@ local function s_rawset(t, k, v)
     return rawset(t, k, v)
 end
 
-local function copy(src, names)
+local function copy(src, names, over)
     local t = {}
     for _, n in ipairs(names) do
-        t[n] = src[n]
+        t[n] = over and over[n] or src[n]
     end
     return t
 end
@@ -273,7 +287,7 @@ function M.new_env(name)
         getmetatable = getmetatable, tonumber = tonumber, tostring = tostring, type = type,
         unpack = unpack, collectgarbage = s_collectgarbage, require = s_require,
         _VERSION = _VERSION,
-        string = copy(string, STRING),
+        string = copy(string, STRING, PATTERN),
         table = { concat = table.concat, insert = s_table_insert, maxn = table.maxn,
                   remove = s_table_remove, sort = s_table_sort },
         math = copy(math, MATH),
