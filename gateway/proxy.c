@@ -195,6 +195,51 @@ void pgw_upstream_free(struct pgw_upstream *up)
     free(up);
 }
 
+/* Whether <a> and <b> configure the same servers, in the same order. */
+static int same_targets(const struct pgw_config_upstream *a, const struct pgw_config_upstream *b)
+{
+    if (a->num_targets != b->num_targets)
+        return 0;
+    for (size_t i = 0; i < a->num_targets; i++)
+        if (a->targets[i].port != b->targets[i].port ||
+            strcmp(a->targets[i].host, b->targets[i].host) != 0)
+            return 0;
+    return 1;
+}
+
+void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old)
+{
+    if (strcmp(up->conf->name, old->conf->name) != 0 || !same_targets(up->conf, old->conf))
+        return;
+    for (size_t i = 0; i < up->ntargets; i++) {
+        struct target *t = &up->targets[i], *o = &old->targets[i];
+        if (!t->conf->is_literal && !t->static_addrs && o->naddrs > 0 && t->naddrs == 0) {
+            memcpy(t->addrs, o->addrs, sizeof(t->addrs)); /* no re-resolution before the TTL */
+            memcpy(t->addr_lens, o->addr_lens, sizeof(t->addr_lens));
+            t->naddrs = o->naddrs;
+            t->dns_expires = o->dns_expires;
+        }
+        t->fails = o->fails;
+        t->down_until = o->down_until;
+        if (t->naddrs != o->naddrs ||
+            memcmp(t->addrs, o->addrs, sizeof(t->addrs[0]) * t->naddrs) != 0)
+            continue; /* the addresses changed (hosts file): the old connections go with old */
+        while (o->idle != NULL && up->idle_count < up->conf->keepalive) {
+            struct pgw_upstream_conn *uc = o->idle;
+            idle_unlink(uc);
+            uc->t = t;
+            uc->addr_epoch = t->addr_epoch;
+            uc->next = t->idle;
+            uc->prev = NULL;
+            if (t->idle)
+                t->idle->prev = uc;
+            t->idle = uc;
+            up->idle_count++;
+            pgw_io_read_timeout(&uc->io, up->conf->keepalive_timeout);
+        }
+    }
+}
+
 static int target_is_down(const struct target *t, uint64_t now)
 {
     return t->down_until != 0 && now < t->down_until;

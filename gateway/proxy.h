@@ -13,6 +13,11 @@
 #include "server.h"
 
 struct pgw_upstream *pgw_upstream_new(const struct pgw_config_upstream *conf);
+/* Called for a new generation: when <old> (same name) has the same targets, <up> takes over its
+ * idle keep-alive connections, resolved addresses and passive-health state, so that a reload
+ * does not cost every upstream a round of new connections. Leased connections stay with <old>
+ * and close when they come back. */
+void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old);
 /* Closes idle connections and frees. Leased connections must have been released. */
 void pgw_upstream_free(struct pgw_upstream *up);
 

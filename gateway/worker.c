@@ -277,6 +277,9 @@ static void gen_install(const struct pgw_msg *m)
     dns_configure(&g->config->resolver);
     listeners_install(m->fds, m->nfds);
     struct pgw_gen *old = pgw_worker.gen;
+    for (size_t i = 0; old != NULL && i < g->config->num_upstreams; i++)
+        for (size_t j = 0; j < old->config->num_upstreams; j++)
+            pgw_upstream_adopt(g->upstreams[i], old->upstreams[j]);
     pgw_worker.gen = g;
     pgw_conns_follow_gen();
     pgw_gen_unref(old); /* freed when its last request ends */

@@ -458,3 +458,22 @@ def test_many_reloads_keep_worker_memory_flat(make_gateway, make_stub):
         assert grown < 64, "a worker grew by %d kB over 300 reloads" % grown
     assert g.worker_pids() == [pid]
     assert stub_of(port, "/x") == (200, "a")
+
+
+def test_reload_keeps_upstream_keepalive_connections(make_gateway, make_stub):
+    """An upstream whose targets did not change keeps its idle keep-alive connections across a
+    reload (no new upstream connection); one whose targets changed starts afresh."""
+    a = make_stub("a")
+    port = free_port()
+    base = dict(listeners=[listener("public", port)],
+                upstreams={"a": {"targets": [a.address], "retries": 0, "keepalive": 8}})
+    g = make_gateway(config(routes=[route("x", "/x", "a")], **base))
+    r1 = get_ok(port, "/x")
+    assert r1.status == 200
+    reloaded(g, g.reload(config(routes=[route("x", "/x", "a"), route("y", "/y", "a")], **base)), 2)
+    r2 = get_ok(port, "/y")
+    assert r2.status == 200
+    assert r2.header("x-conn") == r1.header("x-conn"), (
+        "the reload dropped the pooled upstream connection: conn %s then %s" % (
+            r1.header("x-conn"), r2.header("x-conn")))
+    assert a.connections == 1
