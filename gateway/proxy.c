@@ -91,6 +91,7 @@ struct pgw_proxy {
     unsigned reusable : 1;    /* give uc back to the pool on release */
     unsigned paused : 1;      /* not reading the upstream: the client is slow */
     char *head;               /* serialised request head, in the pool */
+    const struct target *head_for; /* the target whose name is in its Host field */
     size_t head_len;
     uint64_t deadline;        /* retry deadline, coarse ms; 0 = none */
     uint64_t tried;           /* bit i: target i was tried (first 64 targets) */
@@ -667,6 +668,7 @@ static void build_head(struct pgw_proxy *px)
         PGW_OUT_LIT(&w, "Connection: close\r\n");
     PGW_OUT_LIT(&w, "\r\n");
     px->head = buf;
+    px->head_for = px->t;
     px->head_len = (size_t)(w.p - buf);
     PGW_UNUSED(xff_len);
 }
@@ -705,6 +707,8 @@ static void send_request(struct pgw_proxy *px)
 {
     struct pgw_upstream_conn *uc = px->uc;
     uc->requests++;
+    if (px->head_for != px->t && !px->req->route->preserve_host)
+        build_head(px); /* a retry on another target: Host names that target */
     evbuffer_add(uc->io.out, px->head, px->head_len);
     pgw_io_want_read(&uc->io, 1);
     /* Until the whole request is sent the client body timeout governs; the read timeout starts

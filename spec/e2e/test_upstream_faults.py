@@ -487,3 +487,23 @@ def test_gateway_survived(env):
     with Client(env.port) as c:
         c.request("GET", "/ok")
         assert c.read_response().status == 200
+
+
+def test_retry_on_another_target_names_it_in_host(make_gateway, make_stub):
+    """With preserve_host false, the upstream Host is the target's host:port, also when a retry
+    moved the request to another target than the first attempt's."""
+    refusing = make_stub(kind="refuse")
+    good = make_stub("good")
+    g = make_gateway(config(
+        listeners=[listener("public")],
+        upstreams={"u": {"targets": ["127.0.0.1:%d" % refusing.port, "localhost:%d" % good.port],
+                         "retries": 1, "max_fails": 100, "connect_timeout": "300ms"}},
+        routes=[{"name": "all", "listeners": ["public"], "match": {"path": "/"},
+                 "upstream": "u"}]))
+    for i in range(4):  # round robin: some requests try the refusing target first
+        with Client(g.port) as c:
+            c.request(target="/h%d" % i)
+            r = c.read_response()
+        assert r.status == 200, r
+    hosts = {q.header("host") for q in good.requests}
+    assert hosts == {"localhost:%d" % good.port}, hosts
