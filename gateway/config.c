@@ -1438,6 +1438,17 @@ struct pgw_config *pgw_config_load(const char *path, char *errbuf, size_t errlen
     return c;
 }
 
+int pgw_config_targets_equal(const struct pgw_config_target *a, size_t na,
+                             const struct pgw_config_target *b, size_t nb)
+{
+    if (na != nb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (a[i].port != b[i].port || strcmp(a[i].host, b[i].host) != 0)
+            return 0;
+    return 1;
+}
+
 struct pgw_config *pgw_config_ref(struct pgw_config *c)
 {
     pgw_assert(c->refs > 0);

@@ -176,6 +176,10 @@ struct pgw_config *pgw_config_load_string(const char *name, const char *yaml, si
  * it accepted, so that workers build from exactly what was validated. */
 char *pgw_config_read_file(const char *path, size_t *len, char *errbuf, size_t errlen);
 
+/* Whether two target lists name the same host:port pairs in the same order. */
+int pgw_config_targets_equal(const struct pgw_config_target *a, size_t na,
+                             const struct pgw_config_target *b, size_t nb);
+
 struct pgw_config *pgw_config_ref(struct pgw_config *c);
 void pgw_config_unref(struct pgw_config *c);
 

@@ -171,6 +171,18 @@ static void idle_unlink(struct pgw_upstream_conn *uc)
     t->up->idle_count--;
 }
 
+/* Puts <uc> first on the idle list of <t> (most recently used first). */
+static void idle_push(struct target *t, struct pgw_upstream_conn *uc)
+{
+    uc->t = t;
+    uc->next = t->idle;
+    uc->prev = NULL;
+    if (t->idle)
+        t->idle->prev = uc;
+    t->idle = uc;
+    t->up->idle_count++;
+}
+
 /* Closes the idle connections of <t>; <why> goes to the debug log. */
 static void target_drop_idle(struct target *t, const char *why)
 {
@@ -196,21 +208,11 @@ void pgw_upstream_free(struct pgw_upstream *up)
     free(up);
 }
 
-/* Whether <a> and <b> configure the same servers, in the same order. */
-static int same_targets(const struct pgw_config_upstream *a, const struct pgw_config_upstream *b)
-{
-    if (a->num_targets != b->num_targets)
-        return 0;
-    for (size_t i = 0; i < a->num_targets; i++)
-        if (a->targets[i].port != b->targets[i].port ||
-            strcmp(a->targets[i].host, b->targets[i].host) != 0)
-            return 0;
-    return 1;
-}
-
 void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old)
 {
-    if (strcmp(up->conf->name, old->conf->name) != 0 || !same_targets(up->conf, old->conf))
+    const struct pgw_config_upstream *a = up->conf, *b = old->conf;
+    if (strcmp(a->name, b->name) != 0 ||
+        !pgw_config_targets_equal(a->targets, a->num_targets, b->targets, b->num_targets))
         return;
     for (size_t i = 0; i < up->ntargets; i++) {
         struct target *t = &up->targets[i], *o = &old->targets[i];
@@ -228,14 +230,8 @@ void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old)
         while (o->idle != NULL && up->idle_count < up->conf->keepalive) {
             struct pgw_upstream_conn *uc = o->idle;
             idle_unlink(uc);
-            uc->t = t;
             uc->addr_epoch = t->addr_epoch;
-            uc->next = t->idle;
-            uc->prev = NULL;
-            if (t->idle)
-                t->idle->prev = uc;
-            t->idle = uc;
-            up->idle_count++;
+            idle_push(t, uc);
             pgw_io_read_timeout(&uc->io, up->conf->keepalive_timeout);
         }
     }
@@ -431,12 +427,7 @@ static void uc_release(struct pgw_upstream_conn *uc, int reusable)
         return;
     }
     /* Idle: keep reading, so that a close (or stray bytes) from the upstream frees it at once. */
-    uc->next = t->idle;
-    uc->prev = NULL;
-    if (t->idle)
-        t->idle->prev = uc;
-    t->idle = uc;
-    up->idle_count++;
+    idle_push(t, uc);
     uc->io.write_deadline = 0;
     pgw_io_want_write(&uc->io, 0);
     pgw_io_read_timeout(&uc->io, up->conf->keepalive_timeout);

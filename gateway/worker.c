@@ -177,13 +177,9 @@ static void listeners_install(const int *fds, size_t n)
 
 static int resolver_equal(const struct pgw_config_resolver *a, const struct pgw_config_resolver *b)
 {
-    if (a->timeout != b->timeout || a->num_nameservers != b->num_nameservers)
-        return 0;
-    for (size_t i = 0; i < a->num_nameservers; i++)
-        if (a->nameservers[i].port != b->nameservers[i].port ||
-            strcmp(a->nameservers[i].host, b->nameservers[i].host) != 0)
-            return 0;
-    return 1;
+    return a->timeout == b->timeout &&
+           pgw_config_targets_equal(a->nameservers, a->num_nameservers, b->nameservers,
+                                    b->num_nameservers);
 }
 
 /* Points the resolver at the generation's name servers when they changed (reloading the hosts
