@@ -10,7 +10,7 @@ PKGS    := libevent openssl yaml-0.1
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -D_GNU_SOURCE \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -llua5.1-cjson -lm
 
 SRCS    := $(wildcard gateway/*.c)
 OBJS    := $(patsubst gateway/%.c,build/obj/%.o,$(SRCS))

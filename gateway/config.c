@@ -701,13 +701,20 @@ static void free_policies(struct pgw_config_policies *ps)
     free(ps->v);
 }
 
+static const struct field lua_fields[] = {
+    FIELD(F_SIZE, struct pgw_config_lua, memory, 4u << 20, 1ull << 40),
+    FIELD(F_DURATION, struct pgw_config_lua, budget, 1, 60 * SEC),
+    FIELD(F_SIZE, struct pgw_config_lua, body_max, 1, 1ull << 30),
+    FIELD(F_COUNT, struct pgw_config_lua, timers, 0, 1000000),
+};
+
 static void load_policies_section(struct ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"dir", NULL};
     const struct pgw_yaml_node *v;
     if (!want_kind(x, n, PGW_YAML_MAP, "", "policies"))
         return;
-    walk_keys(x, n, "policies", extras, NULL, 0, NULL);
+    walk_keys(x, n, "policies", extras, lua_fields, PGW_ARRAY_LEN(lua_fields), &x->c->lua);
     if ((v = map_get(n, "dir")) != NULL)
         read_str(x, v, "policies", "dir", &x->c->policies_dir);
 }
@@ -1278,6 +1285,8 @@ static void set_defaults(struct pgw_config *c)
         .drain = 30 * SEC, .watchdog = 10 * SEC};
     c->control_socket = pgw_strndup("logs/passerelle.sock", 20);
     c->policies_dir = pgw_strndup("policies", 8);
+    c->lua = (struct pgw_config_lua){.memory = 64u << 20, .budget = 100, .body_max = 1u << 20,
+                                     .timers = 1024};
     c->access_log.enabled = 1;
     c->access_log.path = pgw_strndup("logs/access.log", 15);
     c->error_log.path = pgw_strndup("-", 1);

@@ -135,12 +135,21 @@ struct pgw_config_resolver {
 
 #define PGW_WORKERS_MAX 256
 
+/* The policy engine's per-worker limits (keys of the `policies:` section). */
+struct pgw_config_lua {
+    uint64_t memory;   /* bytes a worker's Lua state may use, default 64m */
+    uint64_t budget;   /* ms one uninterrupted run of policy code may take, default 100ms */
+    uint64_t body_max; /* bytes pgw.req.read_body() may buffer, default 1m */
+    unsigned timers;   /* pgw.timer timers pending per worker, default 1024 */
+};
+
 struct pgw_config {
     int refs;
     char *file; /* the path it was loaded from */
     unsigned workers;     /* worker processes; 0 = auto (one per CPU) */
     char *control_socket; /* control: { socket: PATH }, default "logs/passerelle.sock" */
     char *policies_dir;   /* policies: { dir: PATH }, default "policies" */
+    struct pgw_config_lua lua; /* policies: { memory, budget, body_max, timers } */
     struct pgw_config_listener *listeners;
     size_t num_listeners;
     struct pgw_config_real_ip real_ip;

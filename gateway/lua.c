@@ -554,13 +554,14 @@ int pgw_lua_load_policy(struct pgw_lua *lua, const char *name, const char *path,
     lua_State *L = lua->L;
     int top = lua_gettop(L);
     *ref = LUA_NOREF;
-    if (len > 0 && src[0] == '\x1b') {
+    int bytecode = (flags & PGW_LUA_POLICY_BYTECODE) != 0;
+    if (len > 0 && src[0] == '\x1b' && !bytecode) {
         set_err(err, errlen, "%s: bytecode is not accepted, only Lua source text", path);
         return PGW_ERR;
     }
     char chunkname[512];
     snprintf(chunkname, sizeof(chunkname), "@%s", path);
-    if (luaL_loadbufferx(L, src, len, chunkname, "t") != 0) { /* chunk */
+    if (luaL_loadbufferx(L, src, len, chunkname, bytecode ? "b" : "t") != 0) { /* chunk */
         set_err(err, errlen, "%s", error_text(L, -1));
         goto fail;
     }
@@ -600,6 +601,16 @@ fail:
     lua_settop(L, top);
     return PGW_ERR;
 }
+
+void pgw_lua_push_readonly(struct pgw_lua *lua)
+{
+    lua_pushlightuserdata(lua->L, &sandbox_key);
+    lua_rawget(lua->L, LUA_REGISTRYINDEX);
+    lua_getfield(lua->L, -1, "readonly");
+    lua_remove(lua->L, -2);
+}
+
+void pgw_lua_set_limit(struct pgw_lua *lua, size_t mem_limit) { lua->limit = mem_limit; }
 
 int pgw_lua_forget_policy(struct pgw_lua *lua, const char *name)
 {

@@ -82,6 +82,8 @@ void pgw_lua_reserve_restore(struct pgw_lua *lua, int previous);
 /* ---- Policies ---- */
 
 #define PGW_LUA_POLICY_JIT 0x1 /* trusted built-in: leave the JIT on (not covered by the guard) */
+#define PGW_LUA_POLICY_BYTECODE 0x2 /* trusted built-in from the embedded SDK: bytecode accepted */
+#define PGW_LUA_POLICY_BUILTIN (PGW_LUA_POLICY_JIT | PGW_LUA_POLICY_BYTECODE)
 
 /* Loads the policy <name> from source text <src,len>; <path> names it in messages and
  * tracebacks ("<path>:<line>: ..."). Bytecode is refused. The chunk gets its own sandboxed
@@ -99,6 +101,10 @@ int pgw_lua_load_policy(struct pgw_lua *lua, const char *name, const char *path,
  * policies already loaded keep what they required. Returns PGW_OK (PGW_ERR only on an internal
  * error of the sandbox). */
 int pgw_lua_forget_policy(struct pgw_lua *lua, const char *name);
+/* Pushes the sandbox's readonly(t) function (a view of t: docs/lua.md). */
+void pgw_lua_push_readonly(struct pgw_lua *lua);
+/* Changes the memory cap (a new generation); a cap below what is in use only stops growth. */
+void pgw_lua_set_limit(struct pgw_lua *lua, size_t mem_limit);
 /* Releases a reference returned by this module (LUA_NOREF and LUA_REFNIL are ignored). */
 void pgw_lua_unref(struct pgw_lua *lua, int ref);
 

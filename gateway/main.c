@@ -7,6 +7,7 @@
 #include "config.h"
 #include "log.h"
 #include "master.h"
+#include "policy.h"
 #include "server.h"
 #include "yamltree.h"
 
@@ -52,6 +53,10 @@ static int cmd_check(const char *path)
     struct pgw_config *c = pgw_config_load(path, err, sizeof(err));
     if (c == NULL)
         return print_errors(path, err);
+    if (pgw_policy_validate(c, NULL, NULL, err, sizeof(err)) != PGW_OK) {
+        pgw_config_unref(c);
+        return print_errors(path, err);
+    }
     printf("configuration %s is valid: %zu listener(s), %zu upstream(s), %zu route(s)\n", path,
            c->num_listeners, c->num_upstreams, c->num_routes);
     pgw_config_unref(c);
@@ -165,6 +170,7 @@ static int cmd_control(const char *cmd, const char *path, const char *sock_opt)
 
 int main(int argc, char **argv)
 {
+    pgw_config_policy_engine = 1; /* linked in: policies: lists are run */
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"socket", required_argument, NULL, 's'},

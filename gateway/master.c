@@ -9,6 +9,7 @@
  * worker and the CLI connections.
  */
 #include "master.h"
+#include "policy.h"
 #include "control.h"
 #include "log.h"
 #include "server.h"
@@ -68,6 +69,8 @@ static struct {
     struct pgw_config *config;   /* the current generation's */
     char *text;                  /* its validated text, sent to workers */
     size_t text_len;
+    char *bundle;      /* the policies of the current generation, encoded (policy.h) */
+    size_t bundle_len;
     uint64_t gen;
     unsigned reloads;
     char *last_error;            /* of the last failed reload, or NULL */
@@ -108,12 +111,17 @@ static int *listener_fds(void)
     return fds;
 }
 
+/* PGW_MSG_GEN payload: "<file name>\0", the YAML's length (4 bytes), the YAML, the bundle. */
 static void send_gen(struct worker *w)
 {
-    size_t plen = strlen(M.path) + 1 + M.text_len;
+    size_t pl = strlen(M.path) + 1;
+    size_t plen = pl + 4 + M.text_len + M.bundle_len;
     char *payload = pgw_malloc(plen);
-    memcpy(payload, M.path, strlen(M.path) + 1);
-    memcpy(payload + strlen(M.path) + 1, M.text, M.text_len);
+    uint32_t tl = (uint32_t)M.text_len;
+    memcpy(payload, M.path, pl);
+    memcpy(payload + pl, &tl, 4);
+    memcpy(payload + pl + 4, M.text, M.text_len);
+    memcpy(payload + pl + 4 + M.text_len, M.bundle, M.bundle_len);
     int *fds = listener_fds();
     if (pgw_chan_send(w->ch, PGW_MSG_GEN, M.gen, payload, plen, fds, M.nls) != PGW_OK)
         pgw_log_error("worker %d (pid %d): generation %llu not sent", w->slot, (int)w->pid,
@@ -371,12 +379,19 @@ static uint64_t reload(char *err, size_t errlen)
     err[0] = '\0';
     char *text = pgw_config_read_file(M.path, &len, err, errlen);
     struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
+    char *bundle = NULL;
+    size_t bundle_len = 0;
+    if (c != NULL && pgw_policy_validate(c, &bundle, &bundle_len, err, errlen) != PGW_OK) {
+        pgw_config_unref(c);
+        c = NULL;
+    }
     if (c != NULL && listeners_sync(c, err, errlen) != PGW_OK) {
         pgw_config_unref(c);
         c = NULL;
     }
     if (c == NULL) {
         free(text);
+        free(bundle);
         set_last_error(err);
         for (const char *line = err; *line != '\0';) { /* one log line per error */
             const char *nl = strchr(line, '\n');
@@ -394,6 +409,9 @@ static uint64_t reload(char *err, size_t errlen)
     M.config = c;
     M.text = text;
     M.text_len = len;
+    free(M.bundle);
+    M.bundle = bundle;
+    M.bundle_len = bundle_len;
     M.gen++;
     M.reloads++;
     set_last_error(NULL);
@@ -726,7 +744,16 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     M.exe[n] = '\0';
     M.base = event_base_new();
     pgw_assert(M.base != NULL);
-    char err[1024];
+    char err[8192];
+    if (pgw_policy_validate(config, &M.bundle, &M.bundle_len, err, sizeof(err)) != PGW_OK) {
+        for (const char *line = err; *line != '\0';) {
+            const char *nl = strchr(line, '\n');
+            int len = nl ? (int)(nl - line) : (int)strlen(line);
+            pgw_log_error("%.*s", len, line);
+            line += len + (nl != NULL);
+        }
+        return 1;
+    }
     if (listeners_sync(config, err, sizeof(err)) != PGW_OK) {
         pgw_log_error("%s", err);
         return 1;
@@ -770,6 +797,7 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     event_base_free(M.base);
     pgw_config_unref(M.config);
     free(M.text);
+    free(M.bundle);
     free(M.last_error);
     return 0;
 }

@@ -87,6 +87,7 @@ struct pgw_proxy {
     unsigned reused : 1;      /* uc came from the idle pool */
     unsigned fresh_retry : 1; /* the transparent retry of a failed reused connection was used */
     unsigned sent_all : 1;    /* the whole request reached the upstream socket */
+    unsigned buffered_sent : 1; /* a policy's buffered body went out in this attempt */
     unsigned head_parsed : 1;
     unsigned reusable : 1;    /* give uc back to the pool on release */
     unsigned paused : 1;      /* not reading the upstream: the client is slow */
@@ -585,7 +586,7 @@ static void build_head(struct pgw_proxy *px)
     const struct pgw_config_upstream *uconf = px->up->conf;
     int keep_forwarded = c->peer_trusted;
     size_t max = 512 + req->path_len + req->h.query_len + req->h.authority_len + req->id_len +
-                 PGW_ADDR_STRLEN;
+                 PGW_ADDR_STRLEN + req->up_path_len + req->up_host_len;
     for (size_t i = 0; i < req->h.num_headers; i++)
         max += req->h.headers[i].name_len + req->h.headers[i].value_len + 6;
     max += PGW_UPSTREAM_LABEL_MAX; /* Host, from the target */
@@ -593,7 +594,10 @@ static void build_head(struct pgw_proxy *px)
     struct pgw_out w = {buf, buf + max};
     const char *path = req->path;
     size_t plen = req->path_len;
-    if (route->strip_prefix && route->path_kind == PGW_PATH_PREFIX) {
+    if (req->up_path != NULL) { /* pgw.req.set_path */
+        path = req->up_path;
+        plen = req->up_path_len;
+    } else if (route->strip_prefix && route->path_kind == PGW_PATH_PREFIX) {
         path += req->match.prefix_len;
         plen -= req->match.prefix_len;
         if (plen == 0 || path[0] != '/') { /* "/api" stripped from "/api" leaves "/" */
@@ -609,7 +613,9 @@ static void build_head(struct pgw_proxy *px)
         pgw_out_mem(&w, req->h.query, req->h.query_len);
     }
     PGW_OUT_LIT(&w, " HTTP/1.1\r\nHost: ");
-    if (route->preserve_host && req->h.authority_len > 0) {
+    if (req->up_host != NULL) { /* pgw.req.set_host */
+        pgw_out_mem(&w, req->up_host, req->up_host_len);
+    } else if (route->preserve_host && req->h.authority_len > 0) {
         pgw_out_mem(&w, req->h.authority, req->h.authority_len);
     } else {
         const struct target *t = px->t ? px->t : &px->up->targets[0];
@@ -648,7 +654,11 @@ static void build_head(struct pgw_proxy *px)
         req->h.authority_len > 0)
         pgw_out_field(&w, "X-Forwarded-Host", 16, req->h.authority, req->h.authority_len);
     pgw_out_field(&w, "X-Request-Id", 12, req->id, req->id_len);
-    if (req->h.body == PGW_HTTP_BODY_LENGTH) {
+    if (req->body_buffered) { /* read_body / set_body: the whole body, re-framed */
+        char num[24];
+        int n = snprintf(num, sizeof(num), "%zu", req->body_data_len);
+        pgw_out_field(&w, "Content-Length", 14, num, (size_t)n);
+    } else if (req->h.body == PGW_HTTP_BODY_LENGTH) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%" PRIu64, req->h.content_length);
         pgw_out_field(&w, "Content-Length", 14, num, (size_t)n);
@@ -670,6 +680,10 @@ static int pump_and_flush(struct pgw_proxy *px)
 {
     struct pgw_req *req = px->req;
     struct pgw_upstream_conn *uc = px->uc;
+    if (req->body_buffered && !px->buffered_sent) { /* a policy's body: whole, once per attempt */
+        px->buffered_sent = 1;
+        pgw_req_body_pump(req, uc->io.out, 0);
+    }
     for (;;) {
         size_t pending = evbuffer_get_length(uc->io.out);
         if (req->body_done || pending >= PGW_OUTPUT_HIGH)
@@ -698,9 +712,10 @@ static void send_request(struct pgw_proxy *px)
 {
     struct pgw_upstream_conn *uc = px->uc;
     uc->requests++;
-    if (px->head_for != px->t && !px->req->route->preserve_host)
+    if (px->head_for != px->t && !px->req->route->preserve_host && px->req->up_host == NULL)
         build_head(px); /* a retry on another target: Host names that target */
     evbuffer_add(uc->io.out, px->head, px->head_len);
+    px->buffered_sent = 0;
     pgw_io_want_read(&uc->io, 1);
     /* Until the whole request is sent the client body timeout governs; the read timeout starts
      * when we wait for the upstream alone. */
@@ -745,7 +760,8 @@ static int relay_body(struct pgw_proxy *px)
         size_t n = evbuffer_get_length(in);
         if ((uint64_t)n > px->resp_left)
             n = (size_t)px->resp_left;
-        pgw_req_send_body(req, in, n);
+        if (pgw_req_send_body(req, in, n) != PGW_OK)
+            return PGW_DONE;
         px->resp_left -= n;
         if (px->resp_left == 0) {
             response_complete(px);
@@ -754,8 +770,7 @@ static int relay_body(struct pgw_proxy *px)
         return PGW_OK;
     }
     case PGW_HTTP_BODY_EOF:
-        pgw_req_send_body(req, in, evbuffer_get_length(in));
-        return PGW_OK;
+        return pgw_req_send_body(req, in, evbuffer_get_length(in)) == PGW_OK ? PGW_OK : PGW_DONE;
     case PGW_HTTP_BODY_CHUNKED:
         break;
     }
@@ -775,7 +790,8 @@ static int relay_body(struct pgw_proxy *px)
         }
         if (dlen > 0) {
             evbuffer_drain(in, off);
-            pgw_req_send_body(req, in, dlen);
+            if (pgw_req_send_body(req, in, dlen) != PGW_OK)
+                return PGW_DONE;
             evbuffer_drain(in, used - off - dlen);
         } else {
             evbuffer_drain(in, used);
@@ -822,7 +838,8 @@ static int handle_head(struct pgw_proxy *px)
         px->head_parsed = 1;
         req->upstream_status = px->resp.status;
         req->upstream_us = pgw_now_us() - px->attempt_start_us;
-        pgw_req_send_head(req, &px->resp, px->resp_body); /* copies the fields out */
+        if (pgw_req_send_head(req, &px->resp, px->resp_body) != PGW_OK)
+            return PGW_DONE; /* a policy failed: answered 500, px is gone */
         evbuffer_drain(in, (size_t)r);
         return PGW_OK;
     }
@@ -1052,7 +1069,7 @@ void pgw_proxy_start(struct pgw_req *req)
 {
     struct pgw_proxy *px = pgw_pool_calloc(req->pool, sizeof(*px));
     px->req = req;
-    px->up = req->gen->upstreams[req->route->upstream_index];
+    px->up = req->gen->upstreams[req->upstream_index];
     req->px = px;
     pgw_pool_defer(req->pool, px_cleanup, px);
     if (px->up->conf->retry_deadline > 0)

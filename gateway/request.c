@@ -4,6 +4,7 @@
  * (keep-alive or close). See server.h for ownership.
  */
 #include "log.h"
+#include "lua_task.h"
 #include "out.h"
 #include "proxy.h"
 #include "server.h"
@@ -14,7 +15,10 @@
 
 static struct pgw_log_ratelimit reject_log;
 
-enum { PHASE_REWRITE, PHASE_ROUTE, PHASE_ACCESS, PHASE_HANDLER };
+/* Pipeline phases, in order: the listener's rewrite policies, routing, the route's rewrite
+ * policies, access (listener's then route's), the handler. A phase whose policies wait ends in
+ * PGW_AGAIN and pgw_req_stage_done() continues with the next one. */
+enum { PHASE_REWRITE, PHASE_ROUTE, PHASE_ROUTE_REWRITE, PHASE_ACCESS, PHASE_HANDLER };
 
 static void req_finish(struct pgw_req *req);
 
@@ -96,6 +100,7 @@ static struct pgw_req *req_new(struct pgw_conn *c)
     req->pool = c->pool;
     req->gen = c->gen;
     req->start_us = pgw_now_us();
+    req->upstream_index = -1;
     req->termination = "ok";
     req->keep_alive = 1;
     c->req = req;
@@ -198,15 +203,32 @@ void pgw_req_reject(struct pgw_conn *c, int status, const char *why)
 
 /* ---- The pipeline ---- */
 
-/* Runs <stage>; returns 1 to go on, 0 when the request was answered or waits. */
-static int run_stage(struct pgw_req *req, enum pgw_stage stage)
+static void respond_exit(struct pgw_req *req);
+static int resp_header_filter(struct pgw_req *req);
+static void write_head(struct pgw_req *req, int status, const char *reason, size_t reason_len,
+                       const struct pgw_http_header *hs, size_t nh,
+                       const struct pgw_http_response *resp);
+
+/* What a stage's result means for the pipeline: 1 go on, 0 answered or waiting. */
+static int stage_result(struct pgw_req *req, int r)
 {
-    int r = pgw_stage_run(req, stage);
     if (r == PGW_OK)
         return 1;
     if (r == PGW_ERR && !req->finished)
         pgw_req_respond_error(req, 500, "policy_error", 0);
-    return 0; /* PGW_DONE: answered; PGW_AGAIN: the stage resumes the pipeline later */
+    else if (r == PGW_DONE && !req->finished)
+        respond_exit(req);
+    return 0; /* PGW_AGAIN: pgw_req_stage_done() continues the pipeline */
+}
+
+/* Runs the policies of <phase>; returns 1 to go on, 0 when the request was answered or waits. */
+static int run_phase(struct pgw_req *req, int phase, unsigned stage, int only_listener,
+                     int only_route)
+{
+    if (req->gen->policies == NULL)
+        return 1;
+    req->phase = phase;
+    return stage_result(req, pgw_task_run_request_stage(req, stage, only_listener, only_route));
 }
 
 static int req_route(struct pgw_req *req)
@@ -241,6 +263,8 @@ static int req_route(struct pgw_req *req)
         return 0;
     }
     req->route = req->match.route;
+    if (req->upstream_index < 0) /* a listener policy may have chosen one */
+        req->upstream_index = req->route->upstream_index;
     return 1;
 }
 
@@ -250,24 +274,43 @@ static void req_pipeline(struct pgw_req *req, int phase)
 {
     switch (phase) {
     case PHASE_REWRITE:
-        if (!run_stage(req, PGW_STAGE_REWRITE))
+        if (!run_phase(req, PHASE_REWRITE, PGW_STAGE_REWRITE, 1, 0))
             return;
         /* fall through */
     case PHASE_ROUTE:
         if (!req_route(req))
             return;
         /* fall through */
+    case PHASE_ROUTE_REWRITE:
+        if (!run_phase(req, PHASE_ROUTE_REWRITE, PGW_STAGE_REWRITE, 0, 1))
+            return;
+        /* fall through */
     case PHASE_ACCESS:
-        if (!run_stage(req, PGW_STAGE_ACCESS))
+        if (!run_phase(req, PHASE_ACCESS, PGW_STAGE_ACCESS, 0, 0))
             return;
         /* fall through */
     case PHASE_HANDLER:
+        if (req->body_lost) { /* read_body refused it and no policy answered */
+            pgw_req_respond_error(req, 413, "body_too_large", 1);
+            return;
+        }
         if (req->route->type == PGW_ROUTE_STATUS)
             respond_status(req);
         else
             pgw_proxy_start(req);
         return;
     }
+}
+
+void pgw_req_stage_done(struct pgw_req *req, int rc)
+{
+    if (req->finished)
+        return;
+    struct pgw_conn *c = req->conn;
+    pgw_conn_enter(c);
+    if (stage_result(req, rc))
+        req_pipeline(req, req->phase + 1);
+    pgw_conn_leave(c);
 }
 
 /* ---- Answers made by the gateway ---- */
@@ -319,6 +362,50 @@ void pgw_req_respond_error(struct pgw_req *req, int status, const char *terminat
     int n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
                      status, pgw_http_reason(status), req->id);
     respond(req, status, body, (size_t)n, close);
+}
+
+/* The answer pgw.exit() decided: header_filter and body_filter of every policy run on it. */
+static void respond_exit(struct pgw_req *req)
+{
+    struct pgw_exit *e = &req->lua->exit;
+    int is_head = PGW_IEQ_LIT(req->h.method, req->h.method_len, "HEAD");
+    req->status = e->status;
+    req->resp_headers = e->headers;
+    req->resp_num_headers = e->num_headers;
+    req->resp_headers_cap = e->cap_headers;
+    if (resp_header_filter(req) != PGW_OK)
+        return;
+    const char *body = e->body ? e->body : "";
+    size_t len = e->body ? e->body_len : 0;
+    if (pgw_task_body_filter(req, body, len, 1, &body, &len) != PGW_OK) {
+        req->resp_headers = NULL;
+        pgw_req_respond_error(req, 500, "policy_error", 0);
+        return;
+    }
+    if (!req->body_done || pgw_worker.stopping)
+        req->keep_alive = 0; /* an unread body cannot be skipped safely */
+    req->keep_alive &= req->h.keep_alive;
+    int no_body = req->status == 204 || req->status == 304;
+    if (!no_body) { /* the length after the filters */
+        char num[24];
+        int n = snprintf(num, sizeof(num), "%zu", len);
+        if (req->resp_num_headers == req->resp_headers_cap) {
+            struct pgw_http_header *hs =
+                pgw_pool_alloc(req->pool, sizeof(*hs) * (req->resp_headers_cap + 1));
+            memcpy(hs, req->resp_headers, sizeof(*hs) * req->resp_num_headers);
+            req->resp_headers = hs;
+            req->resp_headers_cap++;
+        }
+        req->resp_headers[req->resp_num_headers++] = (struct pgw_http_header){
+            "Content-Length", 14, pgw_pool_strndup(req->pool, num, (size_t)n), (size_t)n};
+    }
+    write_head(req, req->status, NULL, 0, req->resp_headers, req->resp_num_headers, NULL);
+    if (!is_head && !no_body) {
+        evbuffer_add(req->conn->io.out, body, len);
+        req->bytes_out += len;
+    }
+    req->resp_done = 1;
+    req_finish(req);
 }
 
 static void respond_status(struct pgw_req *req)
@@ -376,9 +463,11 @@ static int body_pump_chunked(struct pgw_req *req, struct evbuffer *dst, size_t m
                 pgw_req_respond_error(req, 413, "body_too_large", 1);
                 return PGW_ERR;
             }
-            chunk_header(dst, dlen);
+            if (!req->body_decode)
+                chunk_header(dst, dlen);
             evbuffer_add(dst, p + pos + off, dlen);
-            evbuffer_add(dst, "\r\n", 2);
+            if (!req->body_decode)
+                evbuffer_add(dst, "\r\n", 2);
         }
         pos += used;
         if (used == 0)
@@ -394,15 +483,31 @@ static int body_pump_chunked(struct pgw_req *req, struct evbuffer *dst, size_t m
         return PGW_ERR;
     }
     if (r == PGW_DONE) {
-        evbuffer_add(dst, "0\r\n\r\n", 5);
+        if (!req->body_decode)
+            evbuffer_add(dst, "0\r\n\r\n", 5);
         return PGW_DONE;
     }
     return PGW_OK;
 }
 
+/* The body a policy buffered or replaced goes out whole, once per attempt. */
+static int body_pump_buffered(struct pgw_req *req, struct evbuffer *dst)
+{
+    if (!req->body_done) { /* set_body before the client's body was read: it is dropped */
+        req->body_done = 1;
+        req->body_discarded = 1;
+        req->keep_alive = 0;
+        pgw_req_client_read(req, 0);
+    }
+    evbuffer_add(dst, req->body_data, req->body_data_len);
+    return PGW_DONE;
+}
+
 int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max)
 {
     struct pgw_conn *c = req->conn;
+    if (req->body_buffered && !req->body_decode)
+        return body_pump_buffered(req, dst);
     if (req->body_done)
         return PGW_DONE;
     if (req->h.expect_continue && !req->continue_sent && !req->resp_started &&
@@ -451,6 +556,18 @@ void pgw_req_client_read(struct pgw_req *req, int on)
 
 void pgw_req_on_client_data(struct pgw_req *req)
 {
+    if (req->lua != NULL && req->lua->wait != NULL && req->conn->client_eof &&
+        !req->body_reading) {
+        /* The client left while a policy waits: nobody wants the answer any more. */
+        pgw_log_info("request %s from %s: client closed while a policy waited", req->id,
+                     req->client_str);
+        pgw_req_abort(req, "client_closed");
+        return;
+    }
+    if (req->body_reading) {
+        pgw_lua_body_on_data(req);
+        return;
+    }
     if (!req->body_done && req->px != NULL)
         pgw_proxy_on_client_data(req);
     else if (!req->body_done && req->conn->client_eof && !req->resp_started)
@@ -502,36 +619,72 @@ static int skip_response_field(const struct pgw_http_response *resp,
     return pgw_http_connection_lists(resp->headers, resp->num_headers, f->name, f->name_len);
 }
 
-void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
-                       enum pgw_http_body body)
+/* Copies the response fields into the pool for the policies (header_filter edits them, the
+ * body_filter and log stages read them after the upstream's buffer moved on). */
+static void resp_headers_copy(struct pgw_req *req, const struct pgw_http_response *resp)
+{
+    size_t n = resp->num_headers;
+    req->resp_headers = pgw_pool_alloc(req->pool, sizeof(*req->resp_headers) * (n + 8));
+    req->resp_headers_cap = n + 8;
+    req->resp_num_headers = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct pgw_http_header *f = &resp->headers[i];
+        if (skip_response_field(resp, f))
+            continue;
+        struct pgw_http_header *d = &req->resp_headers[req->resp_num_headers++];
+        d->name = pgw_pool_strndup(req->pool, f->name, f->name_len);
+        d->name_len = f->name_len;
+        d->value = pgw_pool_strndup(req->pool, f->value, f->value_len);
+        d->value_len = f->value_len;
+    }
+}
+
+/* Runs header_filter over req->status and req->resp_headers. Returns PGW_OK, or PGW_ERR after
+ * answering 500 (nothing was sent yet). */
+static int resp_header_filter(struct pgw_req *req)
+{
+    if (pgw_task_run_request_stage(req, PGW_STAGE_HEADER_FILTER, 0, 0) == PGW_OK)
+        return PGW_OK;
+    req->resp_headers = NULL; /* the 500 goes out without the policies' fields */
+    req->resp_num_headers = 0;
+    pgw_req_respond_error(req, 500, "policy_error", 0);
+    return PGW_ERR;
+}
+
+static uint64_t declared_length(const struct pgw_req *req)
+{
+    const struct pgw_http_header *f =
+        pgw_http_find(req->resp_headers, req->resp_num_headers, "content-length", 14);
+    uint64_t v = 0;
+    for (size_t i = 0; f != NULL && i < f->value_len; i++)
+        v = v * 10 + (uint64_t)(f->value[i] - '0');
+    return f != NULL ? v : UINT64_MAX;
+}
+
+/* Writes "HTTP/1.1 <status> <reason>" and the fields to the client, with ours after them. */
+static void write_head(struct pgw_req *req, int status, const char *reason, size_t reason_len,
+                       const struct pgw_http_header *hs, size_t nh,
+                       const struct pgw_http_response *resp)
 {
     struct pgw_conn *c = req->conn;
-    int client11 = req->h.minor_version == 1;
-    int unframed = body == PGW_HTTP_BODY_CHUNKED || body == PGW_HTTP_BODY_EOF;
-    req->status = resp->status;
-    req->resp_chunked = client11 && unframed;
-    if ((!client11 && unframed) || !req->body_done || !req->h.keep_alive || c->client_eof ||
-        pgw_worker.stopping) /* draining: say so, the client opens its next one elsewhere */
-        req->keep_alive = 0;
-    run_stage(req, PGW_STAGE_HEADER_FILTER);
-    size_t max = 128 + req->id_len + resp->reason_len;
-    for (size_t i = 0; i < resp->num_headers; i++)
-        max += resp->headers[i].name_len + resp->headers[i].value_len + 4;
+    size_t max = 128 + req->id_len + reason_len;
+    for (size_t i = 0; i < nh; i++)
+        max += hs[i].name_len + hs[i].value_len + 4;
     struct pgw_out o;
     struct evbuffer_iovec v = out_reserve(c->io.out, max, &o);
     PGW_OUT_LIT(&o, "HTTP/1.1 ");
-    pgw_out_u64(&o, (uint64_t)resp->status);
+    pgw_out_u64(&o, (uint64_t)status);
     PGW_OUT_LIT(&o, " ");
-    if (resp->reason_len > 0) {
-        pgw_out_mem(&o, resp->reason, resp->reason_len);
+    if (reason_len > 0) {
+        pgw_out_mem(&o, reason, reason_len);
     } else {
-        const char *reason = pgw_http_reason(resp->status);
-        pgw_out_mem(&o, reason, strlen(reason));
+        const char *r = pgw_http_reason(status);
+        pgw_out_mem(&o, r, strlen(r));
     }
     PGW_OUT_LIT(&o, "\r\n");
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        const struct pgw_http_header *f = &resp->headers[i];
-        if (!skip_response_field(resp, f))
+    for (size_t i = 0; i < nh; i++) {
+        const struct pgw_http_header *f = &hs[i];
+        if (resp == NULL || !skip_response_field(resp, f))
             pgw_out_field(&o, f->name, f->name_len, f->value, f->value_len);
     }
     if (req->resp_chunked)
@@ -539,7 +692,7 @@ void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp
     pgw_out_field(&o, "X-Request-Id", 12, req->id, req->id_len);
     if (!req->keep_alive)
         PGW_OUT_LIT(&o, "Connection: close\r\n");
-    else if (!client11)
+    else if (req->h.minor_version == 0)
         PGW_OUT_LIT(&o, "Connection: keep-alive\r\n");
     PGW_OUT_LIT(&o, "\r\n");
     req->bytes_out += (size_t)(o.p - (char *)v.iov_base);
@@ -547,11 +700,81 @@ void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp
     req->resp_started = 1;
 }
 
-void pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
+int pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
+                      enum pgw_http_body body)
+{
+    struct pgw_conn *c = req->conn;
+    int client11 = req->h.minor_version == 1;
+    req->status = resp->status;
+    const struct pgw_policy_chain *chains[2];
+    if (pgw_task_chains(req, PGW_STAGE_HEADER_FILTER | PGW_STAGE_BODY_FILTER | PGW_STAGE_LOG,
+                        chains) > 0) {
+        resp_headers_copy(req, resp);
+        if (resp_header_filter(req) != PGW_OK)
+            return PGW_ERR;
+        if (body == PGW_HTTP_BODY_LENGTH && req->resp_unframed)
+            body = PGW_HTTP_BODY_EOF; /* a body filter may change the length */
+        req->resp_declared = body == PGW_HTTP_BODY_LENGTH ? declared_length(req) : UINT64_MAX;
+    }
+    int unframed = body == PGW_HTTP_BODY_CHUNKED || body == PGW_HTTP_BODY_EOF;
+    req->resp_chunked = client11 && unframed;
+    if ((!client11 && unframed) || !req->body_done || !req->h.keep_alive || c->client_eof ||
+        pgw_worker.stopping) /* draining: say so, the client opens its next one elsewhere */
+        req->keep_alive = 0;
+    if (req->resp_headers != NULL)
+        write_head(req, req->status, req->status == resp->status ? resp->reason : NULL,
+                   req->status == resp->status ? resp->reason_len : 0, req->resp_headers,
+                   req->resp_num_headers, NULL);
+    else
+        write_head(req, resp->status, resp->reason, resp->reason_len, resp->headers,
+                   resp->num_headers, resp);
+    return PGW_OK;
+}
+
+static void send_bytes(struct pgw_req *req, const char *p, size_t len)
 {
     struct evbuffer *out = req->conn->io.out;
     if (len == 0)
         return;
+    if (req->resp_chunked)
+        chunk_header(out, len);
+    evbuffer_add(out, p, len);
+    if (req->resp_chunked)
+        evbuffer_add(out, "\r\n", 2);
+    req->bytes_out += len;
+    req->resp_sent += len;
+}
+
+/* Runs the body filters over <p,len>; PGW_ERR when a filter failed (the request was aborted). */
+static int send_filtered(struct pgw_req *req, const char *p, size_t len, int eof)
+{
+    const char *o;
+    size_t olen;
+    if (pgw_task_body_filter(req, p, len, eof, &o, &olen) != PGW_OK) {
+        pgw_req_abort(req, "policy_error");
+        return PGW_ERR;
+    }
+    if (req->resp_declared != UINT64_MAX && req->resp_sent + olen > req->resp_declared) {
+        pgw_log_error("request %s: a body_filter changed the length of a response whose "
+                      "Content-Length was kept (clear it in header_filter)", req->id);
+        olen = (size_t)(req->resp_declared - req->resp_sent); /* never more than declared */
+        req->keep_alive = 0;
+    }
+    send_bytes(req, o, olen);
+    return PGW_OK;
+}
+
+int pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
+{
+    struct evbuffer *out = req->conn->io.out;
+    if (len == 0)
+        return PGW_OK;
+    if (req->lua != NULL && req->resp_headers != NULL) {
+        const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)len);
+        int r = send_filtered(req, p, len, 0);
+        evbuffer_drain(src, len);
+        return r;
+    }
     if (req->resp_chunked) {
         chunk_header(out, len);
         evbuffer_remove_buffer(src, out, len);
@@ -560,10 +783,22 @@ void pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
         evbuffer_remove_buffer(src, out, len);
     }
     req->bytes_out += len;
+    return PGW_OK;
 }
 
 void pgw_req_send_end(struct pgw_req *req)
 {
+    if (req->lua != NULL && req->resp_headers != NULL) {
+        if (send_filtered(req, "", 0, 1) != PGW_OK)
+            return;
+        if (req->resp_declared != UINT64_MAX && req->resp_sent != req->resp_declared) {
+            pgw_log_error("request %s: a body_filter sent %" PRIu64 " bytes of a response whose "
+                          "Content-Length says %" PRIu64 ": closing", req->id, req->resp_sent,
+                          req->resp_declared);
+            pgw_req_abort(req, "policy_error");
+            return;
+        }
+    }
     if (req->resp_chunked) {
         evbuffer_add(req->conn->io.out, "0\r\n\r\n", 5);
         req->bytes_out += 5;
@@ -620,7 +855,8 @@ static void req_finish(struct pgw_req *req)
     struct pgw_conn *c = req->conn;
     pgw_assert(!req->finished);
     req->finished = 1;
-    run_stage(req, PGW_STAGE_LOG);
+    if (req->gen->policies != NULL)
+        pgw_task_run_request_stage(req, PGW_STAGE_LOG, 0, 0); /* errors are logged only */
     access_log_write(req);
     int keep = req->keep_alive && req->body_done && req->resp_done && !c->client_eof &&
                !pgw_worker.stopping;

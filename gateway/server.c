@@ -3,6 +3,7 @@
  */
 #include "server.h"
 #include "log.h"
+#include "policy.h"
 #include "proxy.h"
 
 #include <errno.h>
@@ -56,6 +57,7 @@ void pgw_gen_unref(struct pgw_gen *g)
             pgw_upstream_free(g->upstreams[i]);
     free(g->tables);
     free(g->upstreams);
+    pgw_policy_set_free(g->policies);
     pgw_config_unref(g->config);
     free(g);
 }

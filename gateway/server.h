@@ -27,6 +27,8 @@
 #include <event2/event.h>
 
 struct pgw_upstream;
+struct pgw_policy_set;
+struct pgw_task;
 
 /* "host:port" of an upstream target: a 253-byte name, brackets, ":65535" and the NUL. */
 #define PGW_UPSTREAM_LABEL_MAX 264
@@ -41,6 +43,7 @@ struct pgw_gen {
     struct pgw_route_table **tables;   /* one per config listener */
     struct pgw_upstream **upstreams;   /* runtime state, one per config upstream */
     struct pgw_http_limits req_limits; /* derived from config->limits */
+    struct pgw_policy_set *policies;   /* NULL when the config runs no policy */
 };
 
 struct pgw_listener {
@@ -140,6 +143,27 @@ struct pgw_req {
     const char *termination; /* "ok" or why it ended otherwise */
     char upstream_addr[PGW_UPSTREAM_LABEL_MAX];
     struct pgw_proxy *px; /* upstream exchange, proxy.c */
+    /* policies (lua_*.c): what they changed of the request and the response */
+    struct pgw_task *lua;      /* the request's policy task, NULL until a policy runs */
+    int phase;                 /* request.c: the pipeline phase in progress */
+    size_t headers_cap;        /* h.headers is a pool copy of this capacity (0: as parsed) */
+    const char *up_path;       /* pgw.req.set_path: the path sent upstream (NULL: normal) */
+    size_t up_path_len;
+    const char *up_host;       /* pgw.req.set_host */
+    size_t up_host_len;
+    int upstream_index;        /* pgw.req.set_upstream, else the route's (-1 before routing) */
+    const char *body_data;     /* read_body / set_body: the whole body sent upstream */
+    size_t body_data_len;
+    unsigned body_buffered : 1; /* body_data replaces the client's body */
+    unsigned body_decode : 1;   /* the body pump decodes chunked bodies (read_body) */
+    unsigned body_discarded : 1; /* set_body before the client's body was read */
+    unsigned body_reading : 1;  /* pgw.req.read_body waits for the client */
+    unsigned body_lost : 1;     /* read_body gave up (too large): the body cannot be forwarded */
+    unsigned resp_unframed : 1; /* header_filter removed Content-Length */
+    struct pgw_http_header *resp_headers; /* the response head as policies see it (pool) */
+    size_t resp_num_headers, resp_headers_cap;
+    uint64_t resp_declared;    /* Content-Length sent to the client (body filters check it) */
+    uint64_t resp_sent;        /* body bytes sent after filters */
 };
 
 /* ---- used by proxy.c ---- */
@@ -150,11 +174,14 @@ struct pgw_req {
 void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close);
 
 /* Queues the response head for <resp> (from the upstream) to the client, after removing
- * hop-by-hop fields and adding the gateway's. <body> is the framing the body will use. */
-void pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
-                       enum pgw_http_body body);
-/* Moves <len> bytes of response body from <src> to the client (chunk-encoding if needed). */
-void pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len);
+ * hop-by-hop fields, running the header_filter policies and adding the gateway's fields. <body>
+ * is the framing the body will use. Returns PGW_OK, or PGW_ERR when a policy failed and the
+ * request was answered 500 (it finished: do not touch req). */
+int pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
+                      enum pgw_http_body body);
+/* Moves <len> bytes of response body from <src> to the client through the body_filter policies
+ * (chunk-encoding if needed). PGW_ERR when a filter failed: the request was aborted. */
+int pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len);
 /* The response ended normally. */
 void pgw_req_send_end(struct pgw_req *req);
 /* Writes what is queued. Returns PGW_OK when the output is empty, PGW_AGAIN when the client
@@ -169,6 +196,10 @@ size_t pgw_req_output_pending(const struct pgw_req *req);
  * was there), PGW_DONE (the body is complete), PGW_ERR (bad chunked framing: the request was
  * answered 400 and finished). */
 int pgw_req_body_pump(struct pgw_req *req, struct evbuffer *dst, size_t max);
+
+/* lua_task.c: a stage that waited ended: PGW_OK continues the pipeline after it, PGW_DONE
+ * answers what pgw.exit() decided, PGW_ERR answers 500. */
+void pgw_req_stage_done(struct pgw_req *req, int rc);
 
 /* Aborts <req> without an answer (the response already started, or the client is gone):
  * the connection closes after what is queued was written. */

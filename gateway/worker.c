@@ -15,6 +15,8 @@
  */
 #include "control.h"
 #include "log.h"
+#include "lua_task.h"
+#include "policy.h"
 #include "proxy.h"
 #include "server.h"
 
@@ -243,19 +245,38 @@ static void gen_refuse(uint64_t number, const char *why, const int *fds, size_t 
     pgw_chan_send(pgw_worker.chan, PGW_MSG_GEN_ERR, number, why, strlen(why), NULL, 0);
 }
 
-/* PGW_MSG_GEN: payload "<file name>\0<yaml>". Builds and swaps in the new generation. */
+/* Builds the generation's policy set in the worker's Lua state. PGW_ERR with <err> set. */
+static int gen_policies(struct pgw_gen *g, const struct pgw_policy_bundle *b, char *err,
+                        size_t errlen)
+{
+    if (!pgw_policy_config_uses(g->config) && b->n == 0)
+        return PGW_OK; /* no Lua on the request path at all */
+    if (pgw_bridge_worker_init(g->config, err, errlen) != PGW_OK)
+        return PGW_ERR;
+    g->policies = pgw_policy_set_build(pgw_bridge_lua(), g->config, b, 1, err, errlen);
+    return g->policies != NULL ? PGW_OK : PGW_ERR;
+}
+
+/* PGW_MSG_GEN: payload as master.c's send_gen() writes it. Builds and swaps in the new
+ * generation. */
 static void gen_install(const struct pgw_msg *m)
 {
     const char *nul = memchr(m->payload, '\0', m->len);
-    if (nul == NULL) {
+    uint32_t tl = 0;
+    size_t off = nul ? (size_t)(nul + 1 - m->payload) : 0;
+    if (nul != NULL && m->len - off >= 4)
+        memcpy(&tl, nul + 1, 4);
+    struct pgw_policy_bundle bundle;
+    if (nul == NULL || m->len - off < 4 || m->len - off - 4 < tl ||
+        pgw_policy_bundle_decode(nul + 5 + tl, m->len - off - 4 - tl, &bundle) != PGW_OK) {
         gen_refuse(m->arg, "malformed generation message", m->fds, m->nfds);
         return;
     }
-    char errbuf[4096];
-    const char *text = nul + 1;
-    struct pgw_config *config = pgw_config_load_string(
-        m->payload, text, m->len - (size_t)(text - m->payload), errbuf, sizeof(errbuf));
+    static char errbuf[16384];
+    struct pgw_config *config =
+        pgw_config_load_string(m->payload, nul + 5, tl, errbuf, sizeof(errbuf));
     if (config == NULL) { /* the master validated it: only a version skew gets here */
+        pgw_policy_bundle_free(&bundle);
         gen_refuse(m->arg, errbuf, m->fds, m->nfds);
         return;
     }
@@ -263,6 +284,12 @@ static void gen_install(const struct pgw_msg *m)
     const char *err = NULL;
     struct pgw_gen *g = m->nfds == config->num_listeners ? pgw_gen_new(config, m->arg, &err) : NULL;
     pgw_config_unref(config); /* the generation holds its own reference */
+    if (g != NULL && gen_policies(g, &bundle, errbuf, sizeof(errbuf)) != PGW_OK) {
+        err = errbuf;
+        pgw_gen_unref(g);
+        g = NULL;
+    }
+    pgw_policy_bundle_free(&bundle);
     if (g == NULL) {
         gen_refuse(m->arg, err ? err : "listener sockets do not match the configuration", m->fds,
                    m->nfds);
@@ -278,6 +305,8 @@ static void gen_install(const struct pgw_msg *m)
             pgw_upstream_adopt(g->upstreams[i], old->upstreams[j]);
     pgw_worker.gen = g;
     pgw_conns_follow_gen();
+    if (old != NULL && old->policies != NULL)
+        pgw_policy_set_retire(old->policies); /* its timers stop */
     pgw_gen_unref(old); /* freed when its last request ends */
     if (!pgw_worker.accept_paused && !pgw_worker.stopping)
         event_add(pgw_worker.acc_ev, NULL);
@@ -450,6 +479,7 @@ int pgw_worker_main(int chan_fd)
     close(pgw_worker.acc_ep);
     pgw_gen_unref(pgw_worker.gen);
     pgw_worker.gen = NULL;
+    pgw_bridge_worker_free();
     evdns_base_free(pgw_worker.dns, 0);
     event_base_free(pgw_worker.base);
     free(pgw_worker.hosts);

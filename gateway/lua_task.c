@@ -1,0 +1,474 @@
+/* lua_task.c: the bridge's run bookkeeping, the worker's Lua state, waits and wakes, and the
+ * stage runner: one coroutine per request, reused across its stages, started and resumed only
+ * with lua_resume (never lua_pcall at stage entry, STYLE §5). See lua_task.h and lua_bridge.h. */
+#include "lua_task.h"
+#include "log.h"
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static struct pgw_bridge_run current;
+static struct pgw_lua *worker_lua;
+
+/* ---- The current run ---- */
+
+const struct pgw_bridge_run *pgw_bridge_current(void) { return &current; }
+
+struct pgw_bridge_run pgw_bridge_enter(const struct pgw_bridge_run *run)
+{
+    struct pgw_bridge_run saved = current;
+    current = *run;
+    return saved;
+}
+
+void pgw_bridge_leave(const struct pgw_bridge_run *saved) { current = *saved; }
+
+const char *pgw_bridge_stage_name(unsigned stage)
+{
+    switch (stage) {
+    case PGW_STAGE_INIT_WORKER: return "init_worker";
+    case PGW_STAGE_TIMER: return "timer";
+    case PGW_STAGE_LOAD: return "load";
+    case 0: return "none";
+    default: return pgw_stage_name((enum pgw_stage)stage);
+    }
+}
+
+unsigned pgw_bridge_check(lua_State *L, const char *fname, unsigned stages)
+{
+    if (!(current.stage & stages))
+        luaL_error(L, "%s: not allowed in stage %s", fname, pgw_bridge_stage_name(current.stage));
+    return current.stage;
+}
+
+struct event_base *pgw_bridge_base(void) { return pgw_worker.base; }
+struct evdns_base *pgw_bridge_dns(void) { return pgw_worker.dns; }
+
+/* ---- States ---- */
+
+static int open_core(lua_State *L)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded"); /* package loaded */
+    lua_newtable(L);               /* package loaded core */
+    pgw_lua_open_req(L);
+    pgw_lua_open_util(L);
+    pgw_lua_open_cache(L);
+    pgw_lua_open_timer(L);
+    pgw_lua_open_http(L);
+    lua_setfield(L, -2, "pgw.core");
+    return 0;
+}
+
+struct pgw_lua *pgw_bridge_lua_new(const struct pgw_config *config, char *err, size_t errlen)
+{
+    struct pgw_lua *lua = pgw_lua_new((size_t)config->lua.memory, err, errlen);
+    if (lua == NULL)
+        return NULL;
+    lua_State *L = pgw_lua_state(lua);
+    if (lua_cpcall(L, open_core, NULL) != 0) {
+        snprintf(err, errlen, "lua: registering the SDK: %s", lua_tostring(L, -1));
+        pgw_lua_free(lua);
+        return NULL;
+    }
+    return lua;
+}
+
+struct pgw_lua *pgw_bridge_lua(void) { return worker_lua; }
+
+int pgw_bridge_worker_init(const struct pgw_config *config, char *err, size_t errlen)
+{
+    if (worker_lua != NULL) {
+        pgw_lua_set_limit(worker_lua, (size_t)config->lua.memory);
+        return PGW_OK;
+    }
+    worker_lua = pgw_bridge_lua_new(config, err, errlen);
+    return worker_lua ? PGW_OK : PGW_ERR;
+}
+
+void pgw_bridge_worker_free(void)
+{
+    pgw_lua_free(worker_lua);
+    worker_lua = NULL;
+}
+
+/* ---- Waits ---- */
+
+int pgw_bridge_wait(lua_State *L, struct pgw_wait *w)
+{
+    struct pgw_task *t = current.task;
+    pgw_assert(t != NULL && t->wait == NULL);
+    w->task = t;
+    t->wait = w;
+    return pgw_lua_yield(L);
+}
+
+lua_State *pgw_bridge_wait_thread(struct pgw_wait *w) { return w->task->co; }
+
+int pgw_bridge_wait_reserve(struct pgw_wait *w, int n)
+{
+    return lua_checkstack(w->task->co, n);
+}
+
+static int task_step(struct pgw_task *t, int nres);
+
+void pgw_bridge_wake(struct pgw_wait *w, int nres)
+{
+    struct pgw_task *t = w->task;
+    pgw_assert(t->wait == w && !t->resuming);
+    t->wait = NULL;
+    int rc = task_step(t, nres);
+    if (rc != PGW_AGAIN && t->done != NULL)
+        t->done(t, rc); /* may free the task */
+}
+
+/* ---- Tasks ---- */
+
+static const unsigned stage_bits[PGW_PS_COUNT] = {PGW_STAGE_REWRITE, PGW_STAGE_ACCESS,
+                                                  PGW_STAGE_HEADER_FILTER,
+                                                  PGW_STAGE_BODY_FILTER, PGW_STAGE_LOG};
+
+static int stage_index(unsigned stage)
+{
+    for (int i = 0; i < PGW_PS_COUNT; i++)
+        if (stage_bits[i] == stage)
+            return i;
+    return -1;
+}
+
+static void task_drop_co(struct pgw_task *t)
+{
+    pgw_lua_unref(t->lua, t->co_ref);
+    t->co = NULL;
+    t->co_ref = LUA_NOREF;
+}
+
+static int task_ensure_co(struct pgw_task *t)
+{
+    if (t->co == NULL) {
+        lua_State *L = pgw_lua_state(t->lua);
+        int saved = pgw_lua_reserve_open(t->lua);
+        t->co = pgw_lua_thread_new(t->lua, &t->co_ref);
+        pgw_lua_reserve_restore(t->lua, saved);
+        PGW_UNUSED(L);
+    }
+    return PGW_OK;
+}
+
+/* The error of a failed run, on one line (tracebacks are multi-line). */
+static void log_task_error(struct pgw_task *t, const char *err)
+{
+    char flat[4096];
+    size_t j = 0;
+    for (size_t i = 0; err[i] != '\0' && j + 4 < sizeof(flat); i++) {
+        if (err[i] == '\n') {
+            flat[j++] = ' ';
+            flat[j++] = '|';
+            flat[j++] = ' ';
+        } else if (err[i] != '\t') {
+            flat[j++] = err[i];
+        }
+    }
+    flat[j] = '\0';
+    if (t->req != NULL)
+        pgw_log_error("policy %s: stage %s: request %s: %s", t->run.policy,
+                      pgw_bridge_stage_name(t->run.stage), t->req->id, flat);
+    else
+        pgw_log_error("policy %s: stage %s: %s", t->run.policy,
+                      pgw_bridge_stage_name(t->run.stage), flat);
+}
+
+/* One slice of Lua code on t->co with <nargs> values on it. */
+static int task_resume(struct pgw_task *t, int nargs)
+{
+    char err[4096];
+    struct pgw_bridge_run saved = pgw_bridge_enter(&t->run);
+    t->resuming = 1;
+    unsigned budget = t->run.set != NULL ? t->run.set->budget : 100;
+    int rc = pgw_lua_resume(t->lua, t->co, nargs, budget, err, sizeof(err));
+    t->resuming = 0;
+    pgw_bridge_leave(&saved);
+    if (rc == PGW_ERR) {
+        log_task_error(t, err);
+        task_drop_co(t);
+    }
+    return rc;
+}
+
+int pgw_task_start(struct pgw_task *t, int nargs, const char *what)
+{
+    PGW_UNUSED(what);
+    return task_resume(t, nargs);
+}
+
+/* Pushes the next stage function with its arguments on t->co. Returns the number of arguments,
+ * or -1 when the stage has no more functions. */
+static int push_next(struct pgw_task *t)
+{
+    while (t->ci < t->num_chains) {
+        const struct pgw_policy_chain *ch = t->chains[t->ci];
+        if (t->ei >= ch->n) {
+            t->ci++;
+            t->ei = 0;
+            continue;
+        }
+        const struct pgw_policy_entry *en = &ch->v[t->ei++];
+        int fn = en->fn[t->stage_idx];
+        if (fn == LUA_NOREF)
+            continue;
+        task_ensure_co(t);
+        lua_State *co = t->co;
+        int saved = pgw_lua_reserve_open(t->lua);
+        lua_settop(co, 0);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, fn);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, en->conf);
+        pgw_task_push_handle(t, co);
+        int nargs = 2;
+        if (t->stage_idx == PGW_PS_BODY_FILTER) {
+            lua_rawgeti(co, LUA_REGISTRYINDEX, t->chunk_ref);
+            lua_pushboolean(co, t->run.stage_eof);
+            nargs = 4;
+        }
+        pgw_lua_reserve_restore(t->lua, saved);
+        t->run.policy = en->name;
+        return nargs;
+    }
+    return -1;
+}
+
+/* After a stage function returned: body_filter's result replaces the chunk. */
+static void take_results(struct pgw_task *t)
+{
+    if (t->stage_idx == PGW_PS_BODY_FILTER && lua_gettop(t->co) >= 1 &&
+        lua_type(t->co, 1) == LUA_TSTRING) {
+        lua_pushvalue(t->co, 1);
+        lua_rawseti(t->co, LUA_REGISTRYINDEX, t->chunk_ref);
+        t->chunk_changed = 1;
+    }
+    lua_settop(t->co, 0);
+}
+
+/* Runs stage functions from the current position. <nres> > 0 or 0: resume a waiting function
+ * with that many results first (-1: start with the next function). */
+static int task_step(struct pgw_task *t, int nres)
+{
+    for (;;) {
+        int nargs = nres;
+        if (nres < 0) {
+            if (t->exit.status != 0 && (t->stage_idx == PGW_PS_REWRITE ||
+                                        t->stage_idx == PGW_PS_ACCESS))
+                return PGW_DONE;
+            nargs = push_next(t);
+            if (nargs < 0)
+                return t->exit.status != 0 && t->stage_idx <= PGW_PS_ACCESS ? PGW_DONE : PGW_OK;
+        }
+        nres = -1;
+        int rc = task_resume(t, nargs);
+        if (rc != PGW_OK)
+            return rc;
+        take_results(t);
+    }
+}
+
+/* ---- Request tasks ---- */
+
+struct handle {
+    struct pgw_task *task; /* NULL once the request finished */
+};
+
+static void req_task_cleanup(void *arg)
+{
+    struct pgw_task *t = arg;
+    if (t->wait != NULL) {
+        struct pgw_wait *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
+    }
+    lua_State *L = pgw_lua_state(t->lua);
+    if (t->handle_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+        struct handle *h = lua_touserdata(L, -1);
+        if (h != NULL)
+            h->task = NULL;
+        lua_pop(L, 1);
+    }
+    pgw_lua_unref(t->lua, t->handle_ref);
+    pgw_lua_unref(t->lua, t->ctx_ref);
+    pgw_lua_unref(t->lua, t->chunk_ref);
+    task_drop_co(t);
+    t->req->lua = NULL;
+}
+
+static void req_task_done(struct pgw_task *t, int rc)
+{
+    pgw_req_stage_done(t->req, rc);
+}
+
+static struct pgw_task *req_task(struct pgw_req *req)
+{
+    if (req->lua != NULL)
+        return req->lua;
+    struct pgw_task *t = pgw_pool_calloc(req->pool, sizeof(*t));
+    t->lua = req->gen->policies->lua;
+    t->co_ref = t->ctx_ref = t->handle_ref = t->chunk_ref = LUA_NOREF;
+    t->req = req;
+    t->done = req_task_done;
+    t->run.req = req;
+    t->run.task = t;
+    t->run.gen = req->gen;
+    t->run.set = req->gen->policies;
+    req->lua = t;
+    pgw_pool_defer(req->pool, req_task_cleanup, t);
+    return t;
+}
+
+size_t pgw_task_chains(struct pgw_req *req, unsigned stage, const struct pgw_policy_chain **out)
+{
+    const struct pgw_policy_set *set = req->gen->policies;
+    size_t n = 0;
+    if (set == NULL)
+        return 0;
+    const struct pgw_policy_chain *lc = &set->listeners[req->conn->listener_index];
+    if (lc->stages & stage)
+        out[n++] = lc;
+    if (req->route != NULL) {
+        const struct pgw_policy_chain *rc =
+            &set->routes[req->route - req->gen->config->routes];
+        if (rc->stages & stage)
+            out[n++] = rc;
+    }
+    return n;
+}
+
+int pgw_task_run_request_stage(struct pgw_req *req, unsigned stage, int only_listener,
+                               int only_route)
+{
+    const struct pgw_policy_chain *chains[2];
+    size_t n = pgw_task_chains(req, stage, chains);
+    if (n == 0)
+        return PGW_OK;
+    const struct pgw_policy_set *set = req->gen->policies;
+    if (only_listener && chains[0] != &set->listeners[req->conn->listener_index])
+        return PGW_OK;
+    if (only_listener)
+        n = 1;
+    if (only_route) {
+        if (req->route == NULL)
+            return PGW_OK;
+        if (chains[0] == &set->listeners[req->conn->listener_index]) {
+            if (n < 2)
+                return PGW_OK;
+            chains[0] = chains[1];
+        }
+        n = 1;
+    }
+    struct pgw_task *t = req_task(req);
+    memcpy(t->chains, chains, sizeof(chains));
+    t->num_chains = n;
+    t->ci = t->ei = 0;
+    t->stage_idx = stage_index(stage);
+    t->run.stage = stage;
+    return task_step(t, -1);
+}
+
+int pgw_task_body_filter(struct pgw_req *req, const char *chunk, size_t len, int eof,
+                         const char **out, size_t *out_len)
+{
+    const struct pgw_policy_chain *chains[2];
+    size_t n = pgw_task_chains(req, PGW_STAGE_BODY_FILTER, chains);
+    *out = chunk;
+    *out_len = len;
+    if (n == 0)
+        return PGW_OK;
+    struct pgw_task *t = req_task(req);
+    lua_State *L = pgw_lua_state(t->lua);
+    int saved = pgw_lua_reserve_open(t->lua);
+    lua_pushlstring(L, chunk, len);
+    if (t->chunk_ref == LUA_NOREF)
+        t->chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_rawseti(L, LUA_REGISTRYINDEX, t->chunk_ref);
+    pgw_lua_reserve_restore(t->lua, saved);
+    memcpy(t->chains, chains, sizeof(chains));
+    t->num_chains = n;
+    t->ci = t->ei = 0;
+    t->stage_idx = PGW_PS_BODY_FILTER;
+    t->run.stage = PGW_STAGE_BODY_FILTER;
+    t->run.stage_eof = eof;
+    t->chunk_changed = 0;
+    int rc = task_step(t, -1);
+    if (rc == PGW_AGAIN) { /* cannot happen: waiting functions refuse filters */
+        rc = PGW_ERR;
+    }
+    if (rc != PGW_OK)
+        return PGW_ERR;
+    if (t->chunk_changed) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->chunk_ref);
+        size_t l = 0;
+        const char *s = lua_tolstring(L, -1, &l);
+        char *copy = pgw_pool_alloc(req->pool, l + 1);
+        memcpy(copy, s, l);
+        lua_pop(L, 1);
+        *out = copy;
+        *out_len = l;
+    }
+    return PGW_OK;
+}
+
+/* ---- The pgw.req handle ---- */
+
+static const char handle_mt[] = "pgw.req";
+
+void pgw_task_push_handle(struct pgw_task *t, lua_State *L)
+{
+    if (t->handle_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+        return;
+    }
+    struct handle *h = lua_newuserdata(L, sizeof(*h));
+    h->task = t;
+    luaL_getmetatable(L, handle_mt);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    t->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+struct pgw_task *pgw_task_from_handle(lua_State *L, int idx)
+{
+    struct handle *h = luaL_testudata(L, idx, handle_mt);
+    if (h == NULL)
+        return NULL;
+    if (h->task == NULL)
+        luaL_error(L, "request already finished");
+    return h->task;
+}
+
+/* ---- Timer tasks ---- */
+
+struct pgw_task *pgw_task_new_timer(struct pgw_lua *lua, struct pgw_policy_set *set,
+                                    const char *policy)
+{
+    struct pgw_task *t = pgw_calloc(1, sizeof(*t));
+    t->lua = lua;
+    t->co_ref = t->ctx_ref = t->handle_ref = t->chunk_ref = LUA_NOREF;
+    t->run.stage = PGW_STAGE_TIMER;
+    t->run.policy = policy;
+    t->run.task = t;
+    t->run.set = set;
+    task_ensure_co(t);
+    return t;
+}
+
+void pgw_task_free(struct pgw_task *t)
+{
+    if (t == NULL)
+        return;
+    if (t->wait != NULL) {
+        struct pgw_wait *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
+    }
+    task_drop_co(t);
+    free(t);
+}

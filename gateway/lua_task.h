@@ -1,0 +1,90 @@
+/* lua_task.h: tasks, the coroutines that run policy code (one per request, reused across its
+ * stages; one per timer run), and the stage runner the request pipeline calls. Internal to the
+ * bridge (lua_task.c, lua_req.c, lua_timer.c) and request.c.
+ *
+ * Ownership: a request's task lives in the request's pool; its pool cleanup cancels a pending
+ * wait, releases the coroutine, the ctx table and the pgw.req handle (which then raises "request
+ * already finished"). A timer's task is owned by its timer (lua_timer.c).
+ */
+#ifndef PGW_LUA_TASK_H
+#define PGW_LUA_TASK_H
+
+#include "lua_bridge.h"
+#include "policy.h"
+
+struct pgw_http_header;
+
+/* What pgw.exit() decided. */
+struct pgw_exit {
+    int status;                      /* 0: no exit */
+    const char *body;                /* in the request pool, or NULL */
+    size_t body_len;
+    struct pgw_http_header *headers; /* in the request pool */
+    size_t num_headers, cap_headers;
+};
+
+struct pgw_task {
+    struct pgw_lua *lua;
+    lua_State *co;        /* NULL until needed, and after an error killed it */
+    int co_ref;
+    struct pgw_wait *wait;        /* the operation the task waits for */
+    struct pgw_bridge_run run;    /* the run this task makes (stage, policy, req, gen, set) */
+    void (*done)(struct pgw_task *t, int rc); /* an asynchronous step ended (PGW_OK/DONE/ERR) */
+    /* the stage in progress: its chains and position */
+    const struct pgw_policy_chain *chains[2];
+    size_t num_chains, ci, ei;
+    int stage_idx;                /* enum pgw_policy_stage_idx */
+    int resuming;                 /* inside a resume: wake() from there is refused */
+    /* requests */
+    struct pgw_req *req;
+    int ctx_ref, handle_ref;
+    struct pgw_exit exit;
+    /* body_filter: the chunk being filtered (a registry ref to a Lua string) */
+    int chunk_ref;
+    int chunk_changed;
+    /* timers */
+    struct pgw_timer *timer;
+};
+
+/* The Lua state of this worker (NULL before the first generation with policies). */
+struct pgw_lua *pgw_bridge_lua(void);
+/* Creates (or resizes) the worker's state for <config>. PGW_ERR with a message in <err>. */
+int pgw_bridge_worker_init(const struct pgw_config *config, char *err, size_t errlen);
+void pgw_bridge_worker_free(void);
+
+/* The chains that run <stage> for <req> (listener's, then route's), 0 when none defines it. */
+size_t pgw_task_chains(struct pgw_req *req, unsigned stage, const struct pgw_policy_chain **out);
+
+/* Runs <stage> of <req>'s policies (the pipeline's entry, stage.c). Returns PGW_OK (go on),
+ * PGW_DONE (pgw.exit decided the response: req->lua->exit), PGW_AGAIN (waits; the request's
+ * pipeline continues from pgw_req_stage_done()), PGW_ERR (a policy failed; logged). */
+int pgw_task_run_request_stage(struct pgw_req *req, unsigned stage, int only_listener,
+                               int only_route);
+
+/* body_filter over <chunk,len> (eof for the last call): returns PGW_OK with the result in
+ * *out and *out_len (pool memory or <chunk> itself), or PGW_ERR (logged). */
+int pgw_task_body_filter(struct pgw_req *req, const char *chunk, size_t len, int eof,
+                         const char **out, size_t *out_len);
+
+/* The task of the pgw.req handle at <idx>, NULL if that value is no handle; raises "request
+ * already finished" for a handle that outlived its request. */
+struct pgw_task *pgw_task_from_handle(lua_State *L, int idx);
+
+/* The pgw.req handle of <t> (pushes it on L, creating it at first use). */
+void pgw_task_push_handle(struct pgw_task *t, lua_State *L);
+
+/* lua_timer.c: frees the timers of <set> without running them (the set is being freed). */
+void pgw_lua_timers_free(struct pgw_policy_set *set);
+
+/* lua_req.c: the client sent more while pgw.req.read_body waits. */
+void pgw_lua_body_on_data(struct pgw_req *req);
+
+/* lua_timer.c: runs a timer callback as a task. */
+struct pgw_task *pgw_task_new_timer(struct pgw_lua *lua, struct pgw_policy_set *set,
+                                    const char *policy);
+void pgw_task_free(struct pgw_task *t);
+/* Resumes <t> with the function and <nargs> arguments already on t->co. Returns like
+ * pgw_lua_resume; errors are logged with <what>. */
+int pgw_task_start(struct pgw_task *t, int nargs, const char *what);
+
+#endif

@@ -1,0 +1,55 @@
+-- pgw/internal/engine.lua: the trusted half of gateway/policy.c, which builds policy sets.
+-- Never reachable from a policy (`require` refuses "pgw.internal.*"). Every function here is
+-- called by C under the CPU guard (pgw_lua_call_guarded): the policy tables it reads are
+-- untrusted and may carry metatables.
+
+local policy = require "pgw.policy"
+local schema = require "pgw.schema"
+local core = require "pgw.core"
+
+local type, pairs, rawget = type, pairs, rawget
+local NULL = core.json.null
+
+local M = {}
+
+-- check(tbl) -> true | nil, message: the policy table's shape (pgw.policy.check).
+M.check = policy.check
+
+-- YAML `key: ~` arrives as JSON null: treat it as an absent key.
+local function strip_nulls(t)
+    for k, v in pairs(t) do
+        if v == NULL then
+            t[k] = nil
+        elseif type(v) == "table" then
+            strip_nulls(v)
+        end
+    end
+    return t
+end
+
+-- conf(tbl, json_text, name, readonly) -> view | nil, message: a route's settings for the
+-- policy <tbl>, checked against its schema (defaults filled), as a read-only view.
+function M.conf(tbl, json_text, name, readonly)
+    local conf, err = core.json.decode(json_text)
+    if conf == nil then
+        return nil, name .. ": " .. tostring(err)
+    end
+    if type(conf) ~= "table" then
+        return nil, name .. ": settings must be a map"
+    end
+    local sch = rawget(tbl, "schema") or {}
+    local ok, res = schema.check(sch, strip_nulls(conf), name)
+    if not ok then
+        return nil, res
+    end
+    return readonly(res)
+end
+
+-- stages(tbl) -> rewrite, access, header_filter, body_filter, log, init_worker (functions or
+-- nil), read raw so that no metamethod of the policy runs.
+function M.stages(tbl)
+    return rawget(tbl, "rewrite"), rawget(tbl, "access"), rawget(tbl, "header_filter"),
+        rawget(tbl, "body_filter"), rawget(tbl, "log"), rawget(tbl, "init_worker")
+end
+
+return M
