@@ -27,7 +27,7 @@
 #define CACHE_DEFAULT_ENTRIES 10000
 #define CACHE_DEFAULT_BYTES (16u << 20)
 #define CACHE_MIN_BUCKETS 64
-#define CACHE_KEY_STACK 256 /* composite keys up to this size are built on the C stack */
+#define CACHE_KEY_STACK 256   /* composite keys up to this size are built on the C stack */
 #define CACHE_EXPIRED_SWEEP 4 /* expired entries dropped from the LRU end per set, at most */
 
 struct cache_entry {
@@ -275,12 +275,18 @@ struct cache_key {
     char stack[CACHE_KEY_STACK];
 };
 
-/* Checks argument 1 (a string) and builds its composite key, in <k->stack> or in a userdata
- * pushed on the stack (may raise, before anything is acquired). */
-static void cache_key_build(lua_State *L, const char *fname, struct cache_key *k)
+static void cache_check_key(lua_State *L, const char *fname)
 {
     if (lua_type(L, 1) != LUA_TSTRING)
         cache_arg_error(L, fname, 1, "string");
+}
+
+/* Builds the composite key of argument 1 (checked), in <k->stack> or in a userdata pushed at
+ * index <nargs> + 1 (the stack is cut there first, so the userdata never passes for an argument).
+ * May raise "not enough memory", before anything is acquired. */
+static void cache_key_build(lua_State *L, int nargs, struct cache_key *k)
+{
+    lua_settop(L, nargs);
     size_t klen;
     const char *key = lua_tolstring(L, 1, &klen);
     const struct pgw_bridge_run *run = pgw_bridge_current();
@@ -312,8 +318,9 @@ static void cache_push_value(lua_State *L, const struct cache_entry *e)
 static int l_cache_get(lua_State *L)
 {
     pgw_bridge_check(L, "pgw.cache.get", CACHE_STAGES);
+    cache_check_key(L, "pgw.cache.get");
     struct cache_key k;
-    cache_key_build(L, "pgw.cache.get", &k);
+    cache_key_build(L, 1, &k);
     struct cache_entry *e = cache_find(k.base, k.len, k.hash, cache_now());
     if (e == NULL) {
         lua_pushnil(L);
@@ -342,13 +349,14 @@ static uint64_t cache_check_ttl(lua_State *L, uint64_t now)
 static int l_cache_set(lua_State *L)
 {
     pgw_bridge_check(L, "pgw.cache.set", CACHE_STAGES);
-    struct cache_key k;
-    cache_key_build(L, "pgw.cache.set", &k);
+    cache_check_key(L, "pgw.cache.set");
     int type = lua_type(L, 2);
     if (type != LUA_TSTRING && type != LUA_TNUMBER && type != LUA_TBOOLEAN)
         cache_arg_error(L, "pgw.cache.set", 2, "string, number or boolean");
     uint64_t now = cache_now();
     uint64_t expires = cache_check_ttl(L, now);
+    struct cache_key k;
+    cache_key_build(L, 3, &k);
     size_t vlen = 0;
     const char *value = type == LUA_TSTRING ? lua_tolstring(L, 2, &vlen) : NULL;
     if (CACHE_ENTRY_OVERHEAD + k.len + vlen > cache.max_bytes / 8) {
@@ -379,8 +387,9 @@ static int l_cache_set(lua_State *L)
 static int l_cache_delete(lua_State *L)
 {
     pgw_bridge_check(L, "pgw.cache.delete", CACHE_STAGES);
+    cache_check_key(L, "pgw.cache.delete");
     struct cache_key k;
-    cache_key_build(L, "pgw.cache.delete", &k);
+    cache_key_build(L, 1, &k);
     struct cache_entry *e = cache_find(k.base, k.len, k.hash, cache_now());
     if (e != NULL)
         entry_drop_any(e);

@@ -33,9 +33,9 @@
 
 #define JSON_MAX_BYTES (16u << 20) /* input of decode, output of encode */
 #define JSON_MAX_DEPTH 64
-#define JSON_KEEP_MAX (1u << 20)  /* cjson's encode buffer is released when it grew past this */
-#define JSON_NUMBER_MAX 400       /* longest number text accepted (digits, sign, exponent) */
-#define JSON_GUARD_EVERY 4096     /* values decoded between two CPU-guard polls */
+#define JSON_KEEP_MAX (1u << 20) /* cjson's encode buffer is released when it grew past this */
+#define JSON_NUMBER_MAX 400      /* longest number text accepted (digits, sign, exponent) */
+#define JSON_GUARD_EVERY 4096    /* values decoded between two CPU-guard polls */
 
 #define SCRATCH_STACK 512 /* results up to this size are built on the C stack */
 
@@ -327,7 +327,8 @@ static int jdec_object(struct jdec *d)
     for (;;) {
         jdec_ws(d);
         if (d->p == d->end || *d->p != '"')
-            return jdec_fail(d, d->p == d->end ? "unexpected end of input" : "expected a string key");
+            return jdec_fail(d,
+                             d->p == d->end ? "unexpected end of input" : "expected a string key");
         if (jdec_string(d) != 0)
             return -1;
         jdec_ws(d);
@@ -562,20 +563,24 @@ static int parse_imf(const char *s, size_t n, struct tm *tm)
     return parse_clock(s + 17, tm);
 }
 
-/* The year of a two-digit RFC 850 year (RFC 9110 §5.6.7): a year more than 50 years in the future
- * is the most recent past year with the same last two digits. */
-static int rfc850_year(int yy)
+/* The year of a two-digit RFC 850 year <yy> in year <current> (RFC 9110 §5.6.7): a year more
+ * than 50 years in the future is the most recent past year with the same last two digits. */
+static int rfc850_year(int yy, int current)
 {
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    int current = tm.tm_year + 1900;
     int year = current - current % 100 + yy;
     if (year > current + 50)
         year -= 100;
     else if (year + 100 <= current + 50)
         year += 100;
     return year;
+}
+
+static int current_year(void)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    return tm.tm_year + 1900;
 }
 
 /* "Sunday, 06-Nov-94 08:49:37 GMT" */
@@ -591,7 +596,7 @@ static int parse_rfc850(const char *s, size_t n, struct tm *tm)
     int yy = digits(p + 8, 2);
     tm->tm_mday = digits(p + 1, 2);
     tm->tm_mon = find_name(p + 4, 3, month_names, 12);
-    tm->tm_year = yy < 0 ? -1 : rfc850_year(yy);
+    tm->tm_year = yy < 0 ? -1 : rfc850_year(yy, current_year());
     return parse_clock(p + 11, tm);
 }
 

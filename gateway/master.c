@@ -15,6 +15,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <sys/inotify.h>
 #include <event2/buffer.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -87,9 +88,14 @@ static struct {
     struct event *kill_timer;
     struct event *watchdog;
     uint64_t ping_seq;
+    int ino_fd, ino_wd;          /* inotify on the policies directory (-1: none) */
+    char *ino_dir;
+    struct event *ino_ev, *ino_timer;
 } M;
 
 static void cli_reply(struct cli *c, const char *fmt, ...) PGW_PRINTF(2, 3);
+static uint64_t reload(char *err, size_t errlen);
+static void policies_watch(const char *dir);
 static void clis_on_gen(uint64_t gen);
 static void clis_on_status(const struct worker *w, uint64_t query, const char *json, size_t len);
 
@@ -415,12 +421,80 @@ static uint64_t reload(char *err, size_t errlen)
     M.gen++;
     M.reloads++;
     set_last_error(NULL);
+    policies_watch(c->policies_dir);
     pgw_log_notice("configuration %s: generation %llu", M.path, (unsigned long long)M.gen);
     for (size_t i = 0; i < M.nworkers; i++)
         if (M.workers[i].pid != 0 && M.workers[i].ch != NULL)
             send_gen(&M.workers[i]);
     workers_resize(worker_count(c));
     return M.gen;
+}
+
+/* ---- Watching the policies directory ---- */
+
+/* A change is acted on once the directory has been quiet this long: an editor's save (write,
+ * rename, chmod) or a deploy copying several files is one reload. */
+#define POLICIES_DEBOUNCE_MS 300
+
+static void on_policies_quiet(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    if (M.stopping)
+        return;
+    pgw_log_notice("policies directory %s changed: reloading", M.ino_dir);
+    char err[8192];
+    reload(err, sizeof(err)); /* a refusal is logged and kept for `passerelle status` */
+}
+
+static void on_inotify(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int relevant = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            size_t l = ev->len ? strlen(ev->name) : 0;
+            if ((l > 4 && strcmp(ev->name + l - 4, ".lua") == 0) || (ev->mask & IN_IGNORED))
+                relevant = 1;
+            p += sizeof(*ev) + ev->len;
+        }
+    }
+    if (relevant) {
+        struct timeval tv = {0, POLICIES_DEBOUNCE_MS * 1000};
+        evtimer_add(M.ino_timer, &tv); /* re-armed by every event: waits for quiet */
+    }
+}
+
+/* Watches <dir> (the current generation's policies.dir): files written, moved in or out, or
+ * deleted trigger a reload like HUP. A missing directory is not watched (logged once). */
+static void policies_watch(const char *dir)
+{
+    if (M.ino_fd < 0) {
+        M.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (M.ino_fd < 0) {
+            pgw_log_warn("inotify: %s: policy files are reloaded on HUP only", strerror(errno));
+            return;
+        }
+        M.ino_ev = event_new(M.base, M.ino_fd, EV_READ | EV_PERSIST, on_inotify, NULL);
+        M.ino_timer = evtimer_new(M.base, on_policies_quiet, NULL);
+        event_add(M.ino_ev, NULL);
+        M.ino_wd = -1;
+    }
+    if (M.ino_wd >= 0 && M.ino_dir != NULL && strcmp(M.ino_dir, dir) == 0)
+        return;
+    if (M.ino_wd >= 0)
+        inotify_rm_watch(M.ino_fd, M.ino_wd);
+    free(M.ino_dir);
+    M.ino_dir = pgw_strndup(dir, strlen(dir));
+    M.ino_wd = inotify_add_watch(M.ino_fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
+                                                    IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF);
+    if (M.ino_wd < 0)
+        pgw_log_info("policies directory %s not watched: %s", dir, strerror(errno));
 }
 
 /* ---- Control socket: CLI connections ---- */
@@ -760,6 +834,8 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     }
     if (ctl_open(config->control_socket) != PGW_OK)
         return 1;
+    M.ino_fd = -1;
+    policies_watch(config->policies_dir);
     M.kill_timer = evtimer_new(M.base, on_kill_timer, NULL);
     M.watchdog = evtimer_new(M.base, on_watchdog, NULL);
     on_watchdog(-1, 0, NULL);
@@ -799,5 +875,11 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     free(M.text);
     free(M.bundle);
     free(M.last_error);
+    if (M.ino_fd >= 0) {
+        event_free(M.ino_ev);
+        event_free(M.ino_timer);
+        close(M.ino_fd);
+    }
+    free(M.ino_dir);
     return 0;
 }

@@ -95,7 +95,7 @@ static void test_new_and_sdk(void)
                    "assert(pgw.policy == policy, 'one view per SDK table')\n"
                    "assert(policy.check({ access = function() end }))\n"
                    "assert(not policy.check({ access = 1 }))\n"
-                   "assert(pgw.version == '0.1.0')\n"
+                   "assert(pgw.version == '0.2.0')\n"
                    "local n, k = 0, 0\n"
                    "for i, s in ipairs(pgw.policy.STAGES) do n = n + i end\n"
                    "for _ in pairs(pgw.policy) do k = k + 1 end\n"
