@@ -131,6 +131,12 @@ build/luarun: tools/luarun.c | build/obj
 
 TEST_DEPS_lua := gateway/util.c gateway/log.c gateway/lua_pattern.c build/gen/lua_sdk.c
 build/test/lua_test: build/gen/lua_sdk.c
+TEST_DEPS_lua_util := gateway/util.c gateway/log.c gateway/lua.c gateway/lua_pattern.c \
+                      build/gen/lua_sdk.c
+build/test/lua_util_test: build/gen/lua_sdk.c
+TEST_DEPS_lua_http := gateway/lua_http.c gateway/http.c gateway/lua.c gateway/lua_pattern.c gateway/util.c \
+                      gateway/log.c build/gen/lua_sdk.c
+build/test/lua_http_test: build/gen/lua_sdk.c
 
 # The cost of running policies with the JIT off (numbers in docs/lua.md); not part of `make test`.
 lua-bench: build/lua_bench

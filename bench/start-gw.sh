@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # bench/start-gw.sh: GATEWAY_START for ../shared/bench (see its README, "Gateway contract").
 # Starts ./passerelle in the foreground with a bare proxy listener on $PGW_PORT_PROXY forwarding
-# everything to $PGW_UPSTREAM, keep-alive on both sides, access log off. The rig waits for all three
-# ports; until the policy engine and TLS land, $PGW_PORT_POLICY and $PGW_PORT_TLS are plain bare-proxy
-# listeners (placeholders the rig only checks for the gw-lua / gw-tls cases, which are not run yet:
-# CASES="nginx haproxy gw gw-close").
+# everything to $PGW_UPSTREAM, keep-alive on both sides, access log off, and the rig's policy chain
+# (bench/policies/bench_keyauth.lua: key auth over $PGW_KEYS_FILE, a fixed-window rate limit,
+# X-Consumer and X-RateLimit-* headers) on $PGW_PORT_POLICY. Until TLS lands, $PGW_PORT_TLS is a
+# plain bare-proxy listener (checked only for the gw-tls cases, which are not run yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conf="$PGW_WORKDIR/bench.yaml"
+budget=100ms
+[ "${PGW_UNDER_VALGRIND:-0}" = 1 ] && budget=10s
+keys=$(awk '{ printf "%s      \"%s\": \"consumer-%s\"\n", (NR==1 ? "\n" : ""), $1, substr($1, 5) }' \
+       "${PGW_KEYS_FILE:-/dev/null}")
 cat > "$conf" <<YAML
 listeners:
   - { name: proxy, address: "127.0.0.1:$PGW_PORT_PROXY" }
@@ -18,8 +22,18 @@ control: { socket: "$PGW_WORKDIR/control.sock" }
 limits: { max_connections: 100000 }
 upstreams:
   origin: { targets: ["$PGW_UPSTREAM"], keepalive: 256, retries: 0 }
+policies: { dir: bench/policies, budget: $budget }
 routes:
-  - { name: all, listeners: [proxy, policy, tls], match: { path: / }, upstream: origin }
+  - { name: all, listeners: [proxy, tls], match: { path: / }, upstream: origin }
+  - name: keyed
+    listeners: [policy]
+    match: { path: / }
+    upstream: origin
+    policies:
+      - bench_keyauth:
+          limit: ${PGW_RATE_LIMIT:-1000000000}
+          window: ${PGW_RATE_WINDOW:-60}
+          keys: $keys
 access_log: off
 error_log: { path: "$PGW_WORKDIR/error.log", level: warn }
 YAML

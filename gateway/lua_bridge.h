@@ -87,6 +87,10 @@ struct pgw_wait {
 };
 
 int pgw_bridge_wait(lua_State *L, struct pgw_wait *w);
+/* Raises "<fname>: cannot wait here (...)" when the running code cannot yield (called through a
+ * C function such as a table.sort comparator): call it with the argument checks, before
+ * acquiring anything. */
+void pgw_bridge_check_wait(lua_State *L, const char *fname);
 lua_State *pgw_bridge_wait_thread(struct pgw_wait *w);
 /* Checks the Lua stack of <w>'s thread for <n> more slots (results). Returns 0 if it cannot grow
  * (wake with fewer results then: nil, "out of memory"). */
@@ -104,5 +108,7 @@ void pgw_lua_open_http(lua_State *L);  /* lua_http.c: http */
 /* lua_cache.c: per-worker limits, set before the first policy runs (defaults 10000 entries,
  * 16 MiB). Entries are Lua-independent C copies, so the cache survives policy reloads. */
 void pgw_lua_cache_configure(size_t max_entries, size_t max_bytes);
+/* Drops every entry (tests; a worker's exit). */
+void pgw_lua_cache_reset(void);
 
 #endif

@@ -43,13 +43,13 @@
 #include <unistd.h>
 
 #define FNAME "pgw.http.request"
-#define HTTP_MAX_ACTIVE 1024        /* requests in flight per worker */
-#define HTTP_HEAD_MAX (64 * 1024)   /* response head */
-#define HTTP_HEADERS_MAX 100        /* response header fields */
+#define HTTP_MAX_ACTIVE 1024      /* requests in flight per worker */
+#define HTTP_HEAD_MAX (64 * 1024) /* response head */
+#define HTTP_HEADERS_MAX 100      /* response header fields */
 #define HTTP_STATUS_LINE_MAX 8192
-#define HTTP_INTERIM_MAX 8          /* 1xx responses before the final one */
-#define HTTP_READ_MAX 16384         /* bytes per read(2) */
-#define HTTP_TIMEOUT_DEFAULT 5.0    /* seconds */
+#define HTTP_INTERIM_MAX 8       /* 1xx responses before the final one */
+#define HTTP_READ_MAX 16384      /* bytes per read(2) */
+#define HTTP_TIMEOUT_DEFAULT 5.0 /* seconds */
 #define HTTP_TIMEOUT_MAX 86400.0
 #define HTTP_BODY_DEFAULT (1024 * 1024)
 #define HTTP_BODY_MAX (UINT64_C(1) << 53) /* larger max_body values are clamped */
@@ -111,12 +111,12 @@ struct http_op {
     int result_ref;
     unsigned interim;
     unsigned is_head : 1;
-    unsigned has_host : 1;    /* the policy set Host */
+    unsigned has_host : 1; /* the policy set Host */
     unsigned connected : 1;
     unsigned head_done : 1;
     unsigned eof : 1;
-    unsigned in_resolve : 1;  /* inside evdns_getaddrinfo(): an answer given at once waits */
-    unsigned done : 1;        /* finished: resources released, result pending delivery */
+    unsigned in_resolve : 1; /* inside evdns_getaddrinfo(): an answer given at once waits */
+    unsigned done : 1;       /* finished: resources released, result pending delivery */
 };
 
 /* What l_http_request read from the table. Slices point into Lua strings of the table, which is
@@ -192,8 +192,8 @@ static void check_path(lua_State *L, const char *p, size_t n)
         luaL_error(L, FNAME ": invalid path \"%s\"", show(q, sizeof(q), p, n));
 }
 
-static const char *const fields[] = {"url",  "upstream", "path",    "method",
-                                     "headers", "body", "timeout", "max_body"};
+static const char *const fields[] = {"url",     "upstream", "path",    "method",
+                                     "headers", "body",     "timeout", "max_body"};
 
 static void check_keys(lua_State *L)
 {
@@ -461,7 +461,8 @@ static void read_args(lua_State *L, struct http_args *a)
         a->method = "GET";
         a->method_len = 3;
     } else if (!is_token(a->method, a->method_len)) {
-        luaL_error(L, FNAME ": invalid method \"%s\"", show(q, sizeof(q), a->method, a->method_len));
+        luaL_error(L, FNAME ": invalid method \"%s\"",
+                   show(q, sizeof(q), a->method, a->method_len));
     }
     a->timeout = opt_timeout(L);
     a->max_body = opt_max_body(L);
@@ -469,9 +470,9 @@ static void read_args(lua_State *L, struct http_args *a)
 
 /* ---- Request headers (may raise; nothing acquired yet) ---- */
 
-static const char *const managed_headers[] = {"content-length", "transfer-encoding", "connection",
-                                              "upgrade",        "te",                "trailer",
-                                              "keep-alive",     "proxy-connection"};
+static const char *const managed_headers[] = {
+    "content-length", "transfer-encoding", "connection",      "upgrade", "te",
+    "trailer",        "keep-alive",        "proxy-connection"};
 
 static void check_header_name(lua_State *L, const char *name, size_t n)
 {
@@ -502,8 +503,10 @@ static void add_line(lua_State *L, const char *name, int *nlines)
 static void bad_value(lua_State *L, const char *name, size_t n, const char *got)
 {
     char q[128];
-    luaL_error(L, FNAME ": bad value for header \"%s\" (string, number or array of strings "
-                  "expected, got %s)", show(q, sizeof(q), name, n), got);
+    luaL_error(L,
+               FNAME ": bad value for header \"%s\" (string, number or array of strings "
+                     "expected, got %s)",
+               show(q, sizeof(q), name, n), got);
 }
 
 /* The array of strings at <t>: one line each. Returns how many. */
@@ -555,8 +558,8 @@ static int collect_headers(lua_State *L, struct http_args *a)
             count = add_array(L, name, n, lua_gettop(L), &nlines);
         else
             bad_value(L, name, n, luaL_typename(L, -1));
-        if (PGW_IEQ_LIT(name, n, "host")) {
-            if (count != 1)
+        if (PGW_IEQ_LIT(name, n, "host")) { /* also "Host" and "host" both given */
+            if (count != 1 || a->has_host)
                 luaL_error(L, FNAME ": header \"host\" takes exactly one value");
             a->has_host = 1;
         }
@@ -1242,7 +1245,7 @@ static int l_http_request(lua_State *L)
     push_post(L, &a, nlines); /* 3: the request after its Host line */
     if (!lua_isyieldable(L))
         return luaL_error(L, FNAME ": cannot wait here (called through a C function that does "
-                             "not allow yields)");
+                                   "not allow yields)");
     if (http_active >= HTTP_MAX_ACTIVE) {
         lua_pushnil(L);
         lua_pushstring(L, err_busy);

@@ -605,6 +605,7 @@ static int l_req_read_body(lua_State *L)
         lua_pushliteral(L, "too large");
         return 2;
     }
+    pgw_bridge_check_wait(L, "pgw.req.read_body");
     struct body_op *op = pgw_calloc(1, sizeof(*op));
     op->w.cancel = body_op_cancel;
     op->req = req;

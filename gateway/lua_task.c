@@ -106,6 +106,13 @@ int pgw_bridge_wait(lua_State *L, struct pgw_wait *w)
 
 lua_State *pgw_bridge_wait_thread(struct pgw_wait *w) { return w->task->co; }
 
+void pgw_bridge_check_wait(lua_State *L, const char *fname)
+{
+    if (current.task == NULL || current.task->wait != NULL || !lua_isyieldable(L))
+        luaL_error(L, "%s: cannot wait here (inside a C function such as a table.sort "
+                      "comparator, or outside a request or timer)", fname);
+}
+
 int pgw_bridge_wait_reserve(struct pgw_wait *w, int n)
 {
     return lua_checkstack(w->task->co, n);

@@ -85,6 +85,7 @@ static int l_sleep(lua_State *L)
 {
     pgw_bridge_check(L, "pgw.sleep", PGW_STAGES_WAIT);
     double s = check_delay(L, 1, "pgw.sleep");
+    pgw_bridge_check_wait(L, "pgw.sleep");
     struct sleep_op *op = pgw_calloc(1, sizeof(*op));
     op->w.cancel = sleep_cancel;
     op->ev = evtimer_new(pgw_bridge_base(), on_sleep, op);

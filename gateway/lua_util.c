@@ -19,7 +19,6 @@
 
 #include <lua5.1/lua-cjson.h>
 
-#include <event2/util.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>

@@ -480,6 +480,7 @@ int pgw_worker_main(int chan_fd)
     pgw_gen_unref(pgw_worker.gen);
     pgw_worker.gen = NULL;
     pgw_bridge_worker_free();
+    event_base_loop(pgw_worker.base, EVLOOP_NONBLOCK); /* cancelled lookups report back */
     evdns_base_free(pgw_worker.dns, 0);
     event_base_free(pgw_worker.base);
     free(pgw_worker.hosts);

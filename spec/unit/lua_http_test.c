@@ -31,14 +31,15 @@ static struct pgw_lua *lua;
 static uint16_t port;        /* the upstream */
 static uint16_t closed_port; /* nothing listens there */
 static uint16_t dns_port;
-static uint16_t hang_port;
-static uint16_t port6; /* the upstream on [::1], 0 if the host has no IPv6 loopback */   /* a listener whose accept queue is full: SYNs are dropped */
+static uint16_t hang_port;  /* a listener whose accept queue is full: SYNs are dropped */
+static uint16_t small_port; /* the upstream with a tiny receive buffer: our writes block */
+static uint16_t port6;      /* the upstream on [::1], 0 if the host has no IPv6 loopback */
 
 #define CHECK_HAS(s, sub)                                                                          \
     do {                                                                                           \
         const char *s_ = (s);                                                                      \
         if (s_ == NULL || strstr(s_, (sub)) == NULL) {                                             \
-            fprintf(stderr, "FAIL %s: %s:%d: \"%s\" does not contain \"%s\"\n", test_current,     \
+            fprintf(stderr, "FAIL %s: %s:%d: \"%s\" does not contain \"%s\"\n", test_current,      \
                     __FILE__, __LINE__, s_ ? s_ : "(null)", (sub));                                \
             test_current_failed = 1;                                                               \
         }                                                                                          \
@@ -48,7 +49,7 @@ static uint16_t port6; /* the upstream on [::1], 0 if the host has no IPv6 loopb
     do {                                                                                           \
         const char *s_ = (s);                                                                      \
         if (s_ == NULL || strcmp(s_, (lit)) != 0) {                                                \
-            fprintf(stderr, "FAIL %s: %s:%d: got \"%s\", expected \"%s\"\n", test_current,        \
+            fprintf(stderr, "FAIL %s: %s:%d: got \"%s\", expected \"%s\"\n", test_current,         \
                     __FILE__, __LINE__, s_ ? s_ : "(null)", (lit));                                \
             test_current_failed = 1;                                                               \
         }                                                                                          \
@@ -236,7 +237,8 @@ static const char *task_result(struct task *t, char *buf, size_t cap)
     else if (lua_gettop(t->co) < 1)
         snprintf(buf, cap, "no result");
     else
-        snprintf(buf, cap, "%s", lua_tostring(t->co, 1) ? lua_tostring(t->co, 1) : "(not a string)");
+        snprintf(buf, cap, "%s",
+                 lua_tostring(t->co, 1) ? lua_tostring(t->co, 1) : "(not a string)");
     return buf;
 }
 
@@ -276,9 +278,10 @@ struct sconn {
 static struct sconn *sconns;
 static int listen_fd = -1, hang_fd = -1, filler_fd[2] = {-1, -1};
 static struct event *listen_ev, *listen6_ev;
-static int listen6_fd = -1;
+static int listen6_fd = -1, small_fd = -1;
+static struct event *small_ev;
 static int sconn_count;
-static unsigned accepted; /* connections accepted so far */
+static unsigned accepted;        /* connections accepted so far */
 static char last_request[65536]; /* the last request the upstream received, NUL-terminated */
 
 static void sconn_free(struct sconn *c)
@@ -453,8 +456,8 @@ static void on_sconn_read(evutil_socket_t fd, short what, void *arg)
 {
     struct sconn *c = arg;
     PGW_UNUSED(what);
-    ssize_t n = c->in_len < sizeof(c->in) ? read(fd, c->in + c->in_len, sizeof(c->in) - c->in_len)
-                                          : 0;
+    ssize_t n =
+        c->in_len < sizeof(c->in) ? read(fd, c->in + c->in_len, sizeof(c->in) - c->in_len) : 0;
     if (n == -1 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -531,6 +534,13 @@ static void upstream_start(void)
     int fd = socket_on_loopback(SOCK_STREAM); /* bound, never listening: connections refused */
     closed_port = bound_port(fd);
     close(fd);
+    small_fd = socket_on_loopback(SOCK_STREAM);
+    int rcvbuf = 4096;
+    setsockopt(small_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)); /* inherited */
+    pgw_assert(listen(small_fd, 16) == 0);
+    small_port = bound_port(small_fd);
+    small_ev = event_new(base, small_fd, EV_READ | EV_PERSIST, on_accept, NULL);
+    event_add(small_ev, NULL);
     listen6_fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     socklen_t len6 = sizeof(sa6);
@@ -545,7 +555,8 @@ static void upstream_start(void)
     hang_fd = socket_on_loopback(SOCK_STREAM);
     pgw_assert(listen(hang_fd, 0) == 0);
     hang_port = bound_port(hang_fd);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(hang_port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(hang_port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     for (int i = 0; i < 2; i++) {
         filler_fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -585,7 +596,8 @@ static void on_dns_query(evutil_socket_t fd, short what, void *arg)
     r[6] = r[7] = r[8] = r[9] = r[10] = r[11] = 0;
     size_t len = qend;
     if (qtype == 1 && !is_nx) {
-        static const unsigned char answer[] = {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1};
+        static const unsigned char answer[] = {0xc0, 0x0c, 0, 1, 0,   1, 0, 0,
+                                               0,    60,   0, 4, 127, 0, 0, 1};
         r[7] = 1;
         memcpy(r + len, answer, sizeof(answer));
         len += sizeof(answer);
@@ -746,9 +758,10 @@ static void test_request_bytes(void)
     fetch("url = U .. '?x=1&y'");
     CHECK(strncmp(last_request, "GET /?x=1&y HTTP/1.1\r\n", 22) == 0);
     fetch("url = 'HTTP://127.0.0.1:' .. PORT .. '/p', method = 'PUT'");
-    snprintf(expect, sizeof(expect),
-             "PUT /p HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-             port);
+    snprintf(
+        expect, sizeof(expect),
+        "PUT /p HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        port);
     CHECK_STR(last_request, expect);
 }
 
@@ -784,7 +797,7 @@ static void test_upstream_groups(void)
  * then EPIPE or ECONNRESET); the answer is read if the kernel kept it, else "closed". */
 static void test_early_answer(void)
 {
-    const char *got = fetch("url = U .. '/early', method = 'POST', timeout = 5, "
+    const char *got = fetch("url = SMALL .. '/early', method = 'POST', timeout = 5, "
                             "body = string.rep('x', 3 * 1024 * 1024)");
     if (!(strcmp(got, "413|") == 0 || strcmp(got, "nil|closed") == 0))
         fprintf(stderr, "early: got %.100s\n", got);
@@ -880,10 +893,12 @@ static void test_raises(void)
         {"{ url = U, foo = 1 }", "pgw.http.request: unknown key \"foo\""},
         {"{ url = U, 2 }", "pgw.http.request: unknown key (a number)"},
         {"{ url = 5 }", "pgw.http.request: bad field \"url\" (string expected, got number)"},
-        {"{ url = U, body = {} }", "pgw.http.request: bad field \"body\" (string expected, got table)"},
+        {"{ url = U, body = {} }",
+         "pgw.http.request: bad field \"body\" (string expected, got table)"},
         {"{ url = 'https://example.com/' }",
          "pgw.http.request: https URLs need TLS, not available yet"},
-        {"{ url = 'ftp://x/' }", "pgw.http.request: url must start with http:// (got \"ftp://x/\")"},
+        {"{ url = 'ftp://x/' }",
+         "pgw.http.request: url must start with http:// (got \"ftp://x/\")"},
         {"{ url = 'http://a b/' }", "pgw.http.request: invalid url \"http://a b/\""},
         {"{ url = 'http://h:0/' }", "pgw.http.request: invalid url"},
         {"{ url = 'http://h:65536/' }", "pgw.http.request: invalid url"},
@@ -909,7 +924,8 @@ static void test_raises(void)
         {"{ upstream = 'x' }", "pgw.http.request: unknown upstream \"x\""},
         {"{ url = U, method = 'G T' }", "pgw.http.request: invalid method \"G T\""},
         {"{ url = U, method = '' }", "pgw.http.request: invalid method \"\""},
-        {"{ url = U, headers = { ['X Y'] = '1' } }", "pgw.http.request: invalid header name \"X Y\""},
+        {"{ url = U, headers = { ['X Y'] = '1' } }",
+         "pgw.http.request: invalid header name \"X Y\""},
         {"{ url = U, headers = { [''] = '1' } }", "pgw.http.request: invalid header name \"\""},
         {"{ url = U, headers = { 'v' } }", "pgw.http.request: invalid header name (a number)"},
         {"{ url = U, headers = { ['X-A'] = 'a\\r\\nb' } }",
@@ -932,8 +948,11 @@ static void test_raises(void)
         {"{ url = U, headers = { TE = 'x' } }", "\"te\" is managed"},
         {"{ url = U, headers = { Trailer = 'x' } }", "\"trailer\" is managed"},
         {"{ url = U, headers = { ['Keep-Alive'] = 'x' } }", "\"keep-alive\" is managed"},
-        {"{ url = U, headers = { ['Proxy-Connection'] = 'x' } }", "\"proxy-connection\" is managed"},
+        {"{ url = U, headers = { ['Proxy-Connection'] = 'x' } }",
+         "\"proxy-connection\" is managed"},
         {"{ url = U, headers = { Host = { 'a', 'b' } } }",
+         "pgw.http.request: header \"host\" takes exactly one value"},
+        {"{ url = U, headers = { Host = 'a', host = 'b' } }",
          "pgw.http.request: header \"host\" takes exactly one value"},
         {"{ url = U, headers = 'x' }",
          "pgw.http.request: bad field \"headers\" (table expected, got string)"},
@@ -1060,6 +1079,8 @@ static void setup(void)
     lua_setglobal(L, "CLOSED");
     lua_pushinteger(L, port);
     lua_setglobal(L, "PORT");
+    lua_pushfstring(L, "http://127.0.0.1:%d", (int)small_port);
+    lua_setglobal(L, "SMALL");
     lua_pushinteger(L, closed_port);
     lua_setglobal(L, "CLOSED_PORT");
 }
@@ -1071,6 +1092,8 @@ static void teardown(void)
     event_free(listen_ev);
     close(listen_fd);
     close(hang_fd);
+    event_free(small_ev);
+    close(small_fd);
     if (listen6_ev != NULL)
         event_free(listen6_ev);
     if (listen6_fd != -1)
