@@ -272,6 +272,8 @@ static int task_step(struct pgw_task *t, int nres)
         }
         nres = -1;
         int rc = task_resume(t, nargs);
+        if (rc == PGW_ERR && t->stage_idx == PGW_PS_LOG)
+            continue; /* logged; the other policies still log */
         if (rc != PGW_OK)
             return rc;
         take_results(t);

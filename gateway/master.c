@@ -91,6 +91,7 @@ static struct {
     int ino_fd, ino_wd;          /* inotify on the policies directory (-1: none) */
     char *ino_dir;
     struct event *ino_ev, *ino_timer;
+    uint64_t ino_first_ms;       /* first change not reloaded yet (0: none) */
 } M;
 
 static void cli_reply(struct cli *c, const char *fmt, ...) PGW_PRINTF(2, 3);
@@ -435,12 +436,16 @@ static uint64_t reload(char *err, size_t errlen)
 /* A change is acted on once the directory has been quiet this long: an editor's save (write,
  * rename, chmod) or a deploy copying several files is one reload. */
 #define POLICIES_DEBOUNCE_MS 300
+/* ...but a directory that never stays quiet (a file rewritten every 100 ms) still reloads at
+ * least this often, so the last version always becomes active. */
+#define POLICIES_DEBOUNCE_MAX_MS 1000
 
 static void on_policies_quiet(evutil_socket_t fd, short what, void *arg)
 {
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
     PGW_UNUSED(arg);
+    M.ino_first_ms = 0;
     if (M.stopping)
         return;
     pgw_log_notice("policies directory %s changed: reloading", M.ino_dir);
@@ -464,9 +469,16 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
             p += sizeof(*ev) + ev->len;
         }
     }
-    if (relevant) {
-        struct timeval tv = {0, POLICIES_DEBOUNCE_MS * 1000};
-        evtimer_add(M.ino_timer, &tv); /* re-armed by every event: waits for quiet */
+    if (relevant) { /* re-armed by every event: waits for quiet, up to the maximum */
+        uint64_t now = pgw_now_ms();
+        if (M.ino_first_ms == 0)
+            M.ino_first_ms = now;
+        uint64_t left = M.ino_first_ms + POLICIES_DEBOUNCE_MAX_MS > now
+                            ? M.ino_first_ms + POLICIES_DEBOUNCE_MAX_MS - now
+                            : 0;
+        uint64_t wait = PGW_MIN(left, (uint64_t)POLICIES_DEBOUNCE_MS);
+        struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)(wait % 1000) * 1000};
+        evtimer_add(M.ino_timer, &tv);
     }
 }
 

@@ -712,6 +712,7 @@ int pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
         resp_headers_copy(req, resp);
         if (resp_header_filter(req) != PGW_OK)
             return PGW_ERR;
+        req->resp_filtered = pgw_task_chains(req, PGW_STAGE_BODY_FILTER, chains) > 0;
         if (body == PGW_HTTP_BODY_LENGTH && req->resp_unframed)
             body = PGW_HTTP_BODY_EOF; /* a body filter may change the length */
         req->resp_declared = body == PGW_HTTP_BODY_LENGTH ? declared_length(req) : UINT64_MAX;
@@ -769,7 +770,7 @@ int pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
     struct evbuffer *out = req->conn->io.out;
     if (len == 0)
         return PGW_OK;
-    if (req->lua != NULL && req->resp_headers != NULL) {
+    if (req->resp_filtered) {
         const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)len);
         int r = send_filtered(req, p, len, 0);
         evbuffer_drain(src, len);
@@ -788,7 +789,7 @@ int pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
 
 void pgw_req_send_end(struct pgw_req *req)
 {
-    if (req->lua != NULL && req->resp_headers != NULL) {
+    if (req->resp_filtered) {
         if (send_filtered(req, "", 0, 1) != PGW_OK)
             return;
         if (req->resp_declared != UINT64_MAX && req->resp_sent != req->resp_declared) {

@@ -160,6 +160,7 @@ struct pgw_req {
     unsigned body_reading : 1;  /* pgw.req.read_body waits for the client */
     unsigned body_lost : 1;     /* read_body gave up (too large): the body cannot be forwarded */
     unsigned resp_unframed : 1; /* header_filter removed Content-Length */
+    unsigned resp_filtered : 1; /* body_filter policies see the response body */
     struct pgw_http_header *resp_headers; /* the response head as policies see it (pool) */
     size_t resp_num_headers, resp_headers_cap;
     uint64_t resp_declared;    /* Content-Length sent to the client (body filters check it) */
