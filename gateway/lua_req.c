@@ -777,8 +777,11 @@ static int l_log_debug(lua_State *L)
 /* Raises "request already finished" for a handle that outlived its request. */
 static int l_check_handle(lua_State *L)
 {
-    if (pgw_task_from_handle(L, 1) == NULL)
+    struct pgw_task *t = pgw_task_from_handle(L, 1);
+    if (t == NULL)
         return luaL_error(L, "bad self (a pgw.req handle expected, got %s)", luaL_typename(L, 1));
+    if (t != pgw_bridge_current()->task)
+        return luaL_error(L, "a request handle used outside its own request");
     return 0;
 }
 

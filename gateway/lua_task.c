@@ -224,6 +224,8 @@ static int push_next(struct pgw_task *t)
         int fn = en->fn[t->stage_idx];
         if (fn == LUA_NOREF)
             continue;
+        if (t->co != NULL && lua_status(t->co) != 0)
+            task_drop_co(t); /* suspended by a wait the request ended during: never resumed */
         task_ensure_co(t);
         lua_State *co = t->co;
         int saved = pgw_lua_reserve_open(t->lua);
@@ -373,6 +375,11 @@ int pgw_task_run_request_stage(struct pgw_req *req, unsigned stage, int only_lis
         n = 1;
     }
     struct pgw_task *t = req_task(req);
+    if (t->wait != NULL) { /* the request ended while a policy waited (log stage) */
+        struct pgw_wait *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
+    }
     memcpy(t->chains, chains, sizeof(chains));
     t->num_chains = n;
     t->ci = t->ei = 0;
@@ -465,6 +472,7 @@ struct pgw_task *pgw_task_new_timer(struct pgw_lua *lua, struct pgw_policy_set *
     t->run.policy = policy;
     t->run.task = t;
     t->run.set = set;
+    t->run.gen = set->gen;
     task_ensure_co(t);
     return t;
 }

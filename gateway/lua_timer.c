@@ -215,7 +215,7 @@ static int timer_new_lua(lua_State *L, const char *fname, int every)
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (run->set == NULL)
         return luaL_error(L, "%s: no policy set", fname);
-    size_t max = run->gen != NULL ? run->gen->config->lua.timers : 1024;
+    size_t max = run->set->timers_max;
     if (num_timers >= max) {
         lua_pushnil(L);
         lua_pushliteral(L, "too many timers");

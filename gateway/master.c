@@ -399,6 +399,7 @@ static uint64_t reload(char *err, size_t errlen)
     if (c == NULL) {
         free(text);
         free(bundle);
+        policies_watch(M.config->policies_dir); /* re-watch a directory renamed back */
         set_last_error(err);
         for (const char *line = err; *line != '\0';) { /* one log line per error */
             const char *nl = strchr(line, '\n');
@@ -466,6 +467,11 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
             size_t l = ev->len ? strlen(ev->name) : 0;
             if ((l > 4 && strcmp(ev->name + l - 4, ".lua") == 0) || (ev->mask & IN_IGNORED))
                 relevant = 1;
+            if (ev->mask & (IN_IGNORED | IN_MOVE_SELF)) { /* renamed or deleted: watch anew */
+                if (M.ino_wd >= 0 && ev->wd == M.ino_wd)
+                    inotify_rm_watch(fd, M.ino_wd);
+                M.ino_wd = -1; /* the next reload (this one) watches the path again */
+            }
             p += sizeof(*ev) + ev->len;
         }
     }

@@ -464,6 +464,7 @@ static int build_entry(struct build *b, const struct pgw_config_policy *p, const
     lua_pop(L, 1);
     en->conf = luaL_ref(L, LUA_REGISTRYINDEX);
     en->name = l->name;
+    en->init = l->fn[PGW_PS_COUNT];
     for (int i = 0; i < PGW_PS_COUNT; i++)
         en->fn[i] = l->fn[i];
     return PGW_OK;
@@ -484,23 +485,31 @@ static void build_chain(struct build *b, const struct pgw_config_policies *ps, c
     }
 }
 
-/* init_worker(conf) of every entry, in chain order. */
-static void run_init(struct build *b, const struct pgw_policy_chain *ch)
+/* init_worker(conf) of every entry of <ch>, in chain order. */
+static void run_init(struct pgw_policy_set *set, const struct pgw_policy_chain *ch)
 {
-    lua_State *L = pgw_lua_state(b->lua);
+    lua_State *L = pgw_lua_state(set->lua);
     for (size_t i = 0; i < ch->n; i++) {
-        struct loaded *l = find_loaded(b, ch->v[i].name);
-        if (l == NULL || l->fn[PGW_PS_COUNT] == LUA_NOREF)
+        if (ch->v[i].init == LUA_NOREF)
             continue;
         char err[4096];
-        struct pgw_bridge_run run = {PGW_STAGE_INIT_WORKER, l->name, NULL, NULL, NULL, b->set, 0};
+        struct pgw_bridge_run run = {PGW_STAGE_INIT_WORKER, ch->v[i].name, NULL, NULL,
+                                     set->gen, set, 0};
         struct pgw_bridge_run saved = pgw_bridge_enter(&run);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, l->fn[PGW_PS_COUNT]);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ch->v[i].init);
         lua_rawgeti(L, LUA_REGISTRYINDEX, ch->v[i].conf);
-        if (pgw_lua_call_guarded(b->lua, 1, 0, b->config->lua.budget, err, sizeof(err)) != PGW_OK)
-            pgw_log_error("policy %s: init_worker: %s", l->name, err);
+        if (pgw_lua_call_guarded(set->lua, 1, 0, set->budget, err, sizeof(err)) != PGW_OK)
+            pgw_log_error("policy %s: stage init_worker: %s", ch->v[i].name, err);
         pgw_bridge_leave(&saved);
     }
+}
+
+void pgw_policy_set_init(struct pgw_policy_set *set)
+{
+    for (size_t i = 0; i < set->num_listeners; i++)
+        run_init(set, &set->listeners[i]);
+    for (size_t i = 0; i < set->num_routes; i++)
+        run_init(set, &set->routes[i]);
 }
 
 static void collect_builtins(struct build *b, const struct pgw_config_policies *ps)
@@ -510,13 +519,14 @@ static void collect_builtins(struct build *b, const struct pgw_config_policies *
 }
 
 struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pgw_config *config,
-                                            const struct pgw_policy_bundle *bundle, int init,
-                                            char *err, size_t errlen)
+                                            const struct pgw_policy_bundle *bundle, char *err,
+                                            size_t errlen)
 {
     lua_State *L = pgw_lua_state(lua);
     struct pgw_policy_set *set = pgw_calloc(1, sizeof(*set));
     set->lua = lua;
     set->budget = (unsigned)config->lua.budget;
+    set->timers_max = config->lua.timers;
     struct build b = {.lua = lua, .set = set, .config = config, .e = {err, 0, errlen, 0, 0}};
     if (err && errlen)
         err[0] = '\0';
@@ -549,21 +559,13 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
         snprintf(where, sizeof(where), "route \"%s\": policies", config->routes[i].name);
         build_chain(&b, &config->routes[i].policies, where, &set->routes[i]);
     }
-    if (b.e.n == 0 && init) {
-        for (size_t i = 0; i < set->num_listeners; i++)
-            run_init(&b, &set->listeners[i]);
-        for (size_t i = 0; i < set->num_routes; i++)
-            run_init(&b, &set->routes[i]);
-    }
-    /* The policy tables stay reachable through their functions; init_worker refs go. */
-    for (size_t i = 0; i < b.n; i++) {
-        pgw_lua_unref(lua, b.v[i].ref);
-        pgw_lua_unref(lua, b.v[i].fn[PGW_PS_COUNT]);
-    }
-    pgw_lua_unref(lua, b.engine_ref);
-    set->fn_refs = pgw_calloc(b.n * PGW_PS_COUNT + 1, sizeof(int));
+    /* The policy tables stay reachable through their functions. */
     for (size_t i = 0; i < b.n; i++)
-        for (int s = 0; s < PGW_PS_COUNT; s++)
+        pgw_lua_unref(lua, b.v[i].ref);
+    pgw_lua_unref(lua, b.engine_ref);
+    set->fn_refs = pgw_calloc(b.n * (PGW_PS_COUNT + 1) + 1, sizeof(int));
+    for (size_t i = 0; i < b.n; i++)
+        for (int s = 0; s <= PGW_PS_COUNT; s++)
             set->fn_refs[set->num_fn_refs++] = b.v[i].fn[s];
     free(b.v);
     if (b.e.n > 0) {
@@ -619,7 +621,7 @@ int pgw_policy_check(const struct pgw_config *config, const struct pgw_policy_bu
     struct pgw_lua *lua = pgw_bridge_lua_new(config, err, errlen);
     if (lua == NULL)
         return PGW_ERR;
-    struct pgw_policy_set *set = pgw_policy_set_build(lua, config, bundle, 0, err, errlen);
+    struct pgw_policy_set *set = pgw_policy_set_build(lua, config, bundle, err, errlen);
     int r = set != NULL ? PGW_OK : PGW_ERR;
     pgw_policy_set_free(set);
     pgw_lua_free(lua);

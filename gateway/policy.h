@@ -58,6 +58,7 @@ struct pgw_policy_entry {
     const char *name; /* the policy's name (owned by the set) */
     int fn[PGW_PS_COUNT]; /* registry refs of the stage functions, LUA_NOREF when absent */
     int conf;             /* registry ref of the read-only conf view */
+    int init;             /* init_worker, LUA_NOREF when absent */
 };
 
 struct pgw_policy_chain {
@@ -78,16 +79,20 @@ struct pgw_policy_set {
     struct pgw_timer *timers; /* created by this set's code (lua_timer.c) */
     int retired;              /* a newer set replaced it: its timers stopped */
     unsigned budget;          /* ms per run of policy code (config policies.budget) */
+    unsigned timers_max;      /* config policies.timers */
+    struct pgw_gen *gen;      /* the generation that owns the set (NULL in the master) */
 };
 
 /* Builds the set for <config> and <bundle> in <lua>: loads the built-in policies the config
  * names and every policy of the bundle (the bundle's must all load, whether used or not), checks
  * each table (pgw.policy.check) and each route's and listener's config for it against its schema.
- * With <run_init>, then calls every init_worker(conf) (errors there are logged, not fatal).
  * Returns the set, or NULL with every error as "FILE:LINE: message\n" lines in <err>. */
 struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pgw_config *config,
-                                            const struct pgw_policy_bundle *bundle, int run_init,
-                                            char *err, size_t errlen);
+                                            const struct pgw_policy_bundle *bundle, char *err,
+                                            size_t errlen);
+/* Calls every init_worker(conf) of the set, in chain order (errors are logged, not fatal), with
+ * set->gen as the generation of the runs. */
+void pgw_policy_set_init(struct pgw_policy_set *set);
 /* Stops the set's timers (they run once more with premature = true). */
 void pgw_policy_set_retire(struct pgw_policy_set *set);
 void pgw_policy_set_free(struct pgw_policy_set *set);

@@ -584,6 +584,11 @@ void pgw_req_on_client_drain(struct pgw_req *req)
 void pgw_req_on_client_timeout(struct pgw_req *req, int expired)
 {
     PGW_UNUSED(expired);
+    if (!req->body_done && req->lua != NULL && req->lua->wait != NULL && !req->body_reading) {
+        /* a policy waits on something else: the client is not the one late */
+        pgw_io_read_timeout(&req->conn->io, req->gen->config->timeouts.body);
+        return;
+    }
     if (!req->body_done) {
         pgw_log_info("request %s from %s: request body not received in time", req->id,
                      req->client_str);
@@ -713,6 +718,7 @@ int pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
         if (resp_header_filter(req) != PGW_OK)
             return PGW_ERR;
         req->resp_filtered = pgw_task_chains(req, PGW_STAGE_BODY_FILTER, chains) > 0;
+        req->resp_no_body = body == PGW_HTTP_BODY_NONE;
         if (body == PGW_HTTP_BODY_LENGTH && req->resp_unframed)
             body = PGW_HTTP_BODY_EOF; /* a body filter may change the length */
         req->resp_declared = body == PGW_HTTP_BODY_LENGTH ? declared_length(req) : UINT64_MAX;
@@ -755,6 +761,8 @@ static int send_filtered(struct pgw_req *req, const char *p, size_t len, int eof
         pgw_req_abort(req, "policy_error");
         return PGW_ERR;
     }
+    if (req->resp_no_body)
+        return PGW_OK; /* no body may follow this head, whatever a filter returns */
     if (req->resp_declared != UINT64_MAX && req->resp_sent + olen > req->resp_declared) {
         pgw_log_error("request %s: a body_filter changed the length of a response whose "
                       "Content-Length was kept (clear it in header_filter)", req->id);

@@ -161,6 +161,7 @@ struct pgw_req {
     unsigned body_lost : 1;     /* read_body gave up (too large): the body cannot be forwarded */
     unsigned resp_unframed : 1; /* header_filter removed Content-Length */
     unsigned resp_filtered : 1; /* body_filter policies see the response body */
+    unsigned resp_no_body : 1;  /* HEAD, 204, 304: what body filters return is dropped */
     struct pgw_http_header *resp_headers; /* the response head as policies see it (pool) */
     size_t resp_num_headers, resp_headers_cap;
     uint64_t resp_declared;    /* Content-Length sent to the client (body filters check it) */

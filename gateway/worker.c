@@ -253,8 +253,12 @@ static int gen_policies(struct pgw_gen *g, const struct pgw_policy_bundle *b, ch
         return PGW_OK; /* no Lua on the request path at all */
     if (pgw_bridge_worker_init(g->config, err, errlen) != PGW_OK)
         return PGW_ERR;
-    g->policies = pgw_policy_set_build(pgw_bridge_lua(), g->config, b, 1, err, errlen);
-    return g->policies != NULL ? PGW_OK : PGW_ERR;
+    g->policies = pgw_policy_set_build(pgw_bridge_lua(), g->config, b, err, errlen);
+    if (g->policies == NULL)
+        return PGW_ERR;
+    g->policies->gen = g;
+    pgw_policy_set_init(g->policies);
+    return PGW_OK;
 }
 
 /* PGW_MSG_GEN: payload as master.c's send_gen() writes it. Builds and swaps in the new
@@ -480,6 +484,8 @@ int pgw_worker_main(int chan_fd)
     event_free(pgw_worker.accept_timer);
     event_free(pgw_worker.acc_ev);
     close(pgw_worker.acc_ep);
+    if (pgw_worker.gen != NULL && pgw_worker.gen->policies != NULL)
+        pgw_policy_set_retire(pgw_worker.gen->policies); /* timers: one premature run */
     pgw_gen_unref(pgw_worker.gen);
     pgw_worker.gen = NULL;
     pgw_bridge_worker_free();
