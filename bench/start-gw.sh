@@ -7,6 +7,8 @@
 # plain bare-proxy listener (checked only for the gw-tls cases, which are not run yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PGW_BENCH_BARE=1: no policy anywhere (no Lua state at all), to measure what merely having
+# policies on another route costs the bare proxy route (issue 5: at most 5 % instructions).
 conf="$PGW_WORKDIR/bench.yaml"
 budget=100ms
 [ "${PGW_UNDER_VALGRIND:-0}" = 1 ] && budget=10s
@@ -37,4 +39,7 @@ routes:
 access_log: off
 error_log: { path: "$PGW_WORKDIR/error.log", level: warn }
 YAML
+if [ "${PGW_BENCH_BARE:-0}" = 1 ]; then
+    sed -i -e '/^policies:/d' -e '/^  - name: keyed/,/^access_log/{/^access_log/!d}' "$conf"
+fi
 exec ./passerelle -c "$conf"

@@ -1135,6 +1135,41 @@ int pgw_http_connection_lists(const struct pgw_http_header *headers, size_t n, c
     return 0;
 }
 
+void pgw_http_conn_names_init(struct pgw_http_conn_names *c, const struct pgw_http_header *headers,
+                              size_t n)
+{
+    c->n = 0;
+    c->overflow = 0;
+    c->headers = headers;
+    c->num_headers = n;
+    for (size_t i = 0; i < n; i++) {
+        const struct pgw_http_header *f = &headers[i];
+        if (!IEQ(f->name, f->name_len, "connection"))
+            continue;
+        const char *p = f->value, *e;
+        size_t elen;
+        while (next_elem(&p, f->value + f->value_len, &e, &elen)) {
+            if (elen == 0 || pgw_http_is_hop_by_hop(e, elen))
+                continue;
+            if (c->n == PGW_HTTP_CONN_NAMES_MAX) {
+                c->overflow = 1;
+                return;
+            }
+            c->v[c->n++] = (struct pgw_str){e, elen};
+        }
+    }
+}
+
+int pgw_http_conn_names_has(const struct pgw_http_conn_names *c, const char *name, size_t len)
+{
+    if (c->overflow)
+        return pgw_http_connection_lists(c->headers, c->num_headers, name, len);
+    for (size_t i = 0; i < c->n; i++)
+        if (c->v[i].len == len && pgw_str_ieq(c->v[i].base, len, name, len))
+            return 1;
+    return 0;
+}
+
 const struct pgw_http_header *pgw_http_find(const struct pgw_http_header *headers, size_t n,
                                             const char *name, size_t name_len)
 {

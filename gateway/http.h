@@ -161,6 +161,21 @@ int pgw_http_chunked_decode(struct pgw_http_chunked *d, const char *buf, size_t 
  * Proxy-Authorization is NOT hop-by-hop for us: it is forwarded. */
 int pgw_http_is_hop_by_hop(const char *name, size_t name_len);
 
+/* The names listed in the Connection fields of a head, collected once so that each field of
+ * the head is checked against them without rescanning (pgw_http_conn_names_has). Elements that
+ * are hop-by-hop anyway (close, keep-alive, upgrade, ...) are not kept. */
+#define PGW_HTTP_CONN_NAMES_MAX 8
+struct pgw_http_conn_names {
+    struct pgw_str v[PGW_HTTP_CONN_NAMES_MAX];
+    size_t n;
+    int overflow; /* more than the maximum: has() answers by rescanning */
+    const struct pgw_http_header *headers;
+    size_t num_headers;
+};
+void pgw_http_conn_names_init(struct pgw_http_conn_names *c, const struct pgw_http_header *headers,
+                              size_t n);
+int pgw_http_conn_names_has(const struct pgw_http_conn_names *c, const char *name, size_t len);
+
 /* Whether <name> is listed as a token in any Connection field of <headers> (those fields are
  * removed before forwarding, RFC 9110 section 7.6.1). */
 int pgw_http_connection_lists(const struct pgw_http_header *headers, size_t n, const char *name,

@@ -68,11 +68,23 @@ static const char *const managed[] = {"content-length", "transfer-encoding", "co
                                       "keep-alive", "upgrade", "te", "trailer",
                                       "proxy-connection", NULL};
 
-static int is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
+/* RFC 9110 tchar, as a table: names are checked on every set. */
+static const unsigned char tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+static int is_tchar(unsigned char c) { return tchar[c]; }
 
 static const char *check_name_at(lua_State *L, int idx, const char *fname, size_t *len)
 {
@@ -111,7 +123,9 @@ static void check_value(lua_State *L, const char *fname, const char *v, size_t l
 static int check_values(lua_State *L, int idx, const char *fname)
 {
     int t = lua_type(L, idx);
-    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    if (t == LUA_TNUMBER)
+        return 1; /* digits, sign, '.', 'e', "inf", "nan": nothing to inject */
+    if (t == LUA_TSTRING) {
         size_t len;
         const char *v = lua_tolstring(L, idx, &len);
         check_value(L, fname, v, len);
@@ -150,7 +164,7 @@ static void hl_remove(struct hlist h, const char *name, size_t len)
 {
     size_t j = 0;
     for (size_t i = 0; i < *h.n; i++)
-        if (!pgw_str_ieq((*h.v)[i].name, (*h.v)[i].name_len, name, len))
+        if ((*h.v)[i].name_len != len || !pgw_str_ieq((*h.v)[i].name, len, name, len))
             (*h.v)[j++] = (*h.v)[i];
     *h.n = j;
 }
@@ -166,11 +180,37 @@ static void hl_append(struct pgw_pool *pool, struct hlist h, const char *name, s
     f->value_len = vlen;
 }
 
+/* The text of an integral number in (-2^53, 2^53) into <buf> (24 bytes); 0 if not integral. */
+static size_t int_text(lua_Number n, char *buf)
+{
+    if (!(n > -9007199254740992.0 && n < 9007199254740992.0) || n != (lua_Number)(int64_t)n)
+        return 0;
+    int64_t v = (int64_t)n;
+    uint64_t u = v < 0 ? (uint64_t)(-v) : (uint64_t)v;
+    char tmp[24];
+    size_t k = 0;
+    do {
+        tmp[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    size_t len = 0;
+    if (v < 0)
+        buf[len++] = '-';
+    while (k > 0)
+        buf[len++] = tmp[--k];
+    return len;
+}
+
 /* Appends the value(s) at <idx>, already checked. */
 static void hl_append_values(lua_State *L, struct pgw_pool *pool, struct hlist h, const char *name,
                              size_t nlen, int idx)
 {
     size_t len;
+    char num[24];
+    if (lua_type(L, idx) == LUA_TNUMBER && (len = int_text(lua_tonumber(L, idx), num)) > 0) {
+        hl_append(pool, h, name, nlen, num, len); /* no Lua string made for the number */
+        return;
+    }
     if (lua_type(L, idx) != LUA_TTABLE) {
         const char *v = lua_tolstring(L, idx, &len);
         hl_append(pool, h, name, nlen, v, len);
@@ -187,12 +227,28 @@ static void hl_append_values(lua_State *L, struct pgw_pool *pool, struct hlist h
 
 static int hl_get(lua_State *L, struct hlist h, const char *name, size_t len)
 {
+    const struct pgw_http_header *one = NULL;
+    size_t matches = 0;
+    for (size_t i = 0; i < *h.n; i++) {
+        const struct pgw_http_header *f = &(*h.v)[i];
+        if (f->name_len == len && pgw_str_ieq(f->name, len, name, len)) {
+            one = f;
+            matches++;
+        }
+    }
+    if (matches <= 1) {
+        if (one != NULL)
+            lua_pushlstring(L, one->value, one->value_len);
+        else
+            lua_pushnil(L);
+        return 1;
+    }
     luaL_Buffer b;
     int found = 0;
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < *h.n; i++) {
         const struct pgw_http_header *f = &(*h.v)[i];
-        if (!pgw_str_ieq(f->name, f->name_len, name, len))
+        if (f->name_len != len || !pgw_str_ieq(f->name, len, name, len))
             continue;
         if (found++)
             luaL_addlstring(&b, ", ", 2);

@@ -505,7 +505,8 @@ static void lease(struct pgw_proxy *px)
         px->uc = uc;
         px->reused = 1;
         uc->io.read_deadline = 0;
-        snprintf(px->req->upstream_addr, sizeof(px->req->upstream_addr), "%s", t->label);
+        size_t ll = strlen(t->label); /* labels fit: PGW_UPSTREAM_LABEL_MAX */
+        memcpy(px->req->upstream_addr, t->label, ll + 1);
         send_request(px);
         return;
     }
@@ -550,8 +551,8 @@ static void attempt(struct pgw_proxy *px)
 
 /* ---- Request towards the upstream ---- */
 
-static int drop_request_field(const struct pgw_req *req, const struct pgw_http_header *f,
-                              int keep_forwarded)
+static int drop_request_field(const struct pgw_http_header *f, int keep_forwarded,
+                              const struct pgw_http_conn_names *cn)
 {
     const char *n = f->name;
     size_t l = f->name_len;
@@ -564,7 +565,7 @@ static int drop_request_field(const struct pgw_req *req, const struct pgw_http_h
     if (!keep_forwarded &&
         (PGW_IEQ_LIT(n, l, "x-forwarded-proto") || PGW_IEQ_LIT(n, l, "x-forwarded-host")))
         return 1;
-    return pgw_http_connection_lists(req->h.headers, req->h.num_headers, n, l);
+    return pgw_http_conn_names_has(cn, n, l);
 }
 
 /* The address the connection came from, as X-Forwarded-For records it: the TCP peer, or the
@@ -573,7 +574,10 @@ static size_t forwarded_for_addr(const struct pgw_conn *c, char *buf, size_t len
 {
     if (c->gen->config->real_ip.from == PGW_REAL_IP_PROXY_PROTOCOL)
         return (size_t)snprintf(buf, len, "%s", c->client_str);
-    return pgw_addr_format((const struct sockaddr *)&c->peer, buf, len);
+    size_t n = strlen(c->peer_str);
+    pgw_assert(n < len);
+    memcpy(buf, c->peer_str, n + 1);
+    return n;
 }
 
 /* Serialises the request head for the upstream into the pool, once per request (retries reuse
@@ -628,13 +632,15 @@ static void build_head(struct pgw_proxy *px)
     PGW_OUT_LIT(&w, "\r\n");
     const char *xff[16];
     size_t xff_len[16], nxff = 0;
+    struct pgw_http_conn_names cn;
+    pgw_http_conn_names_init(&cn, req->h.headers, req->h.num_headers);
     for (size_t i = 0; i < req->h.num_headers; i++) {
         const struct pgw_http_header *f = &req->h.headers[i];
         if (PGW_IEQ_LIT(f->name, f->name_len, "x-forwarded-for") && nxff < 16) {
             xff[nxff] = f->value;
             xff_len[nxff++] = f->value_len;
         }
-        if (!drop_request_field(req, f, keep_forwarded))
+        if (!drop_request_field(f, keep_forwarded, &cn))
             pgw_out_field(&w, f->name, f->name_len, f->value, f->value_len);
     }
     PGW_OUT_LIT(&w, "X-Forwarded-For: ");

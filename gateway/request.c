@@ -392,7 +392,8 @@ static void respond_exit(struct pgw_req *req)
         if (req->resp_num_headers == req->resp_headers_cap) {
             struct pgw_http_header *hs =
                 pgw_pool_alloc(req->pool, sizeof(*hs) * (req->resp_headers_cap + 1));
-            memcpy(hs, req->resp_headers, sizeof(*hs) * req->resp_num_headers);
+            if (req->resp_num_headers > 0)
+                memcpy(hs, req->resp_headers, sizeof(*hs) * req->resp_num_headers);
             req->resp_headers = hs;
             req->resp_headers_cap++;
         }
@@ -614,33 +615,39 @@ int pgw_req_flush(struct pgw_req *req)
     return r;
 }
 
-static int skip_response_field(const struct pgw_http_response *resp,
-                               const struct pgw_http_header *f)
+/* <cn>: the names the response's Connection fields list (dropped too). */
+static int skip_response_field(const struct pgw_http_header *f,
+                               const struct pgw_http_conn_names *cn)
 {
     if (pgw_http_is_hop_by_hop(f->name, f->name_len))
         return 1;
     if (PGW_IEQ_LIT(f->name, f->name_len, "x-request-id"))
         return 1; /* ours replaces it, so one id follows the request everywhere */
-    return pgw_http_connection_lists(resp->headers, resp->num_headers, f->name, f->name_len);
+    return pgw_http_conn_names_has(cn, f->name, f->name_len);
 }
 
-/* Copies the response fields into the pool for the policies (header_filter edits them, the
- * body_filter and log stages read them after the upstream's buffer moved on). */
-static void resp_headers_copy(struct pgw_req *req, const struct pgw_http_response *resp)
+/* Gives the policies the response fields: an array in the pool that header_filter edits. With
+ * <deep>, the strings are copied too, because body_filter and log read them after the upstream's
+ * buffer moved on; without, they stay slices of that buffer, which lives until the head is
+ * written. */
+static void resp_headers_copy(struct pgw_req *req, const struct pgw_http_response *resp, int deep)
 {
     size_t n = resp->num_headers;
     req->resp_headers = pgw_pool_alloc(req->pool, sizeof(*req->resp_headers) * (n + 8));
     req->resp_headers_cap = n + 8;
     req->resp_num_headers = 0;
+    struct pgw_http_conn_names cn;
+    pgw_http_conn_names_init(&cn, resp->headers, n);
     for (size_t i = 0; i < n; i++) {
         const struct pgw_http_header *f = &resp->headers[i];
-        if (skip_response_field(resp, f))
+        if (skip_response_field(f, &cn))
             continue;
         struct pgw_http_header *d = &req->resp_headers[req->resp_num_headers++];
-        d->name = pgw_pool_strndup(req->pool, f->name, f->name_len);
-        d->name_len = f->name_len;
-        d->value = pgw_pool_strndup(req->pool, f->value, f->value_len);
-        d->value_len = f->value_len;
+        *d = *f;
+        if (deep) {
+            d->name = pgw_pool_strndup(req->pool, f->name, f->name_len);
+            d->value = pgw_pool_strndup(req->pool, f->value, f->value_len);
+        }
     }
 }
 
@@ -687,9 +694,12 @@ static void write_head(struct pgw_req *req, int status, const char *reason, size
         pgw_out_mem(&o, r, strlen(r));
     }
     PGW_OUT_LIT(&o, "\r\n");
+    struct pgw_http_conn_names cn;
+    if (resp != NULL)
+        pgw_http_conn_names_init(&cn, resp->headers, resp->num_headers);
     for (size_t i = 0; i < nh; i++) {
         const struct pgw_http_header *f = &hs[i];
-        if (resp == NULL || !skip_response_field(resp, f))
+        if (resp == NULL || !skip_response_field(f, &cn))
             pgw_out_field(&o, f->name, f->name_len, f->value, f->value_len);
     }
     if (req->resp_chunked)
@@ -714,7 +724,8 @@ int pgw_req_send_head(struct pgw_req *req, const struct pgw_http_response *resp,
     const struct pgw_policy_chain *chains[2];
     if (pgw_task_chains(req, PGW_STAGE_HEADER_FILTER | PGW_STAGE_BODY_FILTER | PGW_STAGE_LOG,
                         chains) > 0) {
-        resp_headers_copy(req, resp);
+        resp_headers_copy(req, resp, pgw_task_chains(req, PGW_STAGE_BODY_FILTER | PGW_STAGE_LOG,
+                                                     chains) > 0);
         if (resp_header_filter(req) != PGW_OK)
             return PGW_ERR;
         req->resp_filtered = pgw_task_chains(req, PGW_STAGE_BODY_FILTER, chains) > 0;
@@ -780,9 +791,10 @@ int pgw_req_send_body(struct pgw_req *req, struct evbuffer *src, size_t len)
         return PGW_OK;
     if (req->resp_filtered) {
         const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)len);
-        int r = send_filtered(req, p, len, 0);
+        if (send_filtered(req, p, len, 0) != PGW_OK)
+            return PGW_ERR; /* aborted: src went with the upstream connection */
         evbuffer_drain(src, len);
-        return r;
+        return PGW_OK;
     }
     if (req->resp_chunked) {
         chunk_header(out, len);

@@ -159,6 +159,7 @@ void pgw_conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_
     c->listener_index = listener_index;
     c->peer = *peer;
     conn_set_client(c, peer);
+    memcpy(c->peer_str, c->client_str, sizeof(c->peer_str)); /* before any PROXY header */
     const struct pgw_config_real_ip *rip = &g->config->real_ip;
     c->peer_trusted = rip->num_trusted > 0 &&
                       pgw_cidr_match_any(rip->trusted, rip->num_trusted,

@@ -92,6 +92,7 @@ struct pgw_conn {
     int listener_index;
     enum pgw_conn_state state;
     struct sockaddr_storage peer;
+    char peer_str[PGW_ADDR_STRLEN]; /* peer, formatted once (X-Forwarded-For) */
     struct sockaddr_storage client; /* the real client: peer, or from real_ip */
     char client_str[PGW_ADDR_STRLEN];
     struct pgw_pool *pool; /* the current request's; reused across keep-alive requests */

@@ -7,7 +7,7 @@
 """
 import time
 
-from gw import config, free_port, get_ok, listener, wait_for
+from gw import BINARY, config, free_port, get_ok, listener, wait_for
 from load import Load
 
 
@@ -77,4 +77,5 @@ def test_200_rewrites_in_20s_end_on_the_last_version_with_flat_memory(make_gatew
     print("lua memory %d -> %d bytes, rss %d -> %d KiB, %d reloads" % (
         mem0, mem1, rss0, rss1, st["generation"] - gen0))
     assert mem1 < mem0 * 1.5 + 512 * 1024, "Lua memory grew from %d to %d" % (mem0, mem1)
-    assert rss1 < rss0 + 16 * 1024, "worker RSS grew from %d KiB to %d KiB" % (rss0, rss1)
+    if not str(BINARY).endswith("-asan"):  # ASan's quarantine keeps freed memory resident
+        assert rss1 < rss0 + 16 * 1024, "worker RSS grew from %d KiB to %d KiB" % (rss0, rss1)
