@@ -7,30 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 WORKERS=${2:-2}
-command -v wrk >/dev/null && command -v nginx >/dev/null || {
-    echo "needs wrk and nginx (apt-get install wrk nginx)" >&2
-    exit 2
-}
-[ -x ./passerelle ] || make passerelle >/dev/null
-dir=$(mktemp -d /tmp/pgw-reload.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 UP=$(free_port)
 GW=$(free_port)
-cat > "$dir/nginx.conf" <<EOF
-daemon off; worker_processes 1; error_log $dir/nginx.err; pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } } }
-EOF
-nginx -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
+start_upstream "$UP"
 write_conf() { # $1: route name, so that each generation differs
     cat > "$dir/gw.yaml" <<EOF
 listeners: [ { name: public, address: "127.0.0.1:$GW" } ]
@@ -43,12 +23,7 @@ error_log: { path: "$dir/error.log", level: notice }
 EOF
 }
 write_conf gen1
-./passerelle -c "$dir/gw.yaml" &
-pids+=($!)
-for _ in $(seq 50); do
-    curl -sf "http://127.0.0.1:$GW/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_gateway "$dir/gw.yaml" "http://127.0.0.1:$GW/"
 wrk -t2 -c50 -d"${DURATION}s" "http://127.0.0.1:$GW/" > "$dir/wrk.out" &
 wrk_pid=$!
 pids+=($wrk_pid)

@@ -10,30 +10,10 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 WORKERS=${2:-1}
 BUDGET=${3:-100ms}
-command -v wrk >/dev/null && command -v nginx >/dev/null || {
-    echo "needs wrk and nginx (apt-get install wrk nginx)" >&2
-    exit 2
-}
-[ -x ./passerelle ] || make passerelle >/dev/null
-dir=$(mktemp -d /tmp/pgw-loop.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 UP=$(free_port)
 GW=$(free_port)
-cat > "$dir/nginx.conf" <<EOF
-daemon off; worker_processes 1; error_log $dir/nginx.err; pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } } }
-EOF
-nginx -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
+start_upstream "$UP"
 mkdir -p "$dir/policies"
 cat > "$dir/policies/spin.lua" <<'EOF'
 return { access = function() while true do end end }
@@ -50,9 +30,7 @@ routes:
 access_log: off
 error_log: { path: "$dir/error.log", level: warn }
 EOF
-./passerelle -c "$dir/gw.yaml" &
-pids+=($!)
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$GW/" && break; sleep 0.1; done
+start_gateway "$dir/gw.yaml" "http://127.0.0.1:$GW/"
 echo "== healthy route alone (wrk -t1 -c20 -d${DURATION}s)"
 wrk -t1 -c20 -d"${DURATION}s" --latency "http://127.0.0.1:$GW/" | sed -n '/Latency Distribution/,/Requests\/sec/p'
 ( end=$((SECONDS + DURATION + 1)); n=0; e=0

@@ -96,6 +96,10 @@ lua_State *pgw_bridge_wait_thread(struct pgw_wait *w);
  * (wake with fewer results then: nil, "out of memory"). */
 int pgw_bridge_wait_reserve(struct pgw_wait *w, int n);
 void pgw_bridge_wake(struct pgw_wait *w, int nres);
+/* Pushes a copy of <s,len> on <w>'s thread as a result, allocating under protection: PGW_ERR
+ * (nothing pushed) when the state's memory cap refuses it. For results that can be large; an
+ * unprotected allocation failure outside Lua code would abort the worker. */
+int pgw_bridge_push_string(struct pgw_wait *w, const char *s, size_t len);
 
 /* ---- Registration into pgw.core (the table on top of the stack) ---- */
 

@@ -563,14 +563,18 @@ static void body_op_wake(struct body_op *op, const char *err)
     struct pgw_req *req = op->req;
     lua_State *co = pgw_bridge_wait_thread(&op->w);
     int n = 1;
+    size_t len = evbuffer_get_length(op->buf);
+    char *copy = NULL;
     if (err == NULL) {
-        size_t len = evbuffer_get_length(op->buf);
-        char *copy = pgw_pool_alloc(req->pool, len + 1);
+        copy = pgw_pool_alloc(req->pool, len + 1);
         evbuffer_remove(op->buf, copy, len);
+        if (pgw_bridge_push_string(&op->w, copy, len) != PGW_OK)
+            err = "out of memory"; /* the policy's share of the cap cannot hold it */
+    }
+    if (err == NULL) {
         req->body_data = copy;
         req->body_data_len = len;
         req->body_buffered = 1;
-        lua_pushlstring(co, copy, len);
     } else {
         req->body_lost = 1; /* part of it was consumed: it can no longer be forwarded */
         lua_pushnil(co);

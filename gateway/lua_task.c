@@ -128,6 +128,35 @@ int pgw_bridge_wait_reserve(struct pgw_wait *w, int n)
     return lua_checkstack(w->task->co, n);
 }
 
+struct push_string {
+    const char *s;
+    size_t len;
+    int ref;
+};
+
+static int push_string_protected(lua_State *L)
+{
+    struct push_string *ps = lua_touserdata(L, 1);
+    lua_pushlstring(L, ps->s, ps->len);
+    ps->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+int pgw_bridge_push_string(struct pgw_wait *w, const char *s, size_t len)
+{
+    struct pgw_task *t = w->task;
+    lua_State *L = pgw_lua_state(t->lua);
+    struct push_string ps = {s, len, LUA_NOREF};
+    if (!lua_checkstack(t->co, 1) || lua_cpcall(L, push_string_protected, &ps) != 0) {
+        lua_settop(L, 0);
+        lua_gc(L, LUA_GCCOLLECT, 0);
+        return PGW_ERR;
+    }
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, ps.ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ps.ref);
+    return PGW_OK;
+}
+
 static int task_step(struct pgw_task *t, int nres);
 
 void pgw_bridge_wake(struct pgw_wait *w, int nres)
@@ -428,13 +457,16 @@ int pgw_task_body_filter(struct pgw_req *req, const char *chunk, size_t len, int
         return PGW_OK;
     struct pgw_task *t = req_task(req);
     lua_State *L = pgw_lua_state(t->lua);
-    int saved = pgw_lua_reserve_open(t->lua);
-    lua_pushlstring(L, chunk, len);
-    if (t->chunk_ref == LUA_NOREF)
-        t->chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    else
-        lua_rawseti(L, LUA_REGISTRYINDEX, t->chunk_ref);
-    pgw_lua_reserve_restore(t->lua, saved);
+    /* A chunk can be larger than the reserve: allocated under protection, as a new ref. */
+    struct push_string ps = {chunk, len, LUA_NOREF};
+    if (lua_cpcall(L, push_string_protected, &ps) != 0) {
+        lua_settop(L, 0);
+        pgw_log_error("request %s: body_filter: a %zu-byte chunk does not fit in the Lua "
+                      "memory cap", req->id, len);
+        return PGW_ERR;
+    }
+    pgw_lua_unref(t->lua, t->chunk_ref);
+    t->chunk_ref = ps.ref;
     memcpy(t->chains, chains, sizeof(chains));
     t->num_chains = n;
     t->ci = t->ei = 0;

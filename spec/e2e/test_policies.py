@@ -28,45 +28,13 @@ from urllib.parse import parse_qs
 
 import pytest
 
+import policyfix
+from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
 from gw import BINARY, REPO, Client, build_request, config, listener, to_yaml, wait_for
 from httpio import pattern_body
 
 
 # ---- helpers ----
-
-CRASH_RE = re.compile(
-    r"\[error\] worker \d+ \(pid \d+\) (killed by signal|exited with status [1-9])")
-_started = []   # gateways started by start() in the current test
-
-
-@pytest.fixture(autouse=True)
-def no_worker_crash():
-    """Fails a test whose gateway lost a worker (crash, sanitizer abort, watchdog kill): the
-    master replaces it, so the teardown check alone would not notice."""
-    del _started[:]
-    yield
-    crashes = [l for g in _started for l in g.error_lines() if CRASH_RE.search(l)]
-    assert not crashes, "a worker died during the test:\n" + "\n".join(crashes)
-
-
-def write_policies(pdir, files):
-    pdir.mkdir(parents=True, exist_ok=True)
-    for name, src in files.items():
-        path = pdir / ("%s.lua" % name)
-        if isinstance(src, bytes):
-            path.write_bytes(src)
-        else:
-            path.write_text(textwrap.dedent(src).lstrip("\n"))
-
-
-def route(path, policies=None, name=None, upstream="a", listeners=("public",), **extra):
-    r = {"name": name or re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_") or "root",
-         "listeners": list(listeners), "match": {"path": path}, "upstream": upstream}
-    if policies is not None:
-        r["policies"] = policies
-    r.update(extra)
-    return r
-
 
 def start(make_gateway, make_stub, tmp_path, files, routes, stubs=("a",), listeners=None,
           **extra):
@@ -79,7 +47,7 @@ def start(make_gateway, make_stub, tmp_path, files, routes, stubs=("a",), listen
                  upstreams={n: {"targets": [s.address], "retries": 0} for n, s in ups.items()},
                  routes=routes, policies={"dir": str(pdir)}, **extra)
     g = make_gateway(cfg)
-    _started.append(g)
+    track(g)
     return g, ups
 
 
@@ -962,7 +930,7 @@ def test_http_request_from_access(make_gateway, make_stub, tmp_path):
                  routes=[route("/call", [{"httpcall": {"url": url}}])],
                  policies={"dir": str(pdir)})
     g = make_gateway(cfg)
-    _started.append(g)
+    track(g)
     r = get(g.port, "/call")
     assert r.status == 200, r
     up = a.last()
@@ -1154,7 +1122,7 @@ def test_error_in_body_filter(make_gateway, make_stub, tmp_path):
     wait_log(g, r"\[error\] policy bferr: stage body_filter: request %s: .*bferr\.lua:\d+: "
              r"body filter broke" % rid, mark)
     time.sleep(0.1)
-    crashed = [l for l in g.error_lines() if CRASH_RE.search(l)]
+    crashed = [l for l in g.error_lines() if policyfix.CRASH_RE.search(l)]
     assert not crashed, "the worker died after the body_filter error: %r" % crashed
     assert g.access_for(rid)["termination"] == "policy_error"
     r = get(g.port, "/bfe?exit=1")

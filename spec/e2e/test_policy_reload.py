@@ -19,23 +19,9 @@ import time
 
 import pytest
 
+from policyfix import no_worker_crash, track  # noqa: F401
 from gw import Client, config, free_port, listener, wait_for
 from load import Load
-
-CRASH_RE = re.compile(
-    r"\[error\] worker \d+ \(pid \d+\) (killed by signal|exited with status [1-9])")
-_started = []   # gateways started by the current test
-
-
-@pytest.fixture(autouse=True)
-def no_worker_crash():
-    """Fails a test whose gateway lost a worker (crash, sanitizer abort, watchdog kill): the
-    master replaces it, so the teardown check alone would not notice."""
-    del _started[:]
-    yield
-    crashes = [l for g in _started for l in g.error_lines() if CRASH_RE.search(l)]
-    assert not crashes, "a worker died during the test:\n" + "\n".join(crashes)
-
 
 def ver_src(v):
     return textwrap.dedent("""
@@ -85,7 +71,7 @@ def start_gateway(make_gateway, make_stub, tmp_path, workers=1, extra_files=None
                           "upstream": "a"}],
                  policies={"dir": str(pdir)}, workers=workers)
     g = make_gateway(cfg)
-    _started.append(g)
+    track(g)
     g.wait_workers(workers)
     return g, a, pdir
 

@@ -21,38 +21,10 @@ import time
 
 import pytest
 
+from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
 from gw import BINARY, REPO, Client, config, listener, to_yaml, wait_for
 from harness import module_env
 from stubs import Upstream
-
-
-CRASH_RE = re.compile(
-    r"\[error\] worker \d+ \(pid \d+\) (killed by signal|exited with status [1-9])")
-_started = []   # (gateway, error-log mark) the current test uses
-
-
-@pytest.fixture(autouse=True)
-def no_worker_crash():
-    """Fails a test during which a gateway lost a worker (crash, sanitizer abort, watchdog
-    kill): the master replaces it, so the teardown check alone would not notice."""
-    del _started[:]
-    yield
-    crashes = [l for g, mark in _started for l in g.error_lines()[mark:] if CRASH_RE.search(l)]
-    assert not crashes, "a worker died:\n" + "\n".join(crashes)
-
-
-def write_policies(pdir, files):
-    pdir.mkdir(parents=True, exist_ok=True)
-    for name, src in files.items():
-        (pdir / ("%s.lua" % name)).write_text(textwrap.dedent(src).lstrip("\n"))
-
-
-def route(path, policies=None, name=None, upstream="a"):
-    r = {"name": name or re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_"),
-         "listeners": ["public"], "match": {"path": path}, "upstream": upstream}
-    if policies is not None:
-        r["policies"] = policies
-    return r
 
 
 def get(port, target, timeout=5.0):
@@ -242,7 +214,7 @@ def env(request, tmp_path_factory):
 @pytest.mark.parametrize("case", sorted(ESCAPES))
 def test_escape_fails_at_run_time(env, case):
     g = env.gw
-    _started.append((g, g.error_mark()))
+    track(g)
     snap = env.a.snapshot()
     mark = g.error_mark()
     r = get(g.port, "/esc?case=%s" % case)
@@ -260,7 +232,7 @@ def test_escape_fails_at_run_time(env, case):
 
 
 def test_other_policies_globals_and_libraries_do_not_leak(env):
-    _started.append((env.gw, env.gw.error_mark()))
+    track(env.gw)
     r = get(env.gw.port, "/leak")
     assert r.status == 200, r
     assert r.json() == {"secret": "nil", "raw": "nil", "other": "nil", "upper": "Y",
@@ -334,7 +306,7 @@ def test_memory_cap_fails_the_hog_only(make_gateway, make_stub, tmp_path):
                             routes=[route("/hog", ["hog"]), route("/victim", ["victim"]),
                                     route("/plain", name="plain")],
                             policies={"dir": str(pdir), "memory": "32m", "budget": "2s"}))
-    _started.append((g, 0))
+    track(g)
     for attempt in range(2):
         mark = g.error_mark()
         t0 = time.monotonic()
@@ -417,7 +389,7 @@ def spin_gw(make_gateway, make_stub, tmp_path):
                             upstreams={"a": {"targets": [a.address], "retries": 0}},
                             routes=[route("/spin", ["spin"]), route("/plain", name="plain")],
                             policies={"dir": str(pdir), "budget": "200ms"}))
-    _started.append((g, 0))
+    track(g)
     return g
 
 

@@ -49,10 +49,10 @@ def quickstart(tmp_path, make_gateway):
         demo.wait(5)
 
 
-def get(port, target, method="GET"):
+def get(port, target, method="GET", headers=""):
     with Client(port) as c:
-        c.send(("%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                % (method, target)).encode())
+        c.send(("%s %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n"
+                % (method, target, headers)).encode())
         return c.read_response(method)
 
 
@@ -82,13 +82,23 @@ def test_quickstart_promises(quickstart):
     assert r.status == 200 and json.loads(r.body) == {"status": "ok"}
     assert get(public, "/healthz").status == 404  # internal routes never leak to public
 
+    # the demo_key policy (examples/policies/demo_key.lua) and a built-in one
+    r = get(public, "/api/private/x")
+    assert r.status == 401 and "ApiKey" in (r.header("www-authenticate") or ""), r
+    assert get(public, "/api/private/x", headers="X-Api-Key: wrong\r\n").status == 403
+    r = get(public, "/api/private/x", headers="X-Api-Key: demo-key-1\r\n")
+    assert r.status == 200, r
+    seen = json.loads(r.body)["headers"]
+    assert seen["X-Consumer"] == "alice" and "X-Api-Key" not in seen, seen
+    assert r.header("x-consumer") == "alice" and r.header("x-powered-by") == "passerelle", r
+
     deadline = time.monotonic() + 5
     lines = []
-    while len(lines) < 9 and time.monotonic() < deadline:
+    while len(lines) < 12 and time.monotonic() < deadline:
         time.sleep(0.2)
         p = Path(tmp / "access.log")
         lines = p.read_text().splitlines() if p.exists() else []
-    assert len(lines) == 9, lines
+    assert len(lines) == 12, lines
     # several workers flush their lines independently: find the first request's line by its id
     entries = [json.loads(l) for l in lines]
     first = [e for e in entries if e["request_id"] == first_id]

@@ -186,52 +186,13 @@ local function header_api(prefix, read_mask, write_mask, list_of, clear_ok)
     return api
 end
 
--- ---- query strings: ordered lists of { name, value } (value true for a bare "flag") ----
+-- ---- query strings: ordered lists of { name, value }, as the SDK keeps them ----
 
-local function unescape(s)
-    s = s:gsub("+", " ")
-    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
-local function parse_query(q)
-    local list = {}
-    for part in q:gmatch("[^&]+") do
-        local k, v = part:match("^([^=]*)=(.*)$")
-        if k then
-            list[#list + 1] = { unescape(k), unescape(v) }
-        else
-            list[#list + 1] = { unescape(part), true }
-        end
-    end
-    return list
-end
-
-local function query_table(list)
-    local t = {}
-    for _, a in ipairs(list) do
-        local old = t[a[1]]
-        if old == nil then
-            t[a[1]] = a[2]
-        elseif type(old) == "table" then
-            old[#old + 1] = a[2]
-        else
-            t[a[1]] = { old, a[2] }
-        end
-    end
-    return t
-end
-
-local function escape(s)
-    return (tostring(s):gsub("[^%w%-._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local query = require "pgw.internal.query"
 
 -- fake.query_string(r): the upstream query string after the policy's changes.
 function M.query_string(r)
-    local parts = {}
-    for _, a in ipairs(r.query) do
-        parts[#parts + 1] = a[2] == true and escape(a[1]) or (escape(a[1]) .. "=" .. escape(a[2]))
-    end
-    return table.concat(parts, "&")
+    return query.serialise(r.query)
 end
 
 -- ---- the SDK ----
@@ -265,57 +226,20 @@ function req.get_path_params()
 end
 function req.get_query()
     check_stage("pgw.req.get_query", REQ_READ)
-    return query_table(current.query)
+    return query.to_table(current.query)
 end
 function req.get_query_arg(name)
     check_stage("pgw.req.get_query_arg", REQ_READ)
-    if type(name) ~= "string" then
-        error("pgw.req.get_query_arg: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
-    end
-    for _, a in ipairs(current.query) do
-        if a[1] == name then
-            return a[2]
-        end
-    end
-    return nil
+    return query.first(current.query, name, "pgw.req.get_query_arg")
 end
-local function query_writer(op)
+for _, op in ipairs({ "set_query_arg", "add_query_arg", "clear_query_arg" }) do
     local fname = "pgw.req." .. op
-    return function(name, value)
+    req[op] = function(name, value)
         check_stage(fname, REQ_WRITE)
-        if type(name) ~= "string" or name == "" then
-            error(fname .. ": bad argument #1 (non-empty string expected)", 2)
-        end
-        local vals
-        if op ~= "clear_query_arg" then
-            if type(value) == "string" or type(value) == "number" or value == true then
-                vals = { value == true and true or tostring(value) }
-            elseif type(value) == "table" and #value > 0 then
-                vals = {}
-                for i, v in ipairs(value) do
-                    vals[i] = tostring(v)
-                end
-            else
-                error(fname .. ": bad argument #2 (string, number, true or array expected, got " ..
-                      type(value) .. ")", 2)
-            end
-        end
+        query.apply(current.query, fname, op, name, value)
         record(fname, name, value)
-        if op ~= "add_query_arg" then
-            for i = #current.query, 1, -1 do
-                if current.query[i][1] == name then
-                    table.remove(current.query, i)
-                end
-            end
-        end
-        for _, v in ipairs(vals or {}) do
-            current.query[#current.query + 1] = { name, v }
-        end
     end
 end
-req.set_query_arg = query_writer("set_query_arg")
-req.add_query_arg = query_writer("add_query_arg")
-req.clear_query_arg = query_writer("clear_query_arg")
 
 function req.set_path(path)
     check_stage("pgw.req.set_path", REQ_WRITE)
@@ -551,7 +475,7 @@ function M.request(o)
         method = o.method or "GET",
         path = o.path or "/",
         raw_path = o.raw_path or o.path or "/",
-        query = parse_query(o.query or ""),
+        query = query.parse(o.query or ""),
         headers = header_list(o.headers),
         body = o.body,
         client_addr = o.client_addr or "127.0.0.1",
