@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 conf="$PGW_WORKDIR/bench.yaml"
 budget=100ms
 [ "${PGW_UNDER_VALGRIND:-0}" = 1 ] && budget=10s
-keys=$(awk '{ printf "%s            \"%s\": \"consumer-%s\"\n", (NR==1 ? "\n" : ""), $1, substr($1, 5) }' \
+keys=$(awk '{ printf "%s            \"%s\": \"%s\"\n", (NR==1 ? "\n" : ""), $1, $1 }' \
        "${PGW_KEYS_FILE:-/dev/null}")
 cat > "$conf" <<YAML
 listeners:

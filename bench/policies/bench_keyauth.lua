@@ -3,7 +3,8 @@
 --   1. `apikey` header missing -> 401; not a known key -> 403;
 --   2. fixed-window rate limit per key (window aligned to multiples of `window`), 429 beyond;
 --   3. X-Consumer to the upstream; X-RateLimit-Limit/Remaining to the client.
--- Keys come from the config (bench/start-gw.sh writes the rig's 1000 keys); the counters live in
+-- Keys come from the config (bench/start-gw.sh writes the rig's 1000 keys, each mapped to itself:
+-- the rig expects X-Consumer to carry the key); the counters live in
 -- pgw.cache, per worker (the rig runs one worker). The built-in key_auth and rate_limit policies
 -- with the shared store replace this when the store lands.
 local pgw = require "pgw"
