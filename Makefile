@@ -6,7 +6,7 @@
 #   make bench  the shared benchmark rig against nginx and HAProxy
 
 CC      ?= cc
-PKGS    := libevent openssl yaml-0.1
+PKGS    := libevent openssl yaml-0.1 lmdb
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -D_GNU_SOURCE \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -59,6 +59,7 @@ TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yaml
 TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c
+TEST_DEPS_store := gateway/util.c gateway/log.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

@@ -500,7 +500,7 @@ static const char *check_match_host(char *h, size_t len)
 static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "real_ip",
                                        "limits",    "timeouts",   "access_log", "error_log",
                                        "http",      "resolver",   "workers",    "control",
-                                       "policies",  NULL};
+                                       "policies",  "store",      "plans",      NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
@@ -1269,6 +1269,37 @@ static void load_control(struct ctx *x, const struct pgw_yaml_node *n)
     }
 }
 
+static const struct field store_fields[] = {
+    FIELD(F_SIZE, struct pgw_config_store, durable_map, 1u << 20, 1ull << 40),
+    FIELD(F_SIZE, struct pgw_config_store, fast_map, 1u << 20, 1ull << 40),
+    FIELD(F_DURATION, struct pgw_config_store, sync_interval, 10, 3600 * SEC),
+};
+
+static void load_store(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    static const char *const extras[] = {"dir", NULL};
+    const struct pgw_yaml_node *v;
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "store"))
+        return;
+    walk_keys(x, n, "store", extras, store_fields, PGW_ARRAY_LEN(store_fields), &x->c->store);
+    if ((v = map_get(n, "dir")) != NULL)
+        read_str(x, v, "store", "dir", &x->c->store.dir);
+    else
+        ferr(x, n->line, "store", "dir", "required: the directory of the store's files");
+}
+
+/* Plans are checked by the policy engine (pgw.internal.plans), like policy settings. */
+static void load_plans(struct ctx *x, const struct pgw_yaml_node *n)
+{
+    if (!want_kind(x, n, PGW_YAML_MAP, "", "plans"))
+        return;
+    struct sbuf b = {0};
+    yaml_to_json(&b, n);
+    free(x->c->plans_json);
+    x->c->plans_json = b.p;
+    x->c->plans_line = n->line;
+}
+
 /* ---- Snapshot ---- */
 
 static void set_defaults(struct pgw_config *c)
@@ -1287,6 +1318,9 @@ static void set_defaults(struct pgw_config *c)
     c->policies_dir = pgw_strndup("policies", 8);
     c->lua = (struct pgw_config_lua){.memory = 64u << 20, .budget = 100, .body_max = 1u << 20,
                                      .timers = 1024};
+    c->store = (struct pgw_config_store){.durable_map = 64u << 20, .fast_map = 256u << 20,
+                                         .sync_interval = SEC};
+    c->plans_json = pgw_strndup("{}", 2);
     c->access_log.enabled = 1;
     c->access_log.path = pgw_strndup("logs/access.log", 15);
     c->error_log.path = pgw_strndup("-", 1);
@@ -1336,6 +1370,8 @@ static void config_free(struct pgw_config *c)
     free(c->error_log.path);
     free(c->control_socket);
     free(c->policies_dir);
+    free(c->store.dir);
+    free(c->plans_json);
     free(c->file);
     free(c);
 }
@@ -1346,7 +1382,7 @@ static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
     static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
-        load_workers,  load_control,    load_policies_section,
+        load_workers,  load_control,    load_policies_section, load_store, load_plans,
     };
     walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);

@@ -135,6 +135,14 @@ struct pgw_config_resolver {
 
 #define PGW_WORKERS_MAX 256
 
+/* The store (store.h): off unless `store: { dir }` is given. */
+struct pgw_config_store {
+    char *dir;              /* NULL: no store */
+    uint64_t durable_map;   /* bytes, default 64m */
+    uint64_t fast_map;      /* bytes, default 256m */
+    uint64_t sync_interval; /* ms, default 1s: the fast file is flushed this often */
+};
+
 /* The policy engine's per-worker limits (keys of the `policies:` section). */
 struct pgw_config_lua {
     uint64_t memory;   /* bytes a worker's Lua state may use, default 64m */
@@ -150,6 +158,9 @@ struct pgw_config {
     char *control_socket; /* control: { socket: PATH }, default "logs/passerelle.sock" */
     char *policies_dir;   /* policies: { dir: PATH }, default "policies" */
     struct pgw_config_lua lua; /* policies: { memory, budget, body_max, timers } */
+    struct pgw_config_store store;
+    char *plans_json;     /* plans: as JSON text ("{}" when none), checked by the policy engine */
+    unsigned plans_line;
     struct pgw_config_listener *listeners;
     size_t num_listeners;
     struct pgw_config_real_ip real_ip;

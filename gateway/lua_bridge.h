@@ -108,6 +108,10 @@ void pgw_lua_open_util(lua_State *L);  /* lua_util.c: json, time, base64, crypto
 void pgw_lua_open_cache(lua_State *L); /* lua_cache.c: cache */
 void pgw_lua_open_timer(lua_State *L); /* lua_timer.c: sleep, timer */
 void pgw_lua_open_http(lua_State *L);  /* lua_http.c: http */
+void pgw_lua_open_store(lua_State *L); /* lua_store.c: store */
+
+/* lua_store.c: the wall clock in ms, the event loop's cached time when there is one. */
+uint64_t pgw_lua_store_now_ms(void);
 
 /* lua_cache.c: per-worker limits, set before the first policy runs (defaults 10000 entries,
  * 16 MiB). Entries are Lua-independent C copies, so the cache survives policy reloads. */

@@ -13,6 +13,7 @@
 #include "control.h"
 #include "log.h"
 #include "server.h"
+#include "store.h"
 
 #include <errno.h>
 #include <sys/inotify.h>
@@ -378,6 +379,16 @@ static void set_last_error(const char *e)
     M.last_error = e ? pgw_strndup(e, n) : NULL;
 }
 
+/* The store directory is checked (and a damaged fast file recreated) by the master, before any
+ * worker opens it; nothing stays open across fork. */
+static int store_prepare(const struct pgw_config *c, char *err, size_t errlen)
+{
+    if (c->store.dir == NULL)
+        return PGW_OK;
+    return pgw_store_prepare(c->store.dir, (size_t)c->store.durable_map,
+                             (size_t)c->store.fast_map, err, errlen);
+}
+
 /* Reads and validates the file, opens new sockets, then hands the generation to every worker.
  * Returns the new generation number, or 0 with every error in <err>. */
 static uint64_t reload(char *err, size_t errlen)
@@ -388,6 +399,10 @@ static uint64_t reload(char *err, size_t errlen)
     struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
     char *bundle = NULL;
     size_t bundle_len = 0;
+    if (c != NULL && store_prepare(c, err, errlen) != PGW_OK) {
+        pgw_config_unref(c);
+        c = NULL;
+    }
     if (c != NULL && pgw_policy_validate(c, &bundle, &bundle_len, err, errlen) != PGW_OK) {
         pgw_config_unref(c);
         c = NULL;
@@ -837,6 +852,10 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     M.base = event_base_new();
     pgw_assert(M.base != NULL);
     char err[8192];
+    if (store_prepare(config, err, sizeof(err)) != PGW_OK) {
+        pgw_log_error("%s", err);
+        return 1;
+    }
     if (pgw_policy_validate(config, &M.bundle, &M.bundle_len, err, sizeof(err)) != PGW_OK) {
         for (const char *line = err; *line != '\0';) {
             const char *nl = strchr(line, '\n');

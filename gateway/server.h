@@ -52,9 +52,14 @@ struct pgw_listener {
 
 struct pgw_chan;
 
+struct pgw_store;
+
 struct pgw_worker {
     struct event_base *base;
     struct evdns_base *dns;
+    struct pgw_store *store;    /* opened after fork when the config has a store (NULL: none) */
+    char *store_dir;            /* the directory it was opened from */
+    struct event *store_timer;  /* sync, sweep and reader check */
     struct pgw_gen *gen;        /* the newest generation; connections hold their own refs */
     struct pgw_listener *listeners; /* one per listener of gen->config, same order */
     size_t num_listeners;

@@ -19,6 +19,7 @@
 #include "policy.h"
 #include "proxy.h"
 #include "server.h"
+#include "store.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -30,6 +31,7 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct pgw_worker pgw_worker;
@@ -245,6 +247,77 @@ static void gen_refuse(uint64_t number, const char *why, const int *fds, size_t 
     pgw_chan_send(pgw_worker.chan, PGW_MSG_GEN_ERR, number, why, strlen(why), NULL, 0);
 }
 
+/* ---- The store ---- */
+
+#define STORE_SWEEP_BATCH 200
+
+/* Every tick: flush the fast file, expire a batch of TTL entries; every minute, clear reader
+ * slots left by dead processes (a killed worker). */
+static void on_store_timer(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    static struct pgw_log_ratelimit sync_log;
+    static uint64_t last_check;
+    struct pgw_store *s = pgw_worker.store;
+    if (s == NULL)
+        return;
+    if (pgw_store_sync(s) != PGW_OK)
+        pgw_log_limited(&sync_log, 60000, PGW_LOG_ERROR, "store: sync: %s", pgw_store_error(s));
+    uint64_t now_ms = (uint64_t)time(NULL) * 1000;
+    pgw_store_sweep(s, now_ms, STORE_SWEEP_BATCH);
+    if (pgw_now_ms() - last_check >= 60000) {
+        last_check = pgw_now_ms();
+        int dead = pgw_store_reader_check(s);
+        if (dead > 0)
+            pgw_log_notice("store: cleared %d reader slot(s) left by dead processes", dead);
+    }
+}
+
+/* Opens, reopens or closes the store for a new generation. */
+static int store_configure(const struct pgw_config_store *sc, char *err, size_t errlen)
+{
+    if (sc->dir != NULL && pgw_worker.store_dir != NULL && strcmp(sc->dir, pgw_worker.store_dir) == 0)
+        return PGW_OK; /* map sizes take effect at restart (docs/store.md) */
+    struct pgw_store *s = NULL;
+    if (sc->dir != NULL) {
+        s = pgw_store_open(sc->dir, (size_t)sc->durable_map, (size_t)sc->fast_map, err, errlen);
+        if (s == NULL)
+            return PGW_ERR;
+    }
+    if (pgw_worker.store != NULL) {
+        pgw_store_sync(pgw_worker.store);
+        pgw_store_close(pgw_worker.store);
+    }
+    free(pgw_worker.store_dir);
+    pgw_worker.store = s;
+    pgw_worker.store_dir = sc->dir ? pgw_strndup(sc->dir, strlen(sc->dir)) : NULL;
+    if (pgw_worker.store_timer == NULL)
+        pgw_worker.store_timer = event_new(pgw_worker.base, -1, EV_PERSIST, on_store_timer, NULL);
+    event_del(pgw_worker.store_timer);
+    if (s != NULL) {
+        struct timeval tv = {(time_t)(sc->sync_interval / 1000),
+                             (suseconds_t)(sc->sync_interval % 1000) * 1000};
+        event_add(pgw_worker.store_timer, &tv);
+    }
+    return PGW_OK;
+}
+
+static void store_close(void)
+{
+    if (pgw_worker.store_timer != NULL)
+        event_free(pgw_worker.store_timer);
+    pgw_worker.store_timer = NULL;
+    if (pgw_worker.store != NULL) {
+        pgw_store_sync(pgw_worker.store);
+        pgw_store_close(pgw_worker.store);
+    }
+    pgw_worker.store = NULL;
+    free(pgw_worker.store_dir);
+    pgw_worker.store_dir = NULL;
+}
+
 /* Builds the generation's policy set in the worker's Lua state. PGW_ERR with <err> set. */
 static int gen_policies(struct pgw_gen *g, const struct pgw_policy_bundle *b, char *err,
                         size_t errlen)
@@ -288,7 +361,8 @@ static void gen_install(const struct pgw_msg *m)
     const char *err = NULL;
     struct pgw_gen *g = m->nfds == config->num_listeners ? pgw_gen_new(config, m->arg, &err) : NULL;
     pgw_config_unref(config); /* the generation holds its own reference */
-    if (g != NULL && gen_policies(g, &bundle, errbuf, sizeof(errbuf)) != PGW_OK) {
+    if (g != NULL && (store_configure(&g->config->store, errbuf, sizeof(errbuf)) != PGW_OK ||
+                      gen_policies(g, &bundle, errbuf, sizeof(errbuf)) != PGW_OK)) {
         err = errbuf;
         pgw_gen_unref(g);
         g = NULL;
@@ -489,6 +563,7 @@ int pgw_worker_main(int chan_fd)
     pgw_gen_unref(pgw_worker.gen);
     pgw_worker.gen = NULL;
     pgw_bridge_worker_free();
+    store_close();
     event_base_loop(pgw_worker.base, EVLOOP_NONBLOCK); /* cancelled lookups report back */
     evdns_base_free(pgw_worker.dns, 0);
     event_base_free(pgw_worker.base);
