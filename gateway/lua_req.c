@@ -834,6 +834,24 @@ static int l_log_debug(lua_State *L)
     return log_at(L, PGW_LOG_DEBUG);
 }
 
+/* pgw.plan(name) -> the usage plan <name> of the config (a read-only view), or nil. */
+static int l_plan(lua_State *L)
+{
+    pgw_bridge_check(L, "pgw.plan", PGW_STAGES_ANY);
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "pgw.plan: bad argument #1 (string expected, got %s)",
+                          luaL_typename(L, 1));
+    const struct pgw_policy_set *set = pgw_bridge_current()->set;
+    if (set == NULL || set->plans_ref == LUA_NOREF) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, set->plans_ref);
+    lua_pushvalue(L, 1);
+    lua_gettable(L, -2); /* through the view's __index */
+    return 1;
+}
+
 /* Raises "request already finished" for a handle that outlived its request. */
 static int l_check_handle(lua_State *L)
 {
@@ -894,6 +912,8 @@ void pgw_lua_open_req(lua_State *L)
     lua_setfield(L, -2, "exit");
     lua_pushcfunction(L, l_ctx);
     lua_setfield(L, -2, "ctx");
+    lua_pushcfunction(L, l_plan);
+    lua_setfield(L, -2, "plan");
     lua_pushcfunction(L, l_check_handle);
     lua_setfield(L, -2, "check_handle");
     lua_pushcfunction(L, l_set_handle_methods);

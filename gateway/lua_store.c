@@ -9,6 +9,7 @@
 #include "lua_bridge.h"
 #include "server.h"
 #include "store.h"
+#include "keys.h"
 
 #include <event2/event.h>
 #include <sys/time.h>
@@ -202,11 +203,151 @@ static int l_incr(lua_State *L)
     return 1;
 }
 
+/* ---- Limiters ---- */
+
+static void push_limit(lua_State *L, const struct pgw_store_limit *o)
+{
+    lua_pushboolean(L, o->allowed);
+    lua_pushnumber(L, (lua_Number)o->remaining);
+    lua_pushnumber(L, (lua_Number)o->reset_ms / 1000.0);
+    lua_pushnumber(L, (lua_Number)o->retry_ms / 1000.0);
+}
+
+static lua_Number num_arg(lua_State *L, int idx, const char *fname, const char *what,
+                          lua_Number min)
+{
+    if (lua_type(L, idx) != LUA_TNUMBER || !(lua_tonumber(L, idx) >= min) ||
+        lua_tonumber(L, idx) > 9007199254740991.0)
+        luaL_error(L, "%s: bad argument #%d (%s)", fname, idx, what);
+    return lua_tonumber(L, idx);
+}
+
+/* pgw.store.fixed(key, limit, window_start, window_end[, cost]) -> allowed, remaining, reset,
+ * retry_after | nil, reason. Times in seconds since the epoch. */
+static int l_fixed(lua_State *L)
+{
+    const char *fname = "pgw.store.fixed";
+    struct pgw_store *s = cur_store(L, fname);
+    char key[PGW_STORE_KEY_MAX];
+    size_t klen = full_key(L, fname, key);
+    int64_t limit = (int64_t)num_arg(L, 2, fname, "limit: an integer >= 0", 0);
+    lua_Number start = num_arg(L, 3, fname, "window start: seconds", 0);
+    lua_Number end = num_arg(L, 4, fname, "window end: seconds after the start", start + 0.001);
+    int64_t cost = lua_isnoneornil(L, 5) ? 1 : (int64_t)num_arg(L, 5, fname, "cost >= 0", 0);
+    struct pgw_store_limit o;
+    if (pgw_store_fixed(s, key, klen, (uint64_t)(start * 1000.0), (uint64_t)(end * 1000.0),
+                        limit, cost, pgw_lua_store_now_ms(), &o) != PGW_OK)
+        return store_failed(L, s);
+    push_limit(L, &o);
+    return 4;
+}
+
+/* pgw.store.gcra(key, rate, period, burst) -> allowed, remaining, reset, retry_after | nil,
+ * reason: <rate> admissions per <period> seconds on average, <burst> more at once. */
+static int l_gcra(lua_State *L)
+{
+    const char *fname = "pgw.store.gcra";
+    struct pgw_store *s = cur_store(L, fname);
+    char key[PGW_STORE_KEY_MAX];
+    size_t klen = full_key(L, fname, key);
+    lua_Number rate = num_arg(L, 2, fname, "rate: a number > 0", 1e-9);
+    lua_Number period = num_arg(L, 3, fname, "period: seconds > 0", 1e-6);
+    int64_t burst = (int64_t)num_arg(L, 4, fname, "burst: an integer >= 0", 0);
+    uint64_t period_us = (uint64_t)(period * 1e6 / rate);
+    if (period_us == 0)
+        period_us = 1;
+    struct pgw_store_limit o;
+    if (pgw_store_gcra(s, key, klen, period_us, burst, pgw_lua_store_now_ms(), &o) != PGW_OK)
+        return store_failed(L, s);
+    push_limit(L, &o);
+    return 4;
+}
+
+/* ---- pgw.keys ---- */
+
+/* pgw.keys.lookup(key) -> { id, consumer, status, expires, plan, groups } | nil | nil, reason.
+ * The consumer's plan and groups are read in the same call (a plan change applies at once). */
+static int l_keys_lookup(lua_State *L)
+{
+    const char *fname = "pgw.keys.lookup";
+    struct pgw_store *s = cur_store(L, fname);
+    size_t len;
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: bad argument #1 (string expected, got %s)", fname,
+                          luaL_typename(L, 1));
+    const char *key = lua_tolstring(L, 1, &len);
+    if (len == 0 || len > PGW_KEYS_KEY_MAX) {
+        lua_pushnil(L);
+        return 1;
+    }
+    unsigned char mac[32];
+    pgw_keys_mac(pgw_worker.store_secret, key, len, mac);
+    struct pgw_key_info k;
+    struct pgw_consumer_info c;
+    int r = pgw_keys_lookup(s, mac, &k);
+    if (r == PGW_DECLINED) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (r != PGW_OK)
+        return store_failed(L, s);
+    r = pgw_consumers_get(s, k.consumer, &c);
+    if (r == PGW_ERR)
+        return store_failed(L, s);
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, k.id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, k.consumer);
+    lua_setfield(L, -2, "consumer");
+    lua_pushstring(L, r == PGW_DECLINED ? "revoked" : pgw_keys_status_name(k.status));
+    lua_setfield(L, -2, "status");
+    lua_pushnumber(L, (lua_Number)k.expires_ms / 1000.0);
+    lua_setfield(L, -2, "expires");
+    lua_pushstring(L, r == PGW_OK ? c.plan : "");
+    lua_setfield(L, -2, "plan");
+    lua_pushstring(L, r == PGW_OK ? c.groups : "");
+    lua_setfield(L, -2, "groups");
+    return 1;
+}
+
+/* pgw.keys.consumer(name) -> { name, plan, groups } | nil | nil, reason */
+static int l_keys_consumer(lua_State *L)
+{
+    const char *fname = "pgw.keys.consumer";
+    struct pgw_store *s = cur_store(L, fname);
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: bad argument #1 (string expected, got %s)", fname,
+                          luaL_typename(L, 1));
+    struct pgw_consumer_info c;
+    int r = pgw_keys_valid_name(lua_tostring(L, 1)) ? pgw_consumers_get(s, lua_tostring(L, 1), &c)
+                                                    : PGW_DECLINED;
+    if (r == PGW_DECLINED) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (r != PGW_OK)
+        return store_failed(L, s);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, c.name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, c.plan);
+    lua_setfield(L, -2, "plan");
+    lua_pushstring(L, c.groups);
+    lua_setfield(L, -2, "groups");
+    return 1;
+}
+
 void pgw_lua_open_store(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"get", l_get},       {"set", l_set}, {"delete", l_delete},
-                                   {"incr", l_incr},     {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"get", l_get},     {"set", l_set},   {"delete", l_delete},
+                                   {"incr", l_incr},   {"fixed", l_fixed}, {"gcra", l_gcra},
+                                   {NULL, NULL}};
+    static const luaL_Reg keys[] = {{"lookup", l_keys_lookup}, {"consumer", l_keys_consumer},
+                                    {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, fns);
     lua_setfield(L, -2, "store");
+    lua_newtable(L);
+    luaL_register(L, NULL, keys);
+    lua_setfield(L, -2, "keys");
 }

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "log.h"
 #include "master.h"
+#include "cli_keys.h"
 #include "policy.h"
 #include "server.h"
 #include "yamltree.h"
@@ -28,6 +29,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: passerelle [-c FILE]            run the gateway (default %s)\n"
             "       passerelle check [-c FILE]      validate the configuration and exit\n"
+            "       passerelle keys add|import|list|show|suspend|revoke|activate ... [-c FILE]\n"
+            "       passerelle consumers add|set|show|list|delete ... [-c FILE]\n"
             "       passerelle reload [-c FILE | -s SOCKET]\n"
             "                                       make the running gateway reload its file\n"
             "       passerelle status [-c FILE | -s SOCKET]\n"
@@ -185,6 +188,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "worker") == 0)
         return pgw_worker_main(PGW_WORKER_CHAN_FD);
+    if (strcmp(cmd, "keys") == 0 || strcmp(cmd, "consumers") == 0)
+        return pgw_cli_store(cmd, argc, argv);
     const char *path = DEFAULT_CONFIG, *sock = NULL;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:h", opts, NULL)) != -1) {

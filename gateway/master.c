@@ -14,6 +14,7 @@
 #include "log.h"
 #include "server.h"
 #include "store.h"
+#include "keys.h"
 
 #include <errno.h>
 #include <sys/inotify.h>
@@ -383,10 +384,13 @@ static void set_last_error(const char *e)
  * worker opens it; nothing stays open across fork. */
 static int store_prepare(const struct pgw_config *c, char *err, size_t errlen)
 {
+    unsigned char secret[PGW_KEYS_SECRET_LEN];
     if (c->store.dir == NULL)
         return PGW_OK;
-    return pgw_store_prepare(c->store.dir, (size_t)c->store.durable_map,
-                             (size_t)c->store.fast_map, err, errlen);
+    if (pgw_store_prepare(c->store.dir, (size_t)c->store.durable_map, (size_t)c->store.fast_map,
+                          err, errlen) != PGW_OK)
+        return PGW_ERR;
+    return pgw_keys_secret(c->store.dir, 1, secret, err, errlen); /* created on first start */
 }
 
 /* Reads and validates the file, opens new sockets, then hands the generation to every worker.

@@ -512,6 +512,27 @@ void pgw_policy_set_init(struct pgw_policy_set *set)
         run_init(set, &set->routes[i]);
 }
 
+/* The plans of the config, checked (pgw.internal.engine.plans). */
+static int build_plans(struct build *b)
+{
+    lua_State *L = pgw_lua_state(b->lua);
+    char err[2048];
+    push_engine(b, "plans");
+    lua_pushstring(L, b->config->plans_json);
+    pgw_lua_push_readonly(b->lua);
+    if (pgw_lua_call_guarded(b->lua, 2, 2, 1000, err, sizeof(err)) != PGW_OK) {
+        errs_add(&b->e, "%s:%u: %s", b->config->file, b->config->plans_line, err);
+        return LUA_NOREF;
+    }
+    if (lua_isnil(L, -2)) {
+        errs_add(&b->e, "%s:%u: %s", b->config->file, b->config->plans_line, lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return LUA_NOREF;
+    }
+    lua_pop(L, 1);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 static void collect_builtins(struct build *b, const struct pgw_config_policies *ps)
 {
     for (size_t i = 0; i < ps->n; i++)
@@ -527,6 +548,7 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     set->lua = lua;
     set->budget = (unsigned)config->lua.budget;
     set->timers_max = config->lua.timers;
+    set->plans_ref = LUA_NOREF;
     struct build b = {.lua = lua, .set = set, .config = config, .e = {err, 0, errlen, 0, 0}};
     if (err && errlen)
         err[0] = '\0';
@@ -540,6 +562,7 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     }
     b.engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
+    set->plans_ref = build_plans(&b);
     for (size_t i = 0; i < config->num_listeners; i++)
         collect_builtins(&b, &config->listeners[i].policies);
     for (size_t i = 0; i < config->num_routes; i++)
@@ -595,6 +618,7 @@ void pgw_policy_set_free(struct pgw_policy_set *set)
     free_chains(set->lua, set->routes, set->num_routes);
     for (size_t i = 0; i < set->num_fn_refs; i++)
         pgw_lua_unref(set->lua, set->fn_refs[i]);
+    pgw_lua_unref(set->lua, set->plans_ref);
     free(set->fn_refs);
     for (size_t i = 0; i < set->num_names; i++)
         free(set->names[i]);

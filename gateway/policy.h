@@ -80,6 +80,7 @@ struct pgw_policy_set {
     int retired;              /* a newer set replaced it: its timers stopped */
     unsigned budget;          /* ms per run of policy code (config policies.budget) */
     unsigned timers_max;      /* config policies.timers */
+    int plans_ref;            /* registry ref of the read-only plans view (pgw.plan) */
     struct pgw_gen *gen;      /* the generation that owns the set (NULL in the master) */
 };
 

@@ -59,6 +59,7 @@ struct pgw_worker {
     struct evdns_base *dns;
     struct pgw_store *store;    /* opened after fork when the config has a store (NULL: none) */
     char *store_dir;            /* the directory it was opened from */
+    unsigned char store_secret[32]; /* keys.h: the server secret of that store */
     struct event *store_timer;  /* sync, sweep and reader check */
     struct pgw_gen *gen;        /* the newest generation; connections hold their own refs */
     struct pgw_listener *listeners; /* one per listener of gen->config, same order */

@@ -20,6 +20,7 @@ struct env {
 
 struct pgw_store {
     struct env durable, fast;
+    MDB_dbi tables[2]; /* durable: keys, consumers */
     char err[4200];
     int full;
     char sweep_key[PGW_STORE_KEY_MAX]; /* where the sweeper resumes */
@@ -107,11 +108,28 @@ int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, char
     return PGW_OK;
 }
 
+static int open_tables(struct pgw_store *s, char *err, size_t errlen)
+{
+    static const char *const names[] = {"keys", "consumers"};
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->durable.env, NULL, 0, &txn);
+    for (size_t i = 0; rc == 0 && i < PGW_ARRAY_LEN(names); i++)
+        rc = mdb_dbi_open(txn, names[i], MDB_CREATE, &s->tables[i]);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc != 0)
+        snprintf(err, errlen, "%s: %s", s->durable.path, mdb_strerror(rc));
+    return rc;
+}
+
 struct pgw_store *pgw_store_open(const char *dir, size_t durable_map, size_t fast_map, char *err,
                                  size_t errlen)
 {
     struct pgw_store *s = pgw_calloc(1, sizeof(*s));
     if (env_open(&s->durable, dir, "durable.mdb", durable_map, 0, err, errlen) != 0 ||
+        open_tables(s, err, errlen) != 0 ||
         env_open(&s->fast, dir, "fast.mdb", fast_map, FAST_FLAGS, err, errlen) != 0) {
         pgw_store_close(s);
         return NULL;
@@ -329,6 +347,144 @@ int pgw_store_incr(struct pgw_store *s, const char *key, size_t klen, int64_t de
     return PGW_OK;
 }
 
+/* ---- Rate limits ----
+ * Records (kind INT, 16-byte payload stored as BYTES with the entry's expiry):
+ *   fixed: window start (8), count (8);   gcra: TAT in us (8), latest clock in ms (8). */
+
+struct pair {
+    uint64_t a;
+    int64_t b;
+};
+
+/* Reads the 16-byte state of <key> in <txn>; 0 found, 1 absent or expired, else an LMDB error. */
+static int pair_get(struct pgw_store *s, MDB_txn *txn, const char *key, size_t klen,
+                    uint64_t now_ms, struct pair *p)
+{
+    MDB_val k = {klen, (void *)key}, d;
+    int rc = mdb_get(txn, s->fast.dbi, &k, &d);
+    if (rc == MDB_NOTFOUND)
+        return 1;
+    if (rc != 0)
+        return rc;
+    if (expired(&d, now_ms) || d.mv_size != HDR + 16)
+        return 1;
+    memcpy(&p->a, (const unsigned char *)d.mv_data + HDR, 8);
+    memcpy(&p->b, (const unsigned char *)d.mv_data + HDR + 8, 8);
+    return 0;
+}
+
+static int pair_put(struct pgw_store *s, MDB_txn *txn, const char *key, size_t klen,
+                    const struct pair *p, uint64_t expires_ms)
+{
+    char buf[16];
+    memcpy(buf, &p->a, 8);
+    memcpy(buf + 8, &p->b, 8);
+    struct pgw_store_value v = {.kind = PGW_STORE_BYTES, .bytes = buf, .len = 16};
+    return put(s, txn, key, klen, &v, expires_ms);
+}
+
+/* Runs <step> on the state of <key> in one write transaction and writes what it decides. */
+static int limit_txn(struct pgw_store *s, const char *key, size_t klen, uint64_t now_ms,
+                     int (*step)(struct pair *p, int found, void *arg, uint64_t *expires),
+                     void *arg)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->fast.env, NULL, 0, &txn);
+    if (rc != 0)
+        return fail(s, &s->fast, rc);
+    struct pair p = {0, 0};
+    rc = pair_get(s, txn, key, klen, now_ms, &p);
+    if (rc > 1 || rc < 0) {
+        mdb_txn_abort(txn);
+        return fail(s, &s->fast, rc);
+    }
+    uint64_t expires = 0;
+    if (!step(&p, rc == 0, arg, &expires)) { /* refused: nothing to write */
+        mdb_txn_abort(txn);
+        return PGW_OK;
+    }
+    rc = pair_put(s, txn, key, klen, &p, expires);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    return rc == 0 ? PGW_OK : fail(s, &s->fast, rc);
+}
+
+struct fixed_arg {
+    uint64_t start, end, now;
+    int64_t limit, cost;
+    struct pgw_store_limit *out;
+};
+
+static int fixed_step(struct pair *p, int found, void *arg, uint64_t *expires)
+{
+    struct fixed_arg *f = arg;
+    uint64_t start = f->start, end = f->end;
+    if (found && p->a > start) { /* the clock went back: keep counting in the stored window */
+        end = p->a + (end - start);
+        start = p->a;
+    }
+    int64_t count = found && p->a == start ? p->b : 0;
+    struct pgw_store_limit *o = f->out;
+    o->reset_ms = end;
+    o->allowed = count + f->cost <= f->limit;
+    o->count = o->allowed ? count + f->cost : count;
+    o->remaining = f->limit - o->count > 0 ? f->limit - o->count : 0;
+    o->retry_ms = o->allowed ? 0 : (end > f->now ? end - f->now : 0);
+    if (!o->allowed)
+        return 0;
+    p->a = start;
+    p->b = o->count;
+    *expires = end;
+    return 1;
+}
+
+int pgw_store_fixed(struct pgw_store *s, const char *key, size_t klen, uint64_t start_ms,
+                    uint64_t end_ms, int64_t limit, int64_t cost, uint64_t now_ms,
+                    struct pgw_store_limit *out)
+{
+    pgw_assert(end_ms > start_ms);
+    struct fixed_arg f = {start_ms, end_ms, now_ms, limit, cost, out};
+    return limit_txn(s, key, klen, now_ms, fixed_step, &f);
+}
+
+struct gcra_arg {
+    uint64_t period_us, now_ms;
+    int64_t burst;
+    struct pgw_store_limit *out;
+};
+
+static int gcra_step(struct pair *p, int found, void *arg, uint64_t *expires)
+{
+    struct gcra_arg *g = arg;
+    uint64_t now_ms = found && (uint64_t)p->b > g->now_ms ? (uint64_t)p->b : g->now_ms;
+    uint64_t now = now_ms * 1000, tau = g->period_us * (uint64_t)g->burst;
+    uint64_t tat = found && p->a > now ? p->a : now;
+    struct pgw_store_limit *o = g->out;
+    o->allowed = tat - now <= tau;
+    uint64_t next = o->allowed ? tat + g->period_us : tat;
+    uint64_t used = next - now; /* how far ahead the bucket is */
+    o->remaining = used >= tau + g->period_us ? 0 : (int64_t)((tau + g->period_us - used) / g->period_us);
+    o->reset_ms = next / 1000 + (next % 1000 ? 1 : 0);
+    o->retry_ms = o->allowed ? 0 : (tat - now - tau + 999) / 1000;
+    o->count = 0;
+    if (!o->allowed)
+        return 0;
+    p->a = next;
+    p->b = (int64_t)now_ms;
+    *expires = o->reset_ms + 1000; /* a full bucket needs no state */
+    return 1;
+}
+
+int pgw_store_gcra(struct pgw_store *s, const char *key, size_t klen, uint64_t period_us,
+                   int64_t burst, uint64_t now_ms, struct pgw_store_limit *out)
+{
+    pgw_assert(period_us > 0 && burst >= 0);
+    struct gcra_arg g = {period_us, now_ms, burst, out};
+    return limit_txn(s, key, klen, now_ms, gcra_step, &g);
+}
+
 size_t pgw_store_sweep(struct pgw_store *s, uint64_t now_ms, size_t max)
 {
     MDB_txn *txn;
@@ -363,4 +519,80 @@ size_t pgw_store_sweep(struct pgw_store *s, uint64_t now_ms, size_t max)
     if (mdb_txn_commit(txn) != 0)
         return 0;
     return deleted;
+}
+
+/* ---- Durable records ---- */
+
+int pgw_store_rec_get(struct pgw_store *s, enum pgw_store_table t, const void *key, size_t klen,
+                      void *buf, size_t cap, size_t *len)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->durable.env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return fail(s, &s->durable, rc);
+    MDB_val k = {klen, (void *)key}, d;
+    rc = mdb_get(txn, s->tables[t], &k, &d);
+    int r = PGW_OK;
+    if (rc == MDB_NOTFOUND) {
+        r = PGW_DECLINED;
+    } else if (rc != 0) {
+        r = fail(s, &s->durable, rc);
+    } else {
+        *len = d.mv_size;
+        if (d.mv_size > cap)
+            r = PGW_AGAIN;
+        else
+            memcpy(buf, d.mv_data, d.mv_size); /* copied before the transaction ends */
+    }
+    mdb_txn_abort(txn);
+    return r;
+}
+
+int pgw_store_rec_put(struct pgw_store *s, enum pgw_store_table t, const void *key, size_t klen,
+                      const void *val, size_t vlen, int only_new)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->durable.env, NULL, 0, &txn);
+    if (rc != 0)
+        return fail(s, &s->durable, rc);
+    MDB_val k = {klen, (void *)key}, d = {vlen, (void *)val};
+    if (val != NULL)
+        rc = mdb_put(txn, s->tables[t], &k, &d, only_new ? MDB_NOOVERWRITE : 0);
+    else
+        rc = mdb_del(txn, s->tables[t], &k, NULL);
+    if (rc == MDB_KEYEXIST || (val == NULL && rc == MDB_NOTFOUND)) {
+        mdb_txn_abort(txn);
+        return PGW_DECLINED;
+    }
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return fail(s, &s->durable, rc);
+    }
+    rc = mdb_txn_commit(txn); /* the durable environment syncs on commit */
+    return rc == 0 ? PGW_OK : fail(s, &s->durable, rc);
+}
+
+int pgw_store_rec_scan(struct pgw_store *s, enum pgw_store_table t,
+                       int (*fn)(const void *key, size_t klen, const void *val, size_t vlen,
+                                 void *arg),
+                       void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->durable.env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return fail(s, &s->durable, rc);
+    rc = mdb_cursor_open(txn, s->tables[t], &cur);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return fail(s, &s->durable, rc);
+    }
+    MDB_val k, d;
+    for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT))
+        if (fn(k.mv_data, k.mv_size, d.mv_data, d.mv_size, arg) != 0)
+            break;
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rc == 0 || rc == MDB_NOTFOUND ? PGW_OK : fail(s, &s->durable, rc);
 }

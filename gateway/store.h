@@ -80,6 +80,50 @@ int pgw_store_delete(struct pgw_store *s, const char *key, size_t klen);
 int pgw_store_incr(struct pgw_store *s, const char *key, size_t klen, int64_t delta,
                    int64_t limit, uint64_t expires_ms, uint64_t now_ms, int64_t *value);
 
+/* ---- Durable records (keys.c builds keys and consumers on these) ---- */
+
+enum pgw_store_table { PGW_STORE_KEYS = 0, PGW_STORE_CONSUMERS = 1 };
+
+/* Reads the record <key> of <table> into <buf,cap> (*len set; PGW_AGAIN when it does not fit).
+ * PGW_OK, PGW_DECLINED (absent), PGW_ERR. */
+int pgw_store_rec_get(struct pgw_store *s, enum pgw_store_table t, const void *key, size_t klen,
+                      void *buf, size_t cap, size_t *len);
+/* Writes (or with <val> NULL deletes) the record; synced to disk before it returns. With
+ * <only_new>, an existing record makes it fail with PGW_DECLINED. PGW_OK or PGW_ERR. */
+int pgw_store_rec_put(struct pgw_store *s, enum pgw_store_table t, const void *key, size_t klen,
+                      const void *val, size_t vlen, int only_new);
+/* Calls <fn> for every record of <table> in key order until it returns non-zero (one read
+ * transaction: for the CLI, never on the request path). PGW_OK or PGW_ERR. */
+int pgw_store_rec_scan(struct pgw_store *s, enum pgw_store_table t,
+                       int (*fn)(const void *key, size_t klen, const void *val, size_t vlen,
+                                 void *arg),
+                       void *arg);
+
+/* ---- Rate limits (one write transaction per admission: exact across processes) ---- */
+
+/* The answer of a limiter. */
+struct pgw_store_limit {
+    int allowed;
+    int64_t count;        /* fixed: requests counted in the window, this one included if allowed */
+    int64_t remaining;    /* admissions left now */
+    uint64_t reset_ms;    /* fixed: end of the window; gcra: when the bucket is full again */
+    uint64_t retry_ms;    /* when refused: how long until one admission would pass */
+};
+
+/* Fixed window [start_ms, end_ms) chosen by the caller (aligned windows, UTC days or months).
+ * Admits <cost> more when count + cost <= limit. Time never goes backwards per key: a window
+ * older than the one stored (the clock stepped back) is answered from the stored one, so a clock
+ * step neither resets nor doubles a window. PGW_OK (answer in *out) or PGW_ERR. */
+int pgw_store_fixed(struct pgw_store *s, const char *key, size_t klen, uint64_t start_ms,
+                    uint64_t end_ms, int64_t limit, int64_t cost, uint64_t now_ms,
+                    struct pgw_store_limit *out);
+
+/* GCRA (generic cell rate algorithm): one admission every <period_us> on average, with up to
+ * <burst> extra at once. The stored state is the theoretical arrival time and the latest clock
+ * seen (never going backwards). PGW_OK (answer in *out) or PGW_ERR. */
+int pgw_store_gcra(struct pgw_store *s, const char *key, size_t klen, uint64_t period_us,
+                   int64_t burst, uint64_t now_ms, struct pgw_store_limit *out);
+
 /* Deletes at most <max> expired entries, continuing where the previous call stopped (small
  * write transactions: the sweeper timer calls it). Returns how many it deleted. */
 size_t pgw_store_sweep(struct pgw_store *s, uint64_t now_ms, size_t max);

@@ -20,6 +20,7 @@
 #include "proxy.h"
 #include "server.h"
 #include "store.h"
+#include "keys.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -282,6 +283,8 @@ static int store_configure(const struct pgw_config_store *sc, char *err, size_t 
         return PGW_OK; /* map sizes take effect at restart (docs/store.md) */
     struct pgw_store *s = NULL;
     if (sc->dir != NULL) {
+        if (pgw_keys_secret(sc->dir, 0, pgw_worker.store_secret, err, errlen) != PGW_OK)
+            return PGW_ERR;
         s = pgw_store_open(sc->dir, (size_t)sc->durable_map, (size_t)sc->fast_map, err, errlen);
         if (s == NULL)
             return PGW_ERR;

@@ -29,10 +29,11 @@ end
 local query = require "pgw.internal.query"
 
 for _, name in ipairs({ "resp", "log", "json", "time", "base64", "crypto", "cache", "timer",
-                        "http", "store" }) do
+                        "http", "store", "keys" }) do
     pgw[name] = core[name]
 end
 pgw.exit, pgw.ctx, pgw.const_eq, pgw.sleep = core.exit, core.ctx, core.const_eq, core.sleep
+pgw.plan = core.plan
 
 local req = {}
 for k, v in pairs(core.req) do

@@ -119,6 +119,73 @@ static void test_exact_across_processes(void)
     pgw_store_close(s);
 }
 
+static void test_fixed_window_and_clock_steps(void)
+{
+    struct pgw_store *s = open_fresh(4 * MB);
+    struct pgw_store_limit o;
+    /* window [60000, 120000), limit 3 */
+    for (int i = 1; i <= 3; i++) {
+        CHECK_INT(pgw_store_fixed(s, "f", 1, 60000, 120000, 3, 1, 61000, &o), PGW_OK);
+        CHECK(o.allowed);
+        CHECK_INT(o.count, i);
+        CHECK_INT(o.remaining, 3 - i);
+        CHECK_INT(o.reset_ms, 120000);
+    }
+    CHECK_INT(pgw_store_fixed(s, "f", 1, 60000, 120000, 3, 1, 62000, &o), PGW_OK);
+    CHECK(!o.allowed);
+    CHECK_INT(o.remaining, 0);
+    CHECK_INT(o.retry_ms, 58000);
+    /* the clock steps back into the previous window: still the stored window, still full */
+    CHECK_INT(pgw_store_fixed(s, "f", 1, 0, 60000, 3, 1, 59000, &o), PGW_OK);
+    CHECK(!o.allowed);
+    CHECK_INT(o.reset_ms, 120000);
+    /* the next window starts from zero */
+    CHECK_INT(pgw_store_fixed(s, "f", 1, 120000, 180000, 3, 1, 120001, &o), PGW_OK);
+    CHECK(o.allowed);
+    CHECK_INT(o.count, 1);
+    /* a clock step forward by several windows is one new window, not a burst of them */
+    CHECK_INT(pgw_store_fixed(s, "f", 1, 600000, 660000, 3, 3, 600000, &o), PGW_OK);
+    CHECK(o.allowed && o.count == 3);
+    CHECK_INT(pgw_store_fixed(s, "f", 1, 600000, 660000, 3, 1, 600000, &o), PGW_OK);
+    CHECK(!o.allowed);
+    pgw_store_close(s);
+}
+
+static void test_gcra(void)
+{
+    struct pgw_store *s = open_fresh(4 * MB);
+    struct pgw_store_limit o;
+    /* 10 per second (period 100 ms), burst 2: three at once, then one per 100 ms */
+    uint64_t t = 1000000;
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t, &o), PGW_OK);
+        CHECK(o.allowed);
+        CHECK_INT(o.remaining, 2 - i);
+    }
+    CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t, &o), PGW_OK);
+    CHECK(!o.allowed);
+    CHECK_INT(o.retry_ms, 100);
+    CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t + 99, &o), PGW_OK);
+    CHECK(!o.allowed);
+    CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t + 100, &o), PGW_OK);
+    CHECK(o.allowed);
+    /* the clock steps back one second: no extra admissions */
+    CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t - 1000, &o), PGW_OK);
+    CHECK(!o.allowed);
+    /* long idle: a full bucket again */
+    CHECK_INT(pgw_store_gcra(s, "g", 1, 100000, 2, t + 10000, &o), PGW_OK);
+    CHECK(o.allowed);
+    CHECK_INT(o.remaining, 2);
+    /* exact over 10 simulated seconds at a steady stream: 3 + 100 admissions */
+    int ok = 0;
+    for (uint64_t ms = 0; ms < 10000; ms += 5) {
+        CHECK_INT(pgw_store_gcra(s, "h", 1, 100000, 2, t + ms, &o), PGW_OK);
+        ok += o.allowed;
+    }
+    CHECK_INT(ok, 3 + 99);
+    pgw_store_close(s);
+}
+
 static void test_sweep(void)
 {
     struct pgw_store *s = open_fresh(4 * MB);
@@ -241,6 +308,8 @@ int main(void)
     RUN(test_set_get_expiry);
     RUN(test_incr_limit_and_window);
     RUN(test_exact_across_processes);
+    RUN(test_fixed_window_and_clock_steps);
+    RUN(test_gcra);
     RUN(test_sweep);
     RUN(test_map_full);
     RUN(test_damaged_fast_is_recreated);

@@ -45,6 +45,40 @@ function M.conf(tbl, json_text, name, readonly)
     return readonly(res)
 end
 
+-- Usage plans (config `plans:`): name -> { rate = { limit, per, burst }, quota = { limit,
+-- per = "day" | "month" }, routes = [names], methods = [names] }.
+local PLAN = {
+    rate = { type = "map", fields = {
+        limit = { type = "integer", min = 1, required = true },
+        per = { type = "duration", default = "1s" },
+        burst = { type = "integer", min = 0, default = 0 },
+    } },
+    quota = { type = "map", fields = {
+        limit = { type = "integer", min = 1, required = true },
+        per = { type = "string", enum = { "day", "month" }, required = true },
+    } },
+    routes = { type = "array", items = { type = "string" } },
+    methods = { type = "array", items = { type = "string" } },
+    description = { type = "string" },
+}
+
+-- plans(json_text, readonly) -> view of name -> plan | nil, message
+function M.plans(json_text, readonly)
+    local plans, err = core.json.decode(json_text)
+    if type(plans) ~= "table" then
+        return nil, "plans: " .. tostring(err or "must be a map")
+    end
+    local out = {}
+    for name, spec in pairs(strip_nulls(plans)) do
+        local ok, res = schema.check(PLAN, spec, "plans." .. tostring(name))
+        if not ok then
+            return nil, res
+        end
+        out[name] = res
+    end
+    return readonly(out)
+end
+
 -- stages(tbl) -> rewrite, access, header_filter, body_filter, log, init_worker (functions or
 -- nil), read raw so that no metamethod of the policy runs.
 function M.stages(tbl)
