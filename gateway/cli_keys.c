@@ -138,7 +138,7 @@ static void ensure_consumer(struct pgw_store *s, const char *name)
     if (!pgw_keys_valid_name(name) || pgw_consumers_get(s, name, &c) != PGW_DECLINED)
         return;
     memset(&c, 0, sizeof(c));
-    snprintf(c.name, sizeof(c.name), "%s", name);
+    memcpy(c.name, name, strlen(name)); /* at most PGW_KEYS_NAME_MAX: a valid name */
     c.created_ms = now_ms();
     pgw_consumers_put(s, &c, 1);
 }
