@@ -60,6 +60,7 @@ TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c
 TEST_DEPS_store := gateway/util.c gateway/log.c
+TEST_DEPS_keys := gateway/util.c gateway/log.c gateway/store.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

@@ -2,8 +2,11 @@
 # bench/start-gw.sh: GATEWAY_START for ../shared/bench (see its README, "Gateway contract").
 # Starts ./passerelle in the foreground with a bare proxy listener on $PGW_PORT_PROXY forwarding
 # everything to $PGW_UPSTREAM, keep-alive on both sides, access log off, and the rig's policy chain
-# (bench/policies/bench_keyauth.lua: key auth over $PGW_KEYS_FILE, a fixed-window rate limit,
-# X-Consumer and X-RateLimit-* headers) on $PGW_PORT_POLICY. Until TLS lands, $PGW_PORT_TLS is a
+# on $PGW_PORT_POLICY: the built-in key_auth over the keys of $PGW_KEYS_FILE imported into the
+# store (each key its own consumer: the rig expects X-Consumer to carry the key), then the built-in
+# rate_limit (fixed window per consumer, exact across workers, counted in LMDB) with its headers.
+# PGW_BENCH_CHAIN=lua runs bench/policies/bench_keyauth.lua instead (keys in the config, counters
+# in the per-worker pgw.cache): the same work as the nginx-lua anchor's script. Until TLS lands, $PGW_PORT_TLS is a
 # plain bare-proxy listener (checked only for the gw-tls cases, which are not run yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +28,7 @@ limits: { max_connections: 100000 }
 upstreams:
   origin: { targets: ["$PGW_UPSTREAM"], keepalive: 256, retries: 0 }
 policies: { dir: bench/policies, budget: $budget }
+store: { dir: "$PGW_WORKDIR/store" }
 routes:
   - { name: all, listeners: [proxy, tls], match: { path: / }, upstream: origin }
   - name: keyed
@@ -32,14 +36,24 @@ routes:
     match: { path: / }
     upstream: origin
     policies:
+$(if [ "${PGW_BENCH_CHAIN:-builtin}" = lua ]; then cat <<CHAIN
       - bench_keyauth:
           limit: ${PGW_RATE_LIMIT:-1000000000}
           window: ${PGW_RATE_WINDOW:-60}
           keys: $keys
+CHAIN
+else cat <<CHAIN
+      - key_auth: { header: apikey, headers: { consumer: X-Consumer } }
+      - rate_limit: { by: consumer, limit: ${PGW_RATE_LIMIT:-1000000000}, window: ${PGW_RATE_WINDOW:-60} }
+CHAIN
+fi)
 access_log: off
 error_log: { path: "$PGW_WORKDIR/error.log", level: warn }
 YAML
 if [ "${PGW_BENCH_BARE:-0}" = 1 ]; then
-    sed -i -e '/^policies:/d' -e '/^  - name: keyed/,/^access_log/{/^access_log/!d}' "$conf"
+    sed -i -e '/^policies:/d' -e '/^store:/d' -e '/^  - name: keyed/,/^access_log/{/^access_log/!d}' "$conf"
+else
+    awk '{ print $1, $1 }' "${PGW_KEYS_FILE:-/dev/null}" > "$PGW_WORKDIR/keys.txt"
+    ./passerelle keys import "$PGW_WORKDIR/keys.txt" --create-consumers -c "$conf" >/dev/null
 fi
 exec ./passerelle -c "$conf"

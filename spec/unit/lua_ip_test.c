@@ -312,33 +312,37 @@ static uint64_t rnd(void)
     return x * 0x2545f4914f6cdd1dull;
 }
 
-/* A random CIDR: IPv4 in 10.0.0.0-13.255.255.255 with prefixes 9..32 (mostly 16..32, so that
- * ranges overlap and touch without covering everything), IPv6 in 2001:db8::-2001:dba:ffff:.. with
- * prefixes 32..128, IPv4 written as IPv4-mapped IPv6 ranges, and IPv6 ranges just below the
- * mapped space (::/81..::/95). Ranges that hold the whole mapped space (hence every IPv4
- * address) are left to test_mapped: one of them would make every IPv4 query a hit. */
-static void random_cidr(struct pgw_cidr *c)
+static void clear_host_bits(struct pgw_cidr *c)
+{
+    unsigned max = c->family == AF_INET ? 32 : 128;
+    for (unsigned bit = c->prefix; bit < max; bit++)
+        c->addr[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+}
+
+/* A random CIDR, written as text and parsed: IPv4 (prefixes 16..32, a few 12..15), IPv4 written
+ * as IPv4-mapped IPv6 ranges, IPv6 in 2001:db8::/32 (prefixes 40..128, a few 33..39), and rarely
+ * IPv6 ranges just below the mapped space (::/81..::/95). Ranges that hold the whole mapped space
+ * (hence every IPv4 address) are left to test_mapped: one of them would make every IPv4 query a
+ * hit. */
+static void random_fresh(struct pgw_cidr *c)
 {
     char text[64], buf[INET6_ADDRSTRLEN];
     unsigned kind = (unsigned)(rnd() % 100);
     uint8_t a[16];
     for (int i = 0; i < 16; i++)
         a[i] = (uint8_t)rnd();
-    a[0] = (uint8_t)(10 + a[0] % 4);
+    a[0] = (uint8_t)(1 + a[0] % 223);
     if (kind < 55) {
-        unsigned prefix = kind < 3 ? 9 + (unsigned)(rnd() % 7) : 16 + (unsigned)(rnd() % 17);
+        unsigned prefix = kind < 3 ? 12 + (unsigned)(rnd() % 4) : 16 + (unsigned)(rnd() % 17);
         snprintf(text, sizeof(text), "%u.%u.%u.%u/%u", a[0], a[1], a[2], a[3], prefix);
     } else if (kind < 65) {
         unsigned prefix = 96 + 16 + (unsigned)(rnd() % 17);
         snprintf(text, sizeof(text), "::ffff:%u.%u.%u.%u/%u", a[0], a[1], a[2], a[3], prefix);
-    } else if (kind < 67) {
+    } else if (kind < 66) {
         snprintf(text, sizeof(text), "::/%u", 81 + (unsigned)(rnd() % 15));
     } else {
-        a[0] = 0x20;
-        a[1] = 0x01;
-        a[2] = 0x0d;
-        a[3] = (uint8_t)(0xb8 + a[3] % 3);
-        unsigned prefix = kind < 68 ? 32 : 33 + (unsigned)(rnd() % 96);
+        memcpy(a, "\x20\x01\x0d\xb8", 4);
+        unsigned prefix = kind < 68 ? 33 + (unsigned)(rnd() % 7) : 40 + (unsigned)(rnd() % 89);
         inet_ntop(AF_INET6, a, buf, sizeof(buf));
         snprintf(text, sizeof(text), "%s/%u", buf, prefix);
     }
@@ -346,6 +350,34 @@ static void random_cidr(struct pgw_cidr *c)
         fprintf(stderr, "FAIL %s: random CIDR %s does not parse\n", test_current, text);
         test_current_failed = 1;
     }
+}
+
+/* A range that overlaps or touches <base>: inside it, around it, or its sibling (the block of
+ * the same size next to it, which merges with it). */
+static void random_variant(struct pgw_cidr *c, const struct pgw_cidr *base)
+{
+    unsigned max = base->family == AF_INET ? 32 : 128;
+    unsigned min = base->family == AF_INET ? 8 : memcmp(base->addr, v4mapped, 12) == 0 ? 104 : 34;
+    *c = *base;
+    switch (rnd() % 3) {
+    case 0: /* inside */
+        c->prefix += (unsigned)(rnd() % 5);
+        if (c->prefix > max)
+            c->prefix = max;
+        for (unsigned bit = base->prefix; bit < c->prefix; bit++)
+            if (rnd() & 1)
+                c->addr[bit / 8] |= (uint8_t)(0x80u >> (bit % 8));
+        break;
+    case 1: /* around */
+        c->prefix -= (unsigned)(rnd() % 3);
+        if (c->prefix < min)
+            c->prefix = min;
+        break;
+    default: /* the sibling */
+        if (c->prefix > min)
+            c->addr[(c->prefix - 1) / 8] ^= (uint8_t)(0x80u >> ((c->prefix - 1) % 8));
+    }
+    clear_host_bits(c);
 }
 
 /* Fills <ss> with a random address near the edges of <c> (one below, first, last, one above) or
@@ -401,7 +433,10 @@ static void test_random_vs_linear(void)
     struct pgw_cidr *list = malloc(N * sizeof(*list));
     size_t cap4 = 0, cap6 = 0;
     for (size_t i = 0; i < N; i++) {
-        random_cidr(&list[i]);
+        if (i > 0 && rnd() % 10 < 3)
+            random_variant(&list[i], &list[rnd() % i]);
+        else
+            random_fresh(&list[i]);
         unsigned s = cidr_slots(&list[i]);
         cap4 += (s & SLOT_V4) != 0;
         cap6 += (s & SLOT_V6) != 0;
@@ -411,7 +446,9 @@ static void test_random_vs_linear(void)
     for (size_t i = 0; i < N; i++)
         CHECK(matcher_add(m, &list[i]));
     matcher_finish(m);
-    CHECK(m->n4 < cap4 && m->n6 < cap6); /* the random list had overlaps */
+    /* the random list had overlaps and adjacent ranges, and still many ranges */
+    CHECK(m->n4 < cap4 && m->n6 < cap6);
+    CHECK(m->n4 > 1000 && m->n6 > 1000);
     /* the merged ranges are sorted, disjoint and not adjacent */
     for (size_t i = 1; i < m->n4; i++)
         CHECK((uint64_t)m->v4[i - 1].hi + 1 < m->v4[i].lo);
@@ -429,7 +466,7 @@ static void test_random_vs_linear(void)
             for (int i = 0; i < 16; i++)
                 c.addr[i] = (uint8_t)rnd();
             if (c.family == AF_INET)
-                c.addr[0] = (uint8_t)(8 + c.addr[0] % 8);
+                c.addr[0] = (uint8_t)(1 + c.addr[0] % 223);
             else if (rnd() & 1)
                 memcpy(c.addr, "\x20\x01\x0d\xb8", 4);
             c.prefix = c.family == AF_INET ? 32 : 128;
