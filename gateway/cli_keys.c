@@ -165,9 +165,16 @@ static int import_keys(struct pgw_store *s, const unsigned char *secret, const c
         char err[512];
         if (fields >= 2 && create_consumers)
             ensure_consumer(s, consumer);
-        if (fields < 2 || (fields == 3 && expiry(dur, &exp) != PGW_OK) ||
-            pgw_keys_add(s, secret, key, strlen(key), consumer, exp, now_ms(), &k, err,
-                         sizeof(err)) == PGW_ERR) {
+        int r = PGW_ERR;
+        if (fields >= 2 && (fields < 3 || expiry(dur, &exp) == PGW_OK))
+            r = pgw_keys_add(s, secret, key, strlen(key), consumer, exp, now_ms(), &k, err,
+                             sizeof(err));
+        if (r == PGW_DECLINED) {
+            fprintf(stderr, "%s:%u: not imported: that key exists already\n", file, lineno);
+            bad++;
+            continue;
+        }
+        if (r != PGW_OK) {
             fprintf(stderr, "%s:%u: not imported%s%s\n", file, lineno, fields < 2 ? "" : ": ",
                     fields < 2 ? "" : err);
             bad++;

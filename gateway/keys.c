@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <stdio.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -53,10 +55,42 @@ int pgw_keys_secret(const char *dir, int create, unsigned char secret[PGW_KEYS_S
     return PGW_OK;
 }
 
+/* OpenSSL 3's one-shot HMAC() fetches the digest and builds its contexts on every call (about
+ * 20,000 instructions); a MAC context kept per secret and re-initialised with a NULL key reuses
+ * the prepared inner and outer states (a few thousand). One per process: workers are single-
+ * threaded and use one secret. */
+static EVP_MAC_CTX *mac_ctx;
+static unsigned char mac_secret[PGW_KEYS_SECRET_LEN];
+
+static EVP_MAC_CTX *mac_for(const unsigned char *secret)
+{
+    if (mac_ctx != NULL && memcmp(mac_secret, secret, PGW_KEYS_SECRET_LEN) == 0)
+        return mac_ctx;
+    EVP_MAC_CTX_free(mac_ctx);
+    mac_ctx = NULL;
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    EVP_MAC_free(mac);
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    if (ctx == NULL || !EVP_MAC_init(ctx, secret, PGW_KEYS_SECRET_LEN, params)) {
+        EVP_MAC_CTX_free(ctx);
+        return NULL;
+    }
+    memcpy(mac_secret, secret, PGW_KEYS_SECRET_LEN);
+    return mac_ctx = ctx;
+}
+
 void pgw_keys_mac(const unsigned char *secret, const char *key, size_t len, unsigned char mac[32])
 {
-    unsigned int n = 32;
-    HMAC(EVP_sha256(), secret, PGW_KEYS_SECRET_LEN, (const unsigned char *)key, len, mac, &n);
+    EVP_MAC_CTX *ctx = mac_for(secret);
+    size_t n = 0;
+    if (ctx != NULL && EVP_MAC_init(ctx, NULL, 0, NULL) &&
+        EVP_MAC_update(ctx, (const unsigned char *)key, len) && EVP_MAC_final(ctx, mac, &n, 32) &&
+        n == 32)
+        return;
+    unsigned int m = 32; /* the slow path, should the cached context fail */
+    HMAC(EVP_sha256(), secret, PGW_KEYS_SECRET_LEN, (const unsigned char *)key, len, mac, &m);
 }
 
 void pgw_keys_generate(char out[40])

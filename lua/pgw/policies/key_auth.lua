@@ -35,10 +35,31 @@ local pgw = require "pgw"
 
 local ctx, exit, log_info = pgw.ctx, pgw.exit, pgw.log.info
 local req = pgw.req
+local clear_header, set_header, get_header = req.clear_header, req.set_header, req.get_header
+local lookup, now = pgw.keys.lookup, pgw.time.now
+
+-- Per conf (a read-only view, the same for every request of a generation): the identity header
+-- names as an array, computed once.
+local header_names = setmetatable({}, { __mode = "k" })
+
+local function names_of(conf)
+    local list = header_names[conf]
+    if list == nil then
+        list = {}
+        for _, name in pairs(conf.headers) do
+            list[#list + 1] = name
+        end
+        header_names[conf] = list
+    end
+    return list
+end
 
 local function split_groups(s)
     local out = {}
-    for g in string.gmatch(s or "", "[^,%s]+") do
+    if s == nil or s == "" then
+        return out
+    end
+    for g in string.gmatch(s, "[^,%s]+") do
         out[#out + 1] = g
     end
     return out
@@ -55,10 +76,10 @@ local function identify(conf, info)
     c["consumer.plan"] = info.plan ~= "" and info.plan or nil
     c["consumer.groups"] = split_groups(info.groups)
     local h = conf.headers
-    if h.consumer then req.set_header(h.consumer, info.consumer) end
-    if h.key_id and info.id then req.set_header(h.key_id, info.id) end
-    if h.plan and info.plan ~= "" then req.set_header(h.plan, info.plan) end
-    if h.groups and info.groups ~= "" then req.set_header(h.groups, info.groups) end
+    if h.consumer then set_header(h.consumer, info.consumer) end
+    if h.key_id and info.id then set_header(h.key_id, info.id) end
+    if h.plan and info.plan ~= "" then set_header(h.plan, info.plan) end
+    if h.groups and info.groups ~= "" then set_header(h.groups, info.groups) end
 end
 
 -- A plan may restrict routes and methods.
@@ -78,10 +99,11 @@ local function plan_allows(plan_name)
 end
 
 local function read_key(conf)
-    if conf.header ~= "" then
-        local v = req.get_header(conf.header)
+    local header = conf.header
+    if header ~= "" then
+        local v = get_header(header)
         if v then
-            if conf.hide_credentials then req.clear_header(conf.header) end
+            if conf.hide_credentials then clear_header(header) end
             return v
         end
     end
@@ -114,8 +136,9 @@ return {
     },
 
     access = function(conf)
-        for _, name in pairs(conf.headers) do
-            req.clear_header(name) -- a client cannot send its own identity
+        local names = names_of(conf)
+        for i = 1, #names do
+            clear_header(names[i]) -- a client cannot send its own identity
         end
         local key = read_key(conf)
         if key == nil then
@@ -134,16 +157,20 @@ return {
                         { ["Content-Type"] = "application/json",
                           ["WWW-Authenticate"] = 'ApiKey realm="' .. conf.realm .. '", ' .. where })
         end
-        local info, err = pgw.keys.lookup(key)
+        local info, err = lookup(key)
         local why = err and ("store error: " .. err) or (info == nil and "unknown key")
             or (info.status ~= "active" and (info.status .. " key " .. info.id))
-            or (info.expires > 0 and info.expires <= pgw.time.now() and ("expired key " .. info.id))
+            or (info.expires > 0 and info.expires <= now() and ("expired key " .. info.id))
         if why then
             log_info("refused ", req.get_client_addr(), ": ", why)
-            return exit(conf.status, json_message("invalid API key"),
-                        { ["Content-Type"] = "application/json" })
+            local headers = { ["Content-Type"] = "application/json" }
+            if conf.status == 401 then -- RFC 9110: every 401 carries a challenge
+                headers["WWW-Authenticate"] = 'ApiKey realm="' .. conf.realm ..
+                    '", error="invalid_key"'
+            end
+            return exit(conf.status, json_message("invalid API key"), headers)
         end
-        if not plan_allows(info.plan) then
+        if info.plan ~= "" and not plan_allows(info.plan) then
             log_info("refused ", req.get_client_addr(), ": plan ", info.plan, " of ",
                      info.consumer, " does not allow this route or method")
             return exit(403, json_message("not allowed by your plan"),

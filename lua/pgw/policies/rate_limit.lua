@@ -37,6 +37,7 @@ local pgw = require "pgw"
 local floor, ceil, max = math.floor, math.ceil, math.max
 local ctx, exit, now = pgw.ctx, pgw.exit, pgw.time.now
 local req, store = pgw.req, pgw.store
+local fixed, gcra, set_resp_header = store.fixed, store.gcra, pgw.resp.set_header
 
 -- Days since 1970-01-01 of a (proleptic Gregorian) date: H. Hinnant's days_from_civil.
 local function days_from_civil(y, m, d)
@@ -61,14 +62,14 @@ local function period(t, per)
     return days_from_civil(d.year, d.month, 1) * 86400, days_from_civil(y, m, 1) * 86400
 end
 
-local function identity(conf)
+local function identity(conf, c)
     local by = conf.by
     if by == "consumer" then
-        local c = ctx().consumer
-        if c then return "c:" .. c end
+        local consumer = c.consumer
+        if consumer then return "c:" .. consumer end
         return "ip:" .. req.get_client_addr()
     elseif by == "key" then
-        local k = ctx()["consumer.key_id"]
+        local k = c["consumer.key_id"]
         if k then return "k:" .. k end
         return "ip:" .. req.get_client_addr()
     elseif by == "ip" then
@@ -79,8 +80,7 @@ local function identity(conf)
     return "r:" .. (req.get_route() or "")
 end
 
-local function remember(limit, remaining, reset)
-    local c = ctx()
+local function remember(c, limit, remaining, reset)
     local old = c["rate_limit.remaining"]
     if old == nil or remaining < old then -- report the tightest limit
         c["rate_limit.limit"], c["rate_limit.remaining"], c["rate_limit.reset"] =
@@ -88,13 +88,12 @@ local function remember(limit, remaining, reset)
     end
 end
 
-local function refuse(conf, what, reset, retry)
-    local t = now()
-    remember(ctx()["rate_limit.limit"] or 0, 0, reset)
+local function refuse(c, what, reset, retry)
+    c["rate_limit.remaining"] = nil
+    remember(c, c["rate_limit.limit"] or 0, 0, reset)
     local wait = max(1, ceil(retry))
     return exit(429, '{"message":"' .. what .. ' exceeded","reset":' .. floor(reset) .. '}\n',
-                { ["Content-Type"] = "application/json", ["Retry-After"] = wait,
-                  ["X-RateLimit-Reset-At"] = pgw.time.http_date(t + wait) })
+                { ["Content-Type"] = "application/json", ["Retry-After"] = wait })
 end
 
 local function store_failed(conf, err)
@@ -130,13 +129,14 @@ return {
         if conf.by == "header" and not conf.header_name then
             error("rate_limit: by: header needs header_name")
         end
-        local who = identity(conf)
+        local c = ctx()
+        local who = identity(conf, c)
         if conf.scope == "route" then
             who = (req.get_route() or "") .. "|" .. who
         end
         local limit, window, algorithm, burst, quota =
             conf.limit, conf.window, conf.algorithm, conf.burst, conf.quota
-        local plan_name = conf.plan and ctx()["consumer.plan"]
+        local plan_name = conf.plan and c["consumer.plan"]
         local plan = plan_name and pgw.plan(plan_name)
         if plan then
             if plan.rate then
@@ -149,31 +149,32 @@ return {
         local ok, remaining, reset, retry
         local key = who .. "|" .. limit .. "/" .. window
         if algorithm == "gcra" then
-            ok, remaining, reset, retry = store.gcra("g|" .. key, limit, window, burst)
+            ok, remaining, reset, retry = gcra("g|" .. key, limit, window, burst)
         else
             local start = t - t % window
-            ok, remaining, reset, retry = store.fixed("f|" .. key, limit, start, start + window)
+            ok, remaining, reset, retry = fixed("f|" .. key, limit, start, start + window)
         end
         if ok == nil then
             return store_failed(conf, remaining)
         end
-        ctx()["rate_limit.limit"] = limit
-        remember(limit, remaining, reset)
+        c["rate_limit.limit"] = limit
+        remember(c, limit, remaining, reset)
         if not ok then
-            return refuse(conf, "rate limit", reset, retry)
+            return refuse(c, "rate limit", reset, retry)
         end
         if quota then
             local start, stop = period(t, quota.per)
             local qok, qrem, qreset, qretry =
-                store.fixed("q|" .. who .. "|" .. quota.limit .. "/" .. quota.per, quota.limit,
-                            start, stop)
+                fixed("q|" .. who .. "|" .. quota.limit .. "/" .. quota.per, quota.limit,
+                      start, stop)
             if qok == nil then
                 return store_failed(conf, qrem)
             end
             if not qok then
-                ctx()["rate_limit.limit"] = quota.limit
-                return refuse(conf, "quota", qreset, qretry)
+                c["rate_limit.limit"] = quota.limit
+                return refuse(c, "quota", qreset, qretry)
             end
+            remember(c, quota.limit, qrem, qreset) -- the headers show the tightest limit
         end
     end,
 
@@ -184,10 +185,10 @@ return {
         if limit == nil then return end
         local remaining, reset = c["rate_limit.remaining"], c["rate_limit.reset"]
         local secs = max(0, ceil(reset - now()))
-        pgw.resp.set_header("RateLimit-Limit", limit)
-        pgw.resp.set_header("RateLimit-Remaining", remaining)
-        pgw.resp.set_header("RateLimit-Reset", secs)
-        pgw.resp.set_header("X-RateLimit-Limit", limit)
-        pgw.resp.set_header("X-RateLimit-Remaining", remaining)
+        set_resp_header("RateLimit-Limit", limit)
+        set_resp_header("RateLimit-Remaining", remaining)
+        set_resp_header("RateLimit-Reset", secs)
+        set_resp_header("X-RateLimit-Limit", limit)
+        set_resp_header("X-RateLimit-Remaining", remaining)
     end,
 }
