@@ -61,7 +61,7 @@ static struct pgw_store *open_store(const char *path, unsigned char secret[PGW_K
     if (c->store.dir == NULL)
         fprintf(stderr, "%s: no store configured (store: { dir: ... })\n", path);
     else if (pgw_store_prepare(c->store.dir, (size_t)c->store.durable_map,
-                               (size_t)c->store.fast_map, err, sizeof(err)) != PGW_OK ||
+                               (size_t)c->store.fast_map, 0, err, sizeof(err)) != PGW_OK ||
              pgw_keys_secret(c->store.dir, 1, secret, err, sizeof(err)) != PGW_OK ||
              (s = pgw_store_open(c->store.dir, (size_t)c->store.durable_map,
                                  (size_t)c->store.fast_map, err, sizeof(err))) == NULL)
@@ -98,6 +98,17 @@ static int expiry(const char *s, uint64_t *out)
     *out = 0;
     if (s == NULL)
         return PGW_OK;
+    size_t n = strlen(s);
+    char num[32];
+    if (n > 1 && n < sizeof(num) && s[n - 1] == 'd') { /* days, which config durations lack */
+        memcpy(num, s, n - 1);
+        num[n - 1] = '\0';
+        uint64_t days = 0;
+        if (pgw_config_parse_duration(num, &days) == PGW_OK && days > 0 && days / 1000 <= 36500) {
+            *out = now_ms() + days * 86400; /* "<n>" parsed as seconds: n * 1000 ms */
+            return PGW_OK;
+        }
+    }
     if (pgw_config_parse_duration(s, &ms) != PGW_OK || ms == 0) {
         fprintf(stderr, "passerelle: --expires wants a duration (30d, 12h, 90m), got '%s'\n", s);
         return PGW_ERR;
@@ -166,8 +177,14 @@ static int import_keys(struct pgw_store *s, const unsigned char *secret, const c
         if (fields >= 2 && create_consumers)
             ensure_consumer(s, consumer);
         int r = PGW_ERR;
-        if (fields >= 2 && (fields < 3 || expiry(dur, &exp) == PGW_OK))
-            r = pgw_keys_add(s, secret, key, strlen(key), consumer, exp, now_ms(), &k, err,
+        size_t klen = strlen(key);
+        snprintf(err, sizeof(err), "%s", "bad line (<key> <consumer> [<expires>])");
+        if (fields >= 2 && (klen < 8 || klen > PGW_KEYS_KEY_MAX))
+            snprintf(err, sizeof(err), "a key must be 8 to %d bytes", PGW_KEYS_KEY_MAX);
+        else if (fields == 3 && expiry(dur, &exp) != PGW_OK)
+            snprintf(err, sizeof(err), "bad expiry %s", dur);
+        else if (fields >= 2)
+            r = pgw_keys_add(s, secret, key, klen, consumer, exp, now_ms(), &k, err,
                              sizeof(err));
         if (r == PGW_DECLINED) {
             fprintf(stderr, "%s:%u: not imported: that key exists already\n", file, lineno);
@@ -175,8 +192,7 @@ static int import_keys(struct pgw_store *s, const unsigned char *secret, const c
             continue;
         }
         if (r != PGW_OK) {
-            fprintf(stderr, "%s:%u: not imported%s%s\n", file, lineno, fields < 2 ? "" : ": ",
-                    fields < 2 ? "" : err);
+            fprintf(stderr, "%s:%u: not imported: %s\n", file, lineno, err);
             bad++;
             continue;
         }
@@ -318,16 +334,19 @@ static int consumers_verb(struct pgw_store *s, const char *verb, struct opts *o)
 int pgw_cli_store(const char *what, int argc, char **argv)
 {
     struct opts o;
-    if (argc < 2 || parse_opts(argc - 1, argv + 1, &o) != PGW_OK) {
+    if (parse_opts(argc, argv, &o) != PGW_OK || o.argc < 1) {
         fprintf(stderr, "usage: passerelle %s VERB [ARGS] [-c FILE]\n", what);
         return 2;
     }
+    const char *verb = o.argv[0]; /* options may come before or after it */
+    o.argv++;
+    o.argc--;
     unsigned char secret[PGW_KEYS_SECRET_LEN];
     struct pgw_store *s = open_store(o.config, secret);
     if (s == NULL)
         return 1;
-    int rc = strcmp(what, "keys") == 0 ? keys_verb(s, secret, argv[1], &o)
-                                       : consumers_verb(s, argv[1], &o);
+    int rc = strcmp(what, "keys") == 0 ? keys_verb(s, secret, verb, &o)
+                                       : consumers_verb(s, verb, &o);
     pgw_store_close(s);
     return rc;
 }

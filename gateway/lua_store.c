@@ -12,6 +12,7 @@
 #include "keys.h"
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 #include <sys/time.h>
 
 #define STAGES (PGW_STAGES_ANY & ~PGW_STAGE_LOAD)
@@ -265,6 +266,72 @@ static int l_gcra(lua_State *L)
 
 /* ---- pgw.keys ---- */
 
+/* Lookups of the same key are answered from a small direct-mapped cache of (key, record,
+ * consumer) while the durable environment's version has not changed: any write (a key added,
+ * suspended or revoked by the CLI, a plan changed) invalidates every entry at once, so a change
+ * is seen by the next request, and a hit costs no HMAC and no transaction. Keys are compared in
+ * constant time; the slot hash is seeded per process, so crafted keys can only evict entries. */
+#define KC_SLOTS 1024
+#define KC_KEY_MAX 96
+
+struct kc_entry {
+    uint64_t version; /* 0: empty */
+    size_t klen;
+    char key[KC_KEY_MAX];
+    struct pgw_key_info k;
+    struct pgw_consumer_info c;
+    int has_consumer;
+};
+
+static struct kc_entry *kc;
+static uint64_t kc_seed;
+
+static struct kc_entry *kc_slot(const char *key, size_t len)
+{
+    if (kc == NULL) {
+        kc = pgw_calloc(KC_SLOTS, sizeof(*kc));
+        kc_seed = pgw_lua_store_now_ms() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)kc;
+    }
+    uint64_t h = kc_seed ^ 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    return &kc[h & (KC_SLOTS - 1)];
+}
+
+/* Fills *k and *c for <key>: PGW_OK (c may be missing: *has_consumer 0), PGW_DECLINED, PGW_ERR. */
+static int kc_lookup(struct pgw_store *s, const char *key, size_t len, struct pgw_key_info *k,
+                     struct pgw_consumer_info *c, int *has_consumer)
+{
+    uint64_t version = pgw_store_durable_version(s);
+    struct kc_entry *e = len <= KC_KEY_MAX ? kc_slot(key, len) : NULL;
+    if (e != NULL && e->version == version && e->klen == len &&
+        CRYPTO_memcmp(e->key, key, len) == 0) {
+        *k = e->k;
+        *c = e->c;
+        *has_consumer = e->has_consumer;
+        return PGW_OK;
+    }
+    unsigned char mac[32];
+    pgw_keys_mac(pgw_worker.store_secret, key, len, mac);
+    int r = pgw_keys_lookup(s, mac, k);
+    if (r != PGW_OK)
+        return r; /* unknown keys are not cached: a key added now works at once */
+    r = pgw_consumers_get(s, k->consumer, c);
+    if (r == PGW_ERR)
+        return r;
+    *has_consumer = r == PGW_OK;
+    if (e != NULL) {
+        e->version = version;
+        e->klen = len;
+        memcpy(e->key, key, len);
+        e->k = *k;
+        e->c = *c;
+        e->has_consumer = *has_consumer;
+    }
+    return PGW_OK;
+}
+
 /* pgw.keys.lookup(key) -> { id, consumer, status, expires, plan, groups } | nil | nil, reason.
  * The consumer's plan and groups are read in the same call (a plan change applies at once). */
 static int l_keys_lookup(lua_State *L)
@@ -280,20 +347,17 @@ static int l_keys_lookup(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    unsigned char mac[32];
-    pgw_keys_mac(pgw_worker.store_secret, key, len, mac);
     struct pgw_key_info k;
     struct pgw_consumer_info c;
-    int r = pgw_keys_lookup(s, mac, &k);
+    int has_consumer = 0;
+    int r = kc_lookup(s, key, len, &k, &c, &has_consumer);
     if (r == PGW_DECLINED) {
         lua_pushnil(L);
         return 1;
     }
     if (r != PGW_OK)
         return store_failed(L, s);
-    r = pgw_consumers_get(s, k.consumer, &c);
-    if (r == PGW_ERR)
-        return store_failed(L, s);
+    r = has_consumer ? PGW_OK : PGW_DECLINED;
     lua_createtable(L, 0, 6);
     lua_pushstring(L, k.id);
     lua_setfield(L, -2, "id");

@@ -382,13 +382,13 @@ static void set_last_error(const char *e)
 
 /* The store directory is checked (and a damaged fast file recreated) by the master, before any
  * worker opens it; nothing stays open across fork. */
-static int store_prepare(const struct pgw_config *c, char *err, size_t errlen)
+static int store_prepare(const struct pgw_config *c, int repair, char *err, size_t errlen)
 {
     unsigned char secret[PGW_KEYS_SECRET_LEN];
     if (c->store.dir == NULL)
         return PGW_OK;
     if (pgw_store_prepare(c->store.dir, (size_t)c->store.durable_map, (size_t)c->store.fast_map,
-                          err, errlen) != PGW_OK)
+                          repair, err, errlen) != PGW_OK)
         return PGW_ERR;
     return pgw_keys_secret(c->store.dir, 1, secret, err, errlen); /* created on first start */
 }
@@ -403,7 +403,7 @@ static uint64_t reload(char *err, size_t errlen)
     struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
     char *bundle = NULL;
     size_t bundle_len = 0;
-    if (c != NULL && store_prepare(c, err, errlen) != PGW_OK) {
+    if (c != NULL && store_prepare(c, 0, err, errlen) != PGW_OK) {
         pgw_config_unref(c);
         c = NULL;
     }
@@ -856,7 +856,7 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     M.base = event_base_new();
     pgw_assert(M.base != NULL);
     char err[8192];
-    if (store_prepare(config, err, sizeof(err)) != PGW_OK) {
+    if (store_prepare(config, 1, err, sizeof(err)) != PGW_OK) {
         pgw_log_error("%s", err);
         return 1;
     }

@@ -85,7 +85,7 @@ static int fast_open_or_recreate(struct env *e, const char *dir, size_t map, cha
     return rc;
 }
 
-int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, char *err,
+int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, int repair, char *err,
                       size_t errlen)
 {
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
@@ -96,7 +96,9 @@ int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, char
     memset(&s, 0, sizeof(s));
     if (env_open(&s.durable, dir, "durable.mdb", durable_map, 0, err, errlen) != 0)
         return PGW_ERR;
-    if (fast_open_or_recreate(&s.fast, dir, fast_map, err, errlen) != 0) {
+    int rc = repair ? fast_open_or_recreate(&s.fast, dir, fast_map, err, errlen)
+                    : env_open(&s.fast, dir, "fast.mdb", fast_map, FAST_FLAGS, err, errlen);
+    if (rc != 0) {
         env_close(&s.durable);
         return PGW_ERR;
     }
@@ -522,6 +524,14 @@ size_t pgw_store_sweep(struct pgw_store *s, uint64_t now_ms, size_t max)
 }
 
 /* ---- Durable records ---- */
+
+uint64_t pgw_store_durable_version(struct pgw_store *s)
+{
+    MDB_envinfo info;
+    if (mdb_env_info(s->durable.env, &info) != 0)
+        return UINT64_MAX; /* never matches a cached version */
+    return (uint64_t)info.me_last_txnid;
+}
 
 int pgw_store_rec_get(struct pgw_store *s, enum pgw_store_table t, const void *key, size_t klen,
                       void *buf, size_t cap, size_t *len)

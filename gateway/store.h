@@ -39,10 +39,12 @@ struct pgw_store_value {
 #define PGW_STORE_KEY_MAX 480 /* LMDB's default key limit is 511 bytes */
 #define PGW_STORE_VALUE_MAX (64u * 1024)
 
-/* Checks (and repairs) the store directory before workers start: creates <dir>, opens both
- * environments once, recreates a fast file that fails to open (logged), clears reader slots left
- * by dead processes, closes. PGW_ERR with the reason (naming the file) in <err>. */
-int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, char *err,
+/* Checks the store directory: creates <dir>, opens both environments once, clears reader slots
+ * left by dead processes, closes. With <repair> (the master at start, before any worker runs), a
+ * fast file that fails to open is recreated empty (logged); otherwise (reloads, the CLI, while
+ * workers may have the file open) that is an error. PGW_ERR with the reason (naming the file) in
+ * <err>. */
+int pgw_store_prepare(const char *dir, size_t durable_map, size_t fast_map, int repair, char *err,
                       size_t errlen);
 
 /* Opens both environments (a worker, after fork; the CLI). NULL with <err> on failure. */
@@ -81,6 +83,11 @@ int pgw_store_incr(struct pgw_store *s, const char *key, size_t klen, int64_t de
                    int64_t limit, uint64_t expires_ms, uint64_t now_ms, int64_t *value);
 
 /* ---- Durable records (keys.c builds keys and consumers on these) ---- */
+
+/* The id of the durable environment's last committed transaction, read from its meta page
+ * without a transaction: it changes with every write of any process (the CLI's included), so
+ * a cache of durable records is valid while it stays the same. */
+uint64_t pgw_store_durable_version(struct pgw_store *s);
 
 enum pgw_store_table { PGW_STORE_KEYS = 0, PGW_STORE_CONSUMERS = 1 };
 

@@ -279,8 +279,13 @@ static void on_store_timer(evutil_socket_t fd, short what, void *arg)
 /* Opens, reopens or closes the store for a new generation. */
 static int store_configure(const struct pgw_config_store *sc, char *err, size_t errlen)
 {
-    if (sc->dir != NULL && pgw_worker.store_dir != NULL && strcmp(sc->dir, pgw_worker.store_dir) == 0)
-        return PGW_OK; /* map sizes take effect at restart (docs/store.md) */
+    if (sc->dir != NULL && pgw_worker.store_dir != NULL &&
+        strcmp(sc->dir, pgw_worker.store_dir) == 0) { /* map sizes take effect at restart */
+        struct timeval tv = {(time_t)(sc->sync_interval / 1000),
+                             (suseconds_t)(sc->sync_interval % 1000) * 1000};
+        event_add(pgw_worker.store_timer, &tv); /* the interval may have changed */
+        return PGW_OK;
+    }
     struct pgw_store *s = NULL;
     if (sc->dir != NULL) {
         if (pgw_keys_secret(sc->dir, 0, pgw_worker.store_secret, err, errlen) != PGW_OK)

@@ -16,7 +16,7 @@ static struct pgw_store *open_fresh(void)
     snprintf(dir, sizeof(dir), "/tmp/pgw-keys-test.%d", (int)getpid());
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
-    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 1 * MB, err, sizeof(err)), PGW_OK);
+    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 1 * MB, 1, err, sizeof(err)), PGW_OK);
     CHECK_INT(pgw_keys_secret(dir, 1, secret, err, sizeof(err)), PGW_OK);
     struct pgw_store *s = pgw_store_open(dir, 1 * MB, 1 * MB, err, sizeof(err));
     CHECK(s != NULL);

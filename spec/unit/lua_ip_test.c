@@ -320,7 +320,7 @@ static void clear_host_bits(struct pgw_cidr *c)
 }
 
 /* A random CIDR, written as text and parsed: IPv4 (prefixes 16..32, a few 12..15), IPv4 written
- * as IPv4-mapped IPv6 ranges, IPv6 in 2001:db8::/32 (prefixes 40..128, a few 33..39), and rarely
+ * as IPv4-mapped IPv6 ranges, IPv6 in 2001::/16 (prefixes 40..128, a few 33..39), and rarely
  * IPv6 ranges just below the mapped space (::/81..::/95). Ranges that hold the whole mapped space
  * (hence every IPv4 address) are left to test_mapped: one of them would make every IPv4 query a
  * hit. */
@@ -341,7 +341,7 @@ static void random_fresh(struct pgw_cidr *c)
     } else if (kind < 66) {
         snprintf(text, sizeof(text), "::/%u", 81 + (unsigned)(rnd() % 15));
     } else {
-        memcpy(a, "\x20\x01\x0d\xb8", 4);
+        memcpy(a, "\x20\x01", 2);
         unsigned prefix = kind < 68 ? 33 + (unsigned)(rnd() % 7) : 40 + (unsigned)(rnd() % 89);
         inet_ntop(AF_INET6, a, buf, sizeof(buf));
         snprintf(text, sizeof(text), "%s/%u", buf, prefix);
@@ -358,7 +358,11 @@ static void random_variant(struct pgw_cidr *c, const struct pgw_cidr *base)
 {
     unsigned max = base->family == AF_INET ? 32 : 128;
     unsigned min = base->family == AF_INET ? 8 : memcmp(base->addr, v4mapped, 12) == 0 ? 104 : 34;
+    static const uint8_t zero[10];
     *c = *base;
+    if (base->family == AF_INET6 && memcmp(base->addr, zero, 10) == 0 &&
+        memcmp(base->addr, v4mapped, 12) != 0)
+        return; /* ::/81..::/95: a wider range or the sibling would hold the mapped space */
     switch (rnd() % 3) {
     case 0: /* inside */
         c->prefix += (unsigned)(rnd() % 5);
@@ -429,7 +433,7 @@ static void random_addr_near(const struct pgw_cidr *c, struct sockaddr_storage *
 
 static void test_random_vs_linear(void)
 {
-    enum { N = 10000, QUERIES = 200000 };
+    enum { N = 10000, QUERIES = 40000, TIMED = 200000 };
     struct pgw_cidr *list = malloc(N * sizeof(*list));
     size_t cap4 = 0, cap6 = 0;
     for (size_t i = 0; i < N; i++) {
@@ -468,7 +472,7 @@ static void test_random_vs_linear(void)
             if (c.family == AF_INET)
                 c.addr[0] = (uint8_t)(1 + c.addr[0] % 223);
             else if (rnd() & 1)
-                memcpy(c.addr, "\x20\x01\x0d\xb8", 4);
+                memcpy(c.addr, "\x20\x01", 2);
             c.prefix = c.family == AF_INET ? 32 : 128;
             random_addr_near(&c, &ss);
         } else {
@@ -494,11 +498,11 @@ static void test_random_vs_linear(void)
     }
 
     /* The lookup is a binary search: 200k lookups in a 10k list take well under a second even
-     * under the sanitizers (the linear check above takes far longer). */
+     * under the sanitizers (the linear check takes about 1.5 s for 10k lookups). */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     size_t found = 0;
-    for (size_t k = 0; k < QUERIES; k++) {
+    for (size_t k = 0; k < TIMED; k++) {
         struct sockaddr_storage ss;
         random_addr_near(&list[k % N], &ss);
         found += (size_t)matcher_match(m, (const struct sockaddr *)&ss);

@@ -24,7 +24,7 @@ static struct pgw_store *open_fresh(size_t fast_map)
 {
     char err[512];
     fresh_dir();
-    CHECK_INT(pgw_store_prepare(dir, 1 * MB, fast_map, err, sizeof(err)), PGW_OK);
+    CHECK_INT(pgw_store_prepare(dir, 1 * MB, fast_map, 1, err, sizeof(err)), PGW_OK);
     struct pgw_store *s = pgw_store_open(dir, 1 * MB, fast_map, err, sizeof(err));
     CHECK(s != NULL);
     return s;
@@ -253,7 +253,7 @@ static void test_damaged_fast_is_recreated(void)
     pgw_store_close(s);
     write_garbage("fast.mdb");
     char err[512];
-    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 4 * MB, err, sizeof(err)), PGW_OK);
+    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 4 * MB, 1, err, sizeof(err)), PGW_OK);
     s = pgw_store_open(dir, 1 * MB, 4 * MB, err, sizeof(err));
     CHECK(s != NULL);
     int64_t v;
@@ -262,13 +262,29 @@ static void test_damaged_fast_is_recreated(void)
     pgw_store_close(s);
 }
 
+/* Outside the master's start (a reload, the CLI: workers may have the file open) a damaged fast
+ * file is an error, never deleted. */
+static void test_damaged_fast_is_kept_without_repair(void)
+{
+    struct pgw_store *s = open_fresh(4 * MB);
+    pgw_store_close(s);
+    write_garbage("fast.mdb");
+    char err[512];
+    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 4 * MB, 0, err, sizeof(err)), PGW_ERR);
+    CHECK(strstr(err, "fast.mdb") != NULL);
+    char path[400];
+    snprintf(path, sizeof(path), "%s/fast.mdb", dir);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && st.st_size == 8192); /* still the damaged file */
+}
+
 static void test_damaged_durable_is_refused(void)
 {
     struct pgw_store *s = open_fresh(4 * MB);
     pgw_store_close(s);
     write_garbage("durable.mdb");
     char err[512];
-    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 4 * MB, err, sizeof(err)), PGW_ERR);
+    CHECK_INT(pgw_store_prepare(dir, 1 * MB, 4 * MB, 1, err, sizeof(err)), PGW_ERR);
     CHECK(strstr(err, "durable.mdb") != NULL);
 }
 
@@ -313,6 +329,7 @@ int main(void)
     RUN(test_sweep);
     RUN(test_map_full);
     RUN(test_damaged_fast_is_recreated);
+    RUN(test_damaged_fast_is_kept_without_repair);
     RUN(test_damaged_durable_is_refused);
     RUN(test_stale_readers);
     char cmd[300];

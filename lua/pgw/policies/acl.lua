@@ -32,7 +32,8 @@
 --   message  the "message" of the refusal's JSON body; default "Forbidden"
 --
 -- A rule path that is not normalised is reported as `acl.rules[2].path: ...` by check_conf(conf)
--- below, and raised at the first request (answered 500).
+-- below, logged as an error by init_worker when a worker starts the generation, and raised again
+-- by every request the entry sees (answered 500, never let through).
 --
 -- Example (route config): admins everywhere under /admin/, auditors read-only, nobody else.
 --   policies:
@@ -191,6 +192,12 @@ return {
             return true
         end
         return nil, type(err) == "string" and err or tostring(err)
+    end,
+
+    -- Compiles each entry's conf before traffic: a bad conf is logged at start and reload
+    -- ("policy acl: stage init_worker: ...") rather than first seen at a request.
+    init_worker = function(conf)
+        compile(conf)
     end,
 
     access = function(conf)

@@ -26,10 +26,11 @@
 --   status   the status of a refusal, 200..599; default 403
 --   message  the "message" of the refusal's JSON body; default "Your IP address is not allowed"
 --
--- An invalid entry or two empty lists are reported as `ip_restriction.deny: invalid CIDR
--- "10.0.0.0/33" (item 3)` / `ip_restriction: allow or deny must list at least one address or
--- range` by check_conf(conf) below, and raised at the first request (answered 500, so a broken
--- list never lets traffic through).
+-- The schema cannot check the entries: an invalid entry or two empty lists are reported as
+-- `ip_restriction.deny: invalid CIDR "10.0.0.0/33" (item 3)` / `ip_restriction: allow or deny
+-- must list at least one address or range` by check_conf(conf) below, logged as an error by
+-- init_worker when a worker starts the generation, and raised again by every request the entry
+-- sees (answered 500: a broken list never lets traffic through).
 --
 -- Example (listener or route config; the load balancer 10.0.0.5 sets X-Forwarded-For):
 --   real_ip: { from: x-forwarded-for, trusted: [10.0.0.5] }
@@ -116,6 +117,12 @@ return {
             return true
         end
         return nil, type(err) == "string" and err or tostring(err)
+    end,
+
+    -- Compiles each entry's conf before traffic: a bad conf is logged at start and reload
+    -- ("policy ip_restriction: stage init_worker: ...") rather than first seen at a request.
+    init_worker = function(conf)
+        compile(conf)
     end,
 
     access = function(conf)

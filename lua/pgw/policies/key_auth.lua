@@ -88,14 +88,14 @@ local function plan_allows(plan_name)
     if not plan then
         return true
     end
-    local function listed(list, value)
+    local function listed(list, value, fold)
         if list == nil then return true end
         for _, v in ipairs(list) do
-            if v == value then return true end
+            if v == value or (fold and string.upper(v) == value) then return true end
         end
         return false
     end
-    return listed(plan.routes, req.get_route()) and listed(plan.methods, req.get_method())
+    return listed(plan.routes, req.get_route()) and listed(plan.methods, req.get_method(), true)
 end
 
 local function read_key(conf)
@@ -136,14 +136,17 @@ return {
     },
 
     access = function(conf)
-        local names = names_of(conf)
-        for i = 1, #names do
-            clear_header(names[i]) -- a client cannot send its own identity
+        local identified = ctx().consumer ~= nil -- by an earlier auth policy
+        if not identified then
+            local names = names_of(conf)
+            for i = 1, #names do
+                clear_header(names[i]) -- a client cannot send its own identity
+            end
         end
         local key = read_key(conf)
         if key == nil then
-            if ctx().consumer ~= nil then
-                return -- an earlier auth policy identified the caller
+            if identified then
+                return -- keep what the earlier policy set
             end
             if conf.anonymous then
                 local c = pgw.keys.consumer(conf.anonymous)

@@ -88,9 +88,9 @@ local function remember(c, limit, remaining, reset)
     end
 end
 
-local function refuse(c, what, reset, retry)
+local function refuse(c, what, limit, reset, retry)
     c["rate_limit.remaining"] = nil
-    remember(c, c["rate_limit.limit"] or 0, 0, reset)
+    remember(c, limit, 0, reset)
     local wait = max(1, ceil(retry))
     return exit(429, '{"message":"' .. what .. ' exceeded","reset":' .. floor(reset) .. '}\n',
                 { ["Content-Type"] = "application/json", ["Retry-After"] = wait })
@@ -157,11 +157,10 @@ return {
         if ok == nil then
             return store_failed(conf, remaining)
         end
-        c["rate_limit.limit"] = limit
-        remember(c, limit, remaining, reset)
         if not ok then
-            return refuse(c, "rate limit", reset, retry)
+            return refuse(c, "rate limit", limit, reset, retry)
         end
+        remember(c, limit, remaining, reset)
         if quota then
             local start, stop = period(t, quota.per)
             local qok, qrem, qreset, qretry =
@@ -171,8 +170,7 @@ return {
                 return store_failed(conf, qrem)
             end
             if not qok then
-                c["rate_limit.limit"] = quota.limit
-                return refuse(c, "quota", qreset, qretry)
+                return refuse(c, "quota", quota.limit, qreset, qretry)
             end
             remember(c, quota.limit, qrem, qreset) -- the headers show the tightest limit
         end
