@@ -136,6 +136,9 @@ build/test/lua_test: build/gen/lua_sdk.c
 TEST_DEPS_lua_util := gateway/util.c gateway/log.c gateway/lua.c gateway/lua_pattern.c \
                       build/gen/lua_sdk.c
 build/test/lua_util_test: build/gen/lua_sdk.c
+TEST_DEPS_lua_ip := gateway/util.c gateway/log.c gateway/lua.c gateway/lua_pattern.c gateway/addr.c \
+                    build/gen/lua_sdk.c
+build/test/lua_ip_test: build/gen/lua_sdk.c
 TEST_DEPS_lua_http := gateway/lua_http.c gateway/http.c gateway/lua.c gateway/lua_pattern.c gateway/util.c \
                       gateway/log.c build/gen/lua_sdk.c
 build/test/lua_http_test: build/gen/lua_sdk.c

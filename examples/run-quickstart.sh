@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./passerelle check -c examples/quickstart.yaml
+# the demo consumer and its key (kept in data/; both commands are harmless when they exist)
+./passerelle consumers add demo -c examples/quickstart.yaml >/dev/null 2>&1 || true
+echo "demo-key-0000000001 demo" | ./passerelle keys import - -c examples/quickstart.yaml \
+    >/dev/null 2>&1 || true
 /usr/bin/python3 examples/demo-upstream.py 9001 &
 demo=$!
 trap 'kill $demo 2>/dev/null' EXIT INT TERM
@@ -20,6 +24,11 @@ passerelle is starting on 127.0.0.1:8080 (public) and 127.0.0.1:9080 (internal).
   curl -i http://127.0.0.1:8080/api/private/x         # 401: the demo_key policy wants a key
   curl -i -H 'X-Api-Key: nope' http://127.0.0.1:8080/api/private/x        # 403: unknown key
   curl -i -H 'X-Api-Key: demo-key-1' http://127.0.0.1:8080/api/private/x  # 200, X-Consumer: alice
+  curl -i http://127.0.0.1:8080/api/orders/1          # 401: key_auth wants an apikey header
+  curl -i -H 'apikey: demo-key-0000000001' http://127.0.0.1:8080/api/orders/1  # 200 (5 per 10 s)
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' \
+      -H 'apikey: demo-key-0000000001' http://127.0.0.1:8080/api/orders/1; done   # ... 429
+  ./passerelle keys add --consumer demo -c examples/quickstart.yaml   # a new key, shown once
   curl -i http://127.0.0.1:9080/healthz               # liveness, internal listener only
   tail -f logs/access.log                             # one JSON line per request
   ./passerelle status -c examples/quickstart.yaml     # generation, workers, connections

@@ -109,6 +109,7 @@ void pgw_lua_open_cache(lua_State *L); /* lua_cache.c: cache */
 void pgw_lua_open_timer(lua_State *L); /* lua_timer.c: sleep, timer */
 void pgw_lua_open_http(lua_State *L);  /* lua_http.c: http */
 void pgw_lua_open_store(lua_State *L); /* lua_store.c: store */
+void pgw_lua_open_ip(lua_State *L);    /* lua_ip.c: ip */
 
 /* lua_store.c: the wall clock in ms, the event loop's cached time when there is one. */
 uint64_t pgw_lua_store_now_ms(void);

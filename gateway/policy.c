@@ -498,8 +498,12 @@ static void run_init(struct pgw_policy_set *set, const struct pgw_policy_chain *
         struct pgw_bridge_run saved = pgw_bridge_enter(&run);
         lua_rawgeti(L, LUA_REGISTRYINDEX, ch->v[i].init);
         lua_rawgeti(L, LUA_REGISTRYINDEX, ch->v[i].conf);
-        if (pgw_lua_call_guarded(set->lua, 1, 0, set->budget, err, sizeof(err)) != PGW_OK)
+        if (pgw_lua_call_guarded(set->lua, 1, 0, set->budget, err, sizeof(err)) != PGW_OK) {
+            for (char *p = err; *p != '\0'; p++) /* one line, as stage errors */
+                if (*p == '\n' || *p == '\t')
+                    *p = *p == '\n' ? '|' : ' ';
             pgw_log_error("policy %s: stage init_worker: %s", ch->v[i].name, err);
+        }
         pgw_bridge_leave(&saved);
     }
 }

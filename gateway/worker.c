@@ -369,6 +369,9 @@ static void gen_install(const struct pgw_msg *m)
     const char *err = NULL;
     struct pgw_gen *g = m->nfds == config->num_listeners ? pgw_gen_new(config, m->arg, &err) : NULL;
     pgw_config_unref(config); /* the generation holds its own reference */
+    /* Logs first: init_worker errors of the new policies belong in the new error log. */
+    if (g != NULL && pgw_log_open(g->config) != PGW_OK)
+        pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
     if (g != NULL && (store_configure(&g->config->store, errbuf, sizeof(errbuf)) != PGW_OK ||
                       gen_policies(g, &bundle, errbuf, sizeof(errbuf)) != PGW_OK)) {
         err = errbuf;
@@ -381,8 +384,6 @@ static void gen_install(const struct pgw_msg *m)
                    m->nfds);
         return;
     }
-    if (pgw_log_open(g->config) != PGW_OK)
-        pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
     dns_configure(&g->config->resolver);
     listeners_install(m->fds, m->nfds);
     struct pgw_gen *old = pgw_worker.gen;

@@ -28,6 +28,7 @@ def quickstart(tmp_path, make_gateway):
                      ("127.0.0.1:9080", "127.0.0.1:%d" % internal),
                      ("127.0.0.1:9001", "127.0.0.1:%d" % demo_port),
                      ("logs/access.log", str(tmp_path / "access.log")),
+                     ("store: { dir: data }", "store: { dir: %s }" % (tmp_path / "data")),
                      ('path: "-"', 'path: "%s"' % (tmp_path / "error.log"))):
         assert old in text, old
         text = text.replace(old, new)
@@ -43,6 +44,12 @@ def quickstart(tmp_path, make_gateway):
                 assert time.monotonic() < deadline, "demo upstream did not start"
                 time.sleep(0.05)
         g = make_gateway(text)
+        cfg = str(g.config_path)
+        for args, stdin in ((["consumers", "add", "demo"], None),
+                            (["keys", "import", "-"], "demo-key-0000000001 demo\n")):
+            r = subprocess.run([str(BINARY)] + args + ["-c", cfg], input=stdin,
+                               capture_output=True, text=True)
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
         yield g, public, internal, tmp_path
     finally:
         demo.terminate()
@@ -92,13 +99,21 @@ def test_quickstart_promises(quickstart):
     assert seen["X-Consumer"] == "alice" and "X-Api-Key" not in seen, seen
     assert r.header("x-consumer") == "alice" and r.header("x-powered-by") == "passerelle", r
 
+    # the built-in key_auth and an exact rate limit (5 per 10 s) on /api/orders/
+    assert get(public, "/api/orders/1").status == 401
+    key = "apikey: demo-key-0000000001\r\n"
+    if time.time() % 10 > 8.5:  # stay inside one 10 s window
+        time.sleep(10 - time.time() % 10 + 0.05)
+    codes = [get(public, "/api/orders/1", headers=key).status for _ in range(7)]
+    assert codes == [200] * 5 + [429] * 2, codes
+
     deadline = time.monotonic() + 5
     lines = []
-    while len(lines) < 12 and time.monotonic() < deadline:
+    while len(lines) < 20 and time.monotonic() < deadline:
         time.sleep(0.2)
         p = Path(tmp / "access.log")
         lines = p.read_text().splitlines() if p.exists() else []
-    assert len(lines) == 12, lines
+    assert len(lines) == 20, lines
     # several workers flush their lines independently: find the first request's line by its id
     entries = [json.loads(l) for l in lines]
     first = [e for e in entries if e["request_id"] == first_id]

@@ -546,15 +546,16 @@ static void test_lua_api(void)
     LUA(lua, "local m = pgw.ip.matcher({ '10.0.0.0/8' })\n"
              "raises('pgw.ip.matcher:match: bad argument #1 (string expected, got number)',\n"
              "  m.match, m, 10)\n"
-             "raises('pgw.ip.matcher:match: bad argument #1 (string expected, got nil)', m.match, m,\n"
-             "  nil)\n"
+             "raises('pgw.ip.matcher:match: bad argument #1 (string expected, got nil)',\n"
+             "  m.match, m, nil)\n"
              "raises('pgw.ip.matcher:match: bad argument #1 (string expected, got no value)',\n"
              "  m.match, m)\n"
              "raises('pgw.ip.matcher:match: bad self (a pgw.ip.matcher expected, got string)',\n"
              "  m.match, '10.0.0.1')\n"
              "raises('bad self (a pgw.ip.matcher expected, got userdata)', m.match,\n"
              "  io.stdout, '10.0.0.1')\n"
-             "raises('pgw.ip.valid: bad argument #1 (string expected, got nil)', pgw.ip.valid, nil)\n"
+             "raises('pgw.ip.valid: bad argument #1 (string expected, got nil)',\n"
+             "  pgw.ip.valid, nil)\n"
              "raises('pgw.ip.valid: bad argument #1 (string expected, got number)',\n"
              "  pgw.ip.valid, 1)\n"
              "raises('pgw.ip.matcher: bad argument #1 (table expected, got string)',\n"
@@ -583,7 +584,8 @@ static void test_lua_invalid_cidrs(void)
              "ok, e = pcall(pgw.ip.matcher, { '1.2.3.4\\0\"' })\n"
              "eq(e, 'pgw.ip.matcher: invalid CIDR \"1.2.3.4\\\\0\\\\34\" (item 1)')\n"
              "ok, e = pcall(pgw.ip.matcher, { string.rep('a', 200) })\n"
-             "eq(e, 'pgw.ip.matcher: invalid CIDR \"' .. string.rep('a', 80) .. '...\" (item 1)')\n");
+             "eq(e, 'pgw.ip.matcher: invalid CIDR \"' .. string.rep('a', 80) ..\n"
+             "  '...\" (item 1)')\n");
 }
 
 /* A read-only view (what a policy's conf is) reads through its metatable. */
@@ -601,7 +603,8 @@ static void test_lua_view(void)
              "  if n <= 3 then return ({ '1.2.3.4', '5.6.7.8' })[i] end\n"
              "  if i <= 4 then return '9.9.9.' .. i end\n"
              "end })\n"
-             "raises('pgw.ip.matcher: the list changed while it was read', pgw.ip.matcher, grow)\n");
+             "raises('pgw.ip.matcher: the list changed while it was read',\n"
+             "  pgw.ip.matcher, grow)\n");
 }
 
 static void test_lua_large(void)

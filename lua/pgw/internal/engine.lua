@@ -42,7 +42,17 @@ function M.conf(tbl, json_text, name, readonly)
     if not ok then
         return nil, res
     end
-    return readonly(res)
+    local view = readonly(res)
+    -- A policy may check what its schema cannot express (a CIDR, a normalised path, a field
+    -- needed by another's value): check_conf(conf) -> true | nil, message.
+    local check = rawget(tbl, "check_conf")
+    if type(check) == "function" then
+        local ok2, err2 = check(view)
+        if not ok2 then
+            return nil, name .. ": " .. tostring(err2)
+        end
+    end
+    return view
 end
 
 -- Usage plans (config `plans:`): name -> { rate = { limit, per, burst }, quota = { limit,
