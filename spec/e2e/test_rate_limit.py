@@ -21,7 +21,7 @@ import threading
 import time
 
 from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
-from gw import BINARY, REPO, Client, config, listener, socket_owner
+from gw import BINARY, REPO, Client, config, listener, socket_owner, to_yaml
 
 
 
@@ -435,3 +435,18 @@ def test_full_store_deny_or_allow_and_one_log_line(make_gateway, make_stub, tmp_
     assert 1 <= len(full) <= 3, "map-full lines in the error log: %d\n%s" % (
         len(full), "\n".join(full[:10]))
     assert "fast.mdb" in full[0] and "[error]" in full[0], full[0]
+
+
+def test_by_header_without_header_name_is_a_config_error(tmp_path):
+    """rate_limit's check_conf: the gateway refuses the config with its file and line instead of
+    answering 500 to every request."""
+    cfg = config(listeners=[listener("public")],
+                 upstreams={"a": {"targets": ["127.0.0.1:9"], "retries": 0}},
+                 routes=[route("/p/", [{"rate_limit": {"by": "header"}}])],
+                 store={"dir": str(tmp_path / "data")})
+    path = tmp_path / "check.yaml"
+    path.write_text(to_yaml(cfg))
+    r = subprocess.run([str(BINARY), "check", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert re.search(re.escape(str(path)) + r":\d+: .*rate_limit\.header_name: required with by: "
+                     r"header", r.stderr), r.stderr

@@ -125,10 +125,15 @@ return {
         headers = { type = "boolean", default = true },
     },
 
-    access = function(conf)
+    -- Checked when the configuration loads (a config error with file:line).
+    check_conf = function(conf)
         if conf.by == "header" and not conf.header_name then
-            error("rate_limit: by: header needs header_name")
+            return nil, "rate_limit.header_name: required with by: header"
         end
+        return true
+    end,
+
+    access = function(conf)
         local c = ctx()
         local who = identity(conf, c)
         if conf.scope == "route" then
