@@ -4,6 +4,7 @@
  * the bridge, so no fake bridge functions are defined here. */
 #include "../../gateway/lua_ip.c"
 #include "../support/test.h"
+#include "../support/lua_snippets.h"
 
 #include <arpa/inet.h>
 #include <time.h>
@@ -12,7 +13,6 @@
 
 #define CAP (64u * 1024 * 1024)
 
-static char err[4096];
 
 static const char prelude[] =
     "function eq(got, want, what)\n"
@@ -29,36 +29,12 @@ static const char prelude[] =
     "  end\n"
     "end\n";
 
-static struct pgw_lua *new_state(size_t cap)
+static void open_modules(lua_State *L)
 {
-    struct pgw_lua *lua = pgw_lua_new(cap, err, sizeof(err));
-    if (lua == NULL) {
-        fprintf(stderr, "pgw_lua_new: %s\n", err);
-        return NULL;
-    }
-    lua_State *L = pgw_lua_state(lua);
-    lua_newtable(L);
     pgw_lua_open_ip(L);
-    lua_setglobal(L, "pgw");
-    if (luaL_dostring(L, prelude) != 0) {
-        fprintf(stderr, "prelude: %s\n", lua_tostring(L, -1));
-        pgw_lua_free(lua);
-        return NULL;
-    }
-    return lua;
 }
 
-static void run_at(struct pgw_lua *lua, const char *src, int line)
-{
-    lua_State *L = pgw_lua_state(lua);
-    if (luaL_loadbuffer(L, src, strlen(src), "=snippet") != 0 || lua_pcall(L, 0, 0, 0) != 0) {
-        fprintf(stderr, "FAIL %s: %s:%d: %s\n", test_current, __FILE__, line, lua_tostring(L, -1));
-        test_current_failed = 1;
-    }
-    lua_settop(L, 0);
-}
-
-#define LUA(lua, src) run_at((lua), (src), __LINE__)
+static struct pgw_lua *new_state(size_t cap) { return snippets_state(cap, open_modules, prelude); }
 
 static struct pgw_lua *lua;
 

@@ -6,6 +6,7 @@
 #include "../../gateway/lua_cache.c"
 #include "../../gateway/lua_util.c"
 #include "../support/test.h"
+#include "../support/lua_snippets.h"
 
 #include <event2/event.h>
 #include <unistd.h>
@@ -42,7 +43,6 @@ unsigned pgw_bridge_check(lua_State *L, const char *fname, unsigned stages)
 #define CAP (64u * 1024 * 1024)
 #define SMALL_CAP (4u * 1024 * 1024)
 
-static char err[4096];
 
 /* Lua helpers for the snippets: eq(got, want[, what]), raises(substring, f, ...),
  * fails(reason_prefix, f, ...) for functions returning nil, reason. */
@@ -70,38 +70,13 @@ static const char prelude[] =
     "  return e\n"
     "end\n";
 
-static struct pgw_lua *new_state(size_t cap)
+static void open_modules(lua_State *L)
 {
-    struct pgw_lua *lua = pgw_lua_new(cap, err, sizeof(err));
-    if (lua == NULL) {
-        fprintf(stderr, "pgw_lua_new: %s\n", err);
-        return NULL;
-    }
-    lua_State *L = pgw_lua_state(lua);
-    lua_newtable(L);
     pgw_lua_open_util(L);
     pgw_lua_open_cache(L);
-    lua_setglobal(L, "pgw");
-    if (luaL_dostring(L, prelude) != 0) {
-        fprintf(stderr, "prelude: %s\n", lua_tostring(L, -1));
-        pgw_lua_free(lua);
-        return NULL;
-    }
-    return lua;
 }
 
-/* Runs <src> as trusted code; a Lua error fails the current test with its message. */
-static void run_at(struct pgw_lua *lua, const char *src, int line)
-{
-    lua_State *L = pgw_lua_state(lua);
-    if (luaL_loadbuffer(L, src, strlen(src), "=snippet") != 0 || lua_pcall(L, 0, 0, 0) != 0) {
-        fprintf(stderr, "FAIL %s: %s:%d: %s\n", test_current, __FILE__, line, lua_tostring(L, -1));
-        test_current_failed = 1;
-    }
-    lua_settop(L, 0);
-}
-
-#define LUA(lua, src) run_at((lua), (src), __LINE__)
+static struct pgw_lua *new_state(size_t cap) { return snippets_state(cap, open_modules, prelude); }
 
 static struct pgw_lua *lua; /* the shared state of most tests */
 
