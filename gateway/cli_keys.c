@@ -240,6 +240,15 @@ static int keys_verb(struct pgw_store *s, const unsigned char *secret, const cha
     int change = strcmp(verb, "suspend") == 0 ? (st = PGW_KEY_SUSPENDED, 1)
                  : strcmp(verb, "revoke") == 0 ? (st = PGW_KEY_REVOKED, 1)
                  : strcmp(verb, "activate") == 0;
+    if (strcmp(verb, "delete") == 0 && o->argc == 1) {
+        int r = pgw_keys_delete(s, o->argv[0]);
+        if (r != PGW_OK)
+            fprintf(stderr, "passerelle: %s\n",
+                    r == PGW_DECLINED ? "no key with that id" : pgw_store_error(s));
+        else
+            printf("%s deleted\n", o->argv[0]);
+        return r == PGW_OK ? 0 : 1;
+    }
     if ((change || strcmp(verb, "show") == 0) && o->argc == 1) {
         unsigned char mac[32];
         struct pgw_key_info k;
@@ -259,7 +268,7 @@ static int keys_verb(struct pgw_store *s, const unsigned char *secret, const cha
         return 0;
     }
     fprintf(stderr, "passerelle: keys add|import FILE|list|show ID|suspend ID|revoke ID|"
-                    "activate ID\n");
+                    "activate ID|delete ID\n");
     return 2;
 }
 

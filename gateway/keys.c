@@ -246,6 +246,16 @@ int pgw_keys_set_status(struct pgw_store *s, const char *id, enum pgw_key_status
     return pgw_store_rec_put(s, PGW_STORE_KEYS, mac, 32, rec, key_encode(&k, rec), 0);
 }
 
+int pgw_keys_delete(struct pgw_store *s, const char *id)
+{
+    unsigned char mac[32];
+    struct pgw_key_info k;
+    int r = pgw_keys_find(s, id, mac, &k);
+    if (r != PGW_OK)
+        return r;
+    return pgw_store_rec_put(s, PGW_STORE_KEYS, mac, 32, NULL, 0, 0);
+}
+
 struct list_keys {
     int (*fn)(const struct pgw_key_info *k, void *arg);
     void *arg;

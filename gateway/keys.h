@@ -63,6 +63,8 @@ int pgw_keys_find(struct pgw_store *s, const char *id, unsigned char mac[32],
                   struct pgw_key_info *out);
 /* Changes the status of the key with id <id>. PGW_OK, PGW_DECLINED (no such id), PGW_ERR. */
 int pgw_keys_set_status(struct pgw_store *s, const char *id, enum pgw_key_status st);
+/* Removes the key with id <id>: PGW_OK, PGW_DECLINED (no such id), PGW_ERR. */
+int pgw_keys_delete(struct pgw_store *s, const char *id);
 /* Calls <fn> for every key. */
 int pgw_keys_list(struct pgw_store *s, int (*fn)(const struct pgw_key_info *k, void *arg),
                   void *arg);

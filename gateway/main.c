@@ -29,7 +29,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: passerelle [-c FILE]            run the gateway (default %s)\n"
             "       passerelle check [-c FILE]      validate the configuration and exit\n"
-            "       passerelle keys add|import|list|show|suspend|revoke|activate ... [-c FILE]\n"
+            "       passerelle keys add|import|list|show|suspend|revoke|activate|delete ... [-c FILE]\n"
             "       passerelle consumers add|set|show|list|delete ... [-c FILE]\n"
             "       passerelle reload [-c FILE | -s SOCKET]\n"
             "                                       make the running gateway reload its file\n"

@@ -256,6 +256,13 @@ def test_suspend_revoke_activate_by_id(tmp_path):
         # the clear key is not an id
         cp = run(cfg, "keys", verb, key)
         assert cp.returncode != 0, (verb, cp)
+    # delete: the key is gone from list and show, and deleting again is an error
+    assert ok(run(cfg, "keys", "delete", kid)).strip() == "%s deleted" % kid
+    assert kid not in ok(run(cfg, "keys", "list"))
+    cp = run(cfg, "keys", "show", kid)
+    assert cp.returncode != 0, cp
+    cp = run(cfg, "keys", "delete", kid)
+    assert cp.returncode != 0 and "no key with that id" in cp.stderr, cp
 
 
 def test_cli_while_running_key_works_on_next_request(make_gateway, make_stub, tmp_path):

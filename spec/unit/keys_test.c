@@ -104,6 +104,10 @@ static void test_status_and_list(void)
     CHECK(got.status == PGW_KEY_SUSPENDED);
     CHECK_INT(got.expires_ms, 5000);
     CHECK_INT(got.created_ms, 1000);
+    CHECK_INT(pgw_keys_delete(s, k.id), PGW_OK);
+    CHECK_INT(pgw_keys_find(s, k.id, mac, &got), PGW_DECLINED);
+    CHECK_INT(pgw_keys_lookup(s, mac, &got), PGW_DECLINED);
+    CHECK_INT(pgw_keys_delete(s, k.id), PGW_DECLINED);
     pgw_store_close(s);
 }
 
