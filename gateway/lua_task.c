@@ -206,7 +206,8 @@ static void task_release_co(struct pgw_task *t)
     task_drop_co(t);
 }
 
-static int task_ensure_co(struct pgw_task *t)
+/* Gives <t> a coroutine: a spare one of a finished request, else a new one. */
+static void task_ensure_co(struct pgw_task *t)
 {
     if (t->co == NULL && t->lua == worker_lua && num_spare > 0) {
         num_spare--;
@@ -214,13 +215,10 @@ static int task_ensure_co(struct pgw_task *t)
         t->co_ref = spare[num_spare].ref;
     }
     if (t->co == NULL) {
-        lua_State *L = pgw_lua_state(t->lua);
         int saved = pgw_lua_reserve_open(t->lua);
         t->co = pgw_lua_thread_new(t->lua, &t->co_ref);
         pgw_lua_reserve_restore(t->lua, saved);
-        PGW_UNUSED(L);
     }
-    return PGW_OK;
 }
 
 /* The error of a failed run, on one line (tracebacks are multi-line). */
@@ -263,11 +261,7 @@ static int task_resume(struct pgw_task *t, int nargs)
     return rc;
 }
 
-int pgw_task_start(struct pgw_task *t, int nargs, const char *what)
-{
-    PGW_UNUSED(what);
-    return task_resume(t, nargs);
-}
+int pgw_task_start(struct pgw_task *t, int nargs) { return task_resume(t, nargs); }
 
 /* Pushes the next stage function with its arguments on t->co. Returns the number of arguments,
  * or -1 when the stage has no more functions. */

@@ -84,7 +84,7 @@ struct pgw_task *pgw_task_new_timer(struct pgw_lua *lua, struct pgw_policy_set *
                                     const char *policy);
 void pgw_task_free(struct pgw_task *t);
 /* Resumes <t> with the function and <nargs> arguments already on t->co. Returns like
- * pgw_lua_resume; errors are logged with <what>. */
-int pgw_task_start(struct pgw_task *t, int nargs, const char *what);
+ * pgw_lua_resume; an error is logged with the task's policy and stage. */
+int pgw_task_start(struct pgw_task *t, int nargs);
 
 #endif

@@ -169,7 +169,7 @@ static void timer_run(struct pgw_timer *tm)
         lua_rawgeti(co, 3, i);
     lua_remove(co, 3);
     pgw_lua_reserve_restore(lua, saved);
-    int rc = pgw_task_start(t, 1 + n, "timer");
+    int rc = pgw_task_start(t, 1 + n);
     if (rc != PGW_AGAIN)
         timer_after_run(tm);
 }

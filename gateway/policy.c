@@ -364,7 +364,7 @@ static void load_builtin(struct build *b, const char *name)
 }
 
 /* Whether <err> is "module 'X' not found" for a policy X of the bundle not loaded yet. */
-static int needs_pending(struct build *b, const struct pgw_policy_bundle *bundle, const char *err,
+static int needs_pending(const struct pgw_policy_bundle *bundle, const char *err,
                          const char *pending)
 {
     for (size_t i = 0; i < bundle->n; i++) {
@@ -375,7 +375,6 @@ static int needs_pending(struct build *b, const struct pgw_policy_bundle *bundle
         if (strstr(err, pat) != NULL)
             return 1;
     }
-    PGW_UNUSED(b);
     return 0;
 }
 
@@ -410,7 +409,7 @@ static void load_bundle(struct build *b, const struct pgw_policy_bundle *bundle)
             b->n--;
             free(errs[i]);
             errs[i] = pgw_strndup(err, strlen(err));
-            if (needs_pending(b, bundle, err, pending))
+            if (needs_pending(bundle, err, pending))
                 pending[i] = 1;
         }
     }

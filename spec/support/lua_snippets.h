@@ -7,6 +7,23 @@
 
 static char snippets_err[4096];
 
+/* Lua helpers every snippet may use: eq(got, want[, what]), raises(substring, f, ...). A test
+ * appends its own: static const char prelude[] = SNIPPETS_PRELUDE "function ...". */
+#define SNIPPETS_PRELUDE                                                                           \
+    "function eq(got, want, what)\n"                                                               \
+    "  if got ~= want then\n"                                                                      \
+    "    error(string.format('%s: got %q, expected %q', what or 'eq', tostring(got),\n"            \
+    "      tostring(want)), 2)\n"                                                                  \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
+    "function raises(sub, f, ...)\n"                                                               \
+    "  local ok, e = pcall(f, ...)\n"                                                              \
+    "  if ok then error('did not raise: ' .. sub, 2) end\n"                                        \
+    "  if not string.find(tostring(e), sub, 1, true) then\n"                                       \
+    "    error(string.format('raised %q, expected %q', tostring(e), sub), 2)\n"                    \
+    "  end\n"                                                                                      \
+    "end\n"
+
 /* A state capped at <cap> with pgw = {} filled by <open>, then <prelude> run; NULL (reported)
  * on failure. */
 static struct pgw_lua *snippets_state(size_t cap, void (*open)(lua_State *L), const char *prelude)

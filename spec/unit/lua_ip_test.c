@@ -15,19 +15,7 @@
 
 
 static const char prelude[] =
-    "function eq(got, want, what)\n"
-    "  if got ~= want then\n"
-    "    error(string.format('%s: got %q, expected %q', what or 'eq', tostring(got),\n"
-    "      tostring(want)), 2)\n"
-    "  end\n"
-    "end\n"
-    "function raises(sub, f, ...)\n"
-    "  local ok, e = pcall(f, ...)\n"
-    "  if ok then error('did not raise: ' .. sub, 2) end\n"
-    "  if not string.find(tostring(e), sub, 1, true) then\n"
-    "    error(string.format('raised %q, expected %q', tostring(e), sub), 2)\n"
-    "  end\n"
-    "end\n";
+    SNIPPETS_PRELUDE;
 
 static void open_modules(lua_State *L)
 {

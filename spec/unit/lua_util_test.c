@@ -47,19 +47,7 @@ unsigned pgw_bridge_check(lua_State *L, const char *fname, unsigned stages)
 /* Lua helpers for the snippets: eq(got, want[, what]), raises(substring, f, ...),
  * fails(reason_prefix, f, ...) for functions returning nil, reason. */
 static const char prelude[] =
-    "function eq(got, want, what)\n"
-    "  if got ~= want then\n"
-    "    error(string.format('%s: got %q, expected %q', what or 'eq', tostring(got),\n"
-    "      tostring(want)), 2)\n"
-    "  end\n"
-    "end\n"
-    "function raises(sub, f, ...)\n"
-    "  local ok, e = pcall(f, ...)\n"
-    "  if ok then error('did not raise: ' .. sub, 2) end\n"
-    "  if not string.find(tostring(e), sub, 1, true) then\n"
-    "    error(string.format('raised %q, expected %q', tostring(e), sub), 2)\n"
-    "  end\n"
-    "end\n"
+    SNIPPETS_PRELUDE
     "function fails(prefix, f, ...)\n"
     "  local v, e = f(...)\n"
     "  if v ~= nil or type(e) ~= 'string' or e:sub(1, #prefix) ~= prefix then\n"
