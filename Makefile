@@ -55,7 +55,8 @@ UNIT_TESTS  := $(patsubst spec/unit/%_test.c,build/test/%_test,$(wildcard spec/u
 TEST_DEPS_http     := gateway/util.c
 TEST_DEPS_addr     := gateway/util.c
 TEST_DEPS_route    := gateway/util.c
-TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c
+TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c \
+                      gateway/config_tls.c
 TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c

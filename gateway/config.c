@@ -9,6 +9,7 @@
 #include "config.h"
 #include "addr.h"
 #include "route.h"
+#include "config_int.h"
 #include "yamltree.h"
 
 #include <errno.h>
@@ -20,9 +21,6 @@
 #define MAX_FILE_SIZE (16u << 20) /* bytes; a larger file is a mistake, not a config */
 #define MAX_NAME 64               /* listener, upstream and route names */
 
-#define KIB 1024ull
-#define SEC 1000ull
-#define MAX_DURATION (7 * 24 * 3600 * SEC)
 
 /* ---- Values ---- */
 
@@ -115,13 +113,8 @@ static const char *fmt_unit(char *buf, size_t len, uint64_t v, const struct unit
 
 /* ---- Schema helpers ---- */
 
-struct ctx {
-    struct pgw_errs *e;
-    struct pgw_config *c;
-};
-
 /* Reports "<where>.<key>: message" (or "<where>: " / "<key>: " when one of them is missing). */
-static void PGW_PRINTF(5, 6) ferr(struct ctx *x, unsigned line, const char *where, const char *key,
+void PGW_PRINTF(5, 6) pgw_cfg_err(struct pgw_cfg_ctx *x, unsigned line, const char *where, const char *key,
                                   const char *fmt, ...)
 {
     char msg[PGW_ERRS_MSG_MAX];
@@ -133,7 +126,7 @@ static void PGW_PRINTF(5, 6) ferr(struct ctx *x, unsigned line, const char *wher
     pgw_errs_add(x->e, line, "%s%s%s: %s", where, (*where && key) ? "." : "", key ? key : "", msg);
 }
 
-static const struct pgw_yaml_node *map_get(const struct pgw_yaml_node *map, const char *key)
+const struct pgw_yaml_node *pgw_cfg_map_get(const struct pgw_yaml_node *map, const char *key)
 {
     for (size_t i = 0; i + 1 < map->n; i += 2)
         if (pgw_yaml_is(map->kids[i], key))
@@ -142,46 +135,46 @@ static const struct pgw_yaml_node *map_get(const struct pgw_yaml_node *map, cons
 }
 
 /* Whether <n> is a non-null scalar; if not, reports that <expected> was expected. */
-static int want_scalar(struct ctx *x, const struct pgw_yaml_node *n, const char *where,
+int pgw_cfg_want_scalar(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, const char *where,
                        const char *key, const char *expected)
 {
     if (n->kind == PGW_YAML_SCALAR && !pgw_yaml_is_null(n))
         return 1;
     if (!n->is_bad)
-        ferr(x, n->line, where, key, "expected %s, got %s", expected, pgw_yaml_describe(n));
+        pgw_cfg_err(x, n->line, where, key, "expected %s, got %s", expected, pgw_yaml_describe(n));
     return 0;
 }
 
-static int want_kind(struct ctx *x, const struct pgw_yaml_node *n, enum pgw_yaml_kind kind,
+int pgw_cfg_want_kind(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, enum pgw_yaml_kind kind,
                      const char *where, const char *key)
 {
     if (kind == PGW_YAML_SCALAR)
-        return want_scalar(x, n, where, key, "a string");
+        return pgw_cfg_want_scalar(x, n, where, key, "a string");
     if (n->kind == kind)
         return 1;
     if (!n->is_bad)
-        ferr(x, n->line, where, key, "expected %s, got %s",
+        pgw_cfg_err(x, n->line, where, key, "expected %s, got %s",
              kind == PGW_YAML_MAP ? "a map" : "a list", pgw_yaml_describe(n));
     return 0;
 }
 
 /* Looks up a required key, reporting its absence at the map's line. */
-static const struct pgw_yaml_node *require(struct ctx *x, const struct pgw_yaml_node *map,
+const struct pgw_yaml_node *pgw_cfg_require(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *map,
                                            const char *where, const char *key)
 {
-    const struct pgw_yaml_node *v = map_get(map, key);
+    const struct pgw_yaml_node *v = pgw_cfg_map_get(map, key);
     if (v == NULL)
-        ferr(x, map->line, where, NULL, "missing required key \"%s\"", key);
+        pgw_cfg_err(x, map->line, where, NULL, "missing required key \"%s\"", key);
     return v;
 }
 
-static int read_str(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+int pgw_cfg_read_str(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                     const char *key, char **out)
 {
-    if (!want_kind(x, v, PGW_YAML_SCALAR, where, key))
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_SCALAR, where, key))
         return PGW_ERR;
     if (v->len == 0) {
-        ferr(x, v->line, where, key, "must not be empty");
+        pgw_cfg_err(x, v->line, where, key, "must not be empty");
         return PGW_ERR;
     }
     free(*out); /* a duplicate key, already reported */
@@ -203,21 +196,21 @@ static int is_name(const char *s, size_t len)
 }
 
 /* Sets *out even for a malformed name, so that references to it do not cascade into more errors. */
-static int read_name(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static int read_name(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                      const char *key, char **out)
 {
     char q[PGW_ERRS_QUOTE_MAX];
-    if (read_str(x, v, where, key, out) != PGW_OK)
+    if (pgw_cfg_read_str(x, v, where, key, out) != PGW_OK)
         return PGW_ERR;
     if (is_name(v->str, v->len))
         return PGW_OK;
-    ferr(x, v->line, where, key, "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
+    pgw_cfg_err(x, v->line, where, key, "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
          pgw_errs_quote(q, v->str, v->len), MAX_NAME);
     return PGW_ERR;
 }
 
 /* Returns the index of <v> in <names> or -1 after reporting it. */
-static int read_enum(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+int pgw_cfg_read_enum(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                      const char *key, const char *const *names)
 {
     char q[PGW_ERRS_QUOTE_MAX], list[256];
@@ -227,22 +220,22 @@ static int read_enum(struct ctx *x, const struct pgw_yaml_node *v, const char *w
         used += (size_t)snprintf(list + used, sizeof(list) - used, "%s %s", i ? "," : "", names[i]);
         pgw_assert(used < sizeof(list));
     }
-    if (!want_scalar(x, v, where, key, list))
+    if (!pgw_cfg_want_scalar(x, v, where, key, list))
         return -1;
     for (int i = 0; names[i] != NULL; i++)
         if (pgw_yaml_is(v, names[i]))
             return i;
-    ferr(x, v->line, where, key, "expected %s, got %s", list, pgw_errs_quote(q, v->str, v->len));
+    pgw_cfg_err(x, v->line, where, key, "expected %s, got %s", list, pgw_errs_quote(q, v->str, v->len));
     return -1;
 }
 
-static int read_bool(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+int pgw_cfg_read_bool(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                      const char *key, int *out)
 {
     static const char *const yaml11[] = {"yes", "no", "on", "off", "y", "n", NULL};
     char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_scalar(x, v, where, key, "true or false"))
+    if (!pgw_cfg_want_scalar(x, v, where, key, "true or false"))
         return PGW_ERR;
     if (v->is_plain &&
         (pgw_yaml_is(v, "true") || pgw_yaml_is(v, "True") || pgw_yaml_is(v, "TRUE"))) {
@@ -258,25 +251,12 @@ static int read_bool(struct ctx *x, const struct pgw_yaml_node *v, const char *w
     for (int i = 0; yaml11[i] != NULL; i++)
         if (pgw_str_ieq(v->str, v->len, yaml11[i], strlen(yaml11[i])))
             hint = " (YAML 1.2: yes/no/on/off are strings)";
-    ferr(x, v->line, where, key, "expected true or false, got %s%s",
+    pgw_cfg_err(x, v->line, where, key, "expected true or false, got %s%s",
          pgw_errs_quote(q, v->str, v->len), hint);
     return PGW_ERR;
 }
 
 /* ---- Field tables ---- */
-
-enum field_type { F_BOOL, F_COUNT, F_SIZE, F_DURATION };
-
-/* A key whose value goes straight into a struct member of the same name. */
-struct field {
-    const char *key;
-    enum field_type type;
-    size_t off, size;
-    uint64_t min, max;
-};
-
-#define FIELD(type_, st, member, min_, max_)                                                       \
-    {#member, type_, offsetof(st, member), sizeof(((st *)0)->member), min_, max_}
 
 static void store(void *base, const struct field *f, uint64_t v)
 {
@@ -301,7 +281,7 @@ static const char *fmt_value(char *buf, size_t len, enum field_type type, uint64
     return buf;
 }
 
-static int read_number(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static int read_number(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                        const struct field *f, uint64_t *out)
 {
     static const char *const expected[] = {
@@ -311,20 +291,20 @@ static int read_number(struct ctx *x, const struct pgw_yaml_node *v, const char 
     };
     char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_scalar(x, v, where, f->key, expected[f->type]))
+    if (!pgw_cfg_want_scalar(x, v, where, f->key, expected[f->type]))
         return PGW_ERR;
     int r = f->type == F_COUNT      ? parse_count(v->str, out)
             : f->type == F_SIZE     ? pgw_config_parse_size(v->str, out)
                                     : pgw_config_parse_duration(v->str, out);
     if (r == PGW_OK && (f->type != F_COUNT || v->is_plain))
         return PGW_OK;
-    ferr(x, v->line, where, f->key, "expected %s, got %s%s", expected[f->type],
+    pgw_cfg_err(x, v->line, where, f->key, "expected %s, got %s%s", expected[f->type],
          pgw_errs_quote(q, v->str, v->len),
          r == PGW_OK ? " (quoted: write it without quotes)" : "");
     return PGW_ERR;
 }
 
-static void read_field(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void read_field(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                        const struct field *f, void *base)
 {
     char q[PGW_ERRS_QUOTE_MAX], bound[32];
@@ -332,23 +312,23 @@ static void read_field(struct ctx *x, const struct pgw_yaml_node *v, const char 
 
     if (f->type == F_BOOL) {
         int b;
-        if (read_bool(x, v, where, f->key, &b) == PGW_OK)
+        if (pgw_cfg_read_bool(x, v, where, f->key, &b) == PGW_OK)
             store(base, f, (uint64_t)b);
         return;
     }
     if (read_number(x, v, where, f, &val) != PGW_OK)
         return;
     if (val < f->min)
-        ferr(x, v->line, where, f->key, "%s is below the minimum (%s)",
+        pgw_cfg_err(x, v->line, where, f->key, "%s is below the minimum (%s)",
              pgw_errs_quote(q, v->str, v->len), fmt_value(bound, sizeof(bound), f->type, f->min));
     else if (val > f->max)
-        ferr(x, v->line, where, f->key, "%s is above the maximum (%s)",
+        pgw_cfg_err(x, v->line, where, f->key, "%s is above the maximum (%s)",
              pgw_errs_quote(q, v->str, v->len), fmt_value(bound, sizeof(bound), f->type, f->max));
     else
         store(base, f, val);
 }
 
-static void unknown_key(struct ctx *x, const struct pgw_yaml_node *k, const char *where,
+static void unknown_key(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *k, const char *where,
                         const char *const *extras, const struct field *fields, size_t nf)
 {
     char q[PGW_ERRS_QUOTE_MAX], list[512];
@@ -371,7 +351,7 @@ static void unknown_key(struct ctx *x, const struct pgw_yaml_node *k, const char
 
 /* Reads the keys of <map> found in <fields> into <base>, reports keys in neither <fields> nor
  * <extras> (which the caller reads itself). */
-static void walk_keys(struct ctx *x, const struct pgw_yaml_node *map, const char *where,
+void pgw_cfg_walk_keys(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *map, const char *where,
                       const char *const *extras, const struct field *fields, size_t nf, void *base)
 {
     for (size_t i = 0; i + 1 < map->n; i += 2) {
@@ -500,20 +480,21 @@ static const char *check_match_host(char *h, size_t len)
 static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "real_ip",
                                        "limits",    "timeouts",   "access_log", "error_log",
                                        "http",      "resolver",   "workers",    "control",
-                                       "policies",  "store",      "plans",      NULL};
+                                       "policies",  "store",      "plans",      "tls",
+                                       NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
 };
 
-static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void load_listener_address(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                                   struct pgw_config_listener *l)
 {
     char q[PGW_ERRS_QUOTE_MAX];
-    if (read_str(x, v, where, "address", &l->address) != PGW_OK)
+    if (pgw_cfg_read_str(x, v, where, "address", &l->address) != PGW_OK)
         return;
     if (pgw_addr_parse_listen(l->address, &l->sa, &l->sa_len) != PGW_OK) {
-        ferr(x, v->line, where, "address",
+        pgw_cfg_err(x, v->line, where, "address",
              "invalid listen address %s: expected ip:port, [ipv6]:port, *:port or :port",
              pgw_errs_quote(q, v->str, v->len));
         l->sa_len = 0;
@@ -521,7 +502,7 @@ static void load_listener_address(struct ctx *x, const struct pgw_yaml_node *v, 
     }
     for (const struct pgw_config_listener *o = x->c->listeners; o < l; o++)
         if (o->sa_len > 0 && pgw_addr_equal(&o->sa, &l->sa))
-            ferr(x, v->line, where, "address", "%s is already used by listener \"%s\" (line %u)",
+            pgw_cfg_err(x, v->line, where, "address", "%s is already used by listener \"%s\" (line %u)",
                  pgw_errs_quote(q, v->str, v->len), o->name ? o->name : "?", o->line);
 }
 
@@ -636,14 +617,14 @@ static int is_policy_name(const char *s, size_t len)
 }
 
 /* One entry: NAME, or { NAME: { settings } } (NAME: with nothing means no settings). */
-static void load_policy_entry(struct ctx *x, const struct pgw_yaml_node *e, const char *where,
+static void load_policy_entry(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *e, const char *where,
                               struct pgw_config_policies *ps)
 {
     char q[PGW_ERRS_QUOTE_MAX];
     const struct pgw_yaml_node *k = e, *v = NULL;
     if (e->kind == PGW_YAML_MAP) {
         if (e->n != 2) {
-            ferr(x, e->line, where, "policies",
+            pgw_cfg_err(x, e->line, where, "policies",
                  "each entry names one policy: \"- name\" or \"- name: { settings }\"");
             return;
         }
@@ -651,17 +632,17 @@ static void load_policy_entry(struct ctx *x, const struct pgw_yaml_node *e, cons
         v = e->kids[1];
     }
     if (k->kind != PGW_YAML_SCALAR || k->is_bad) {
-        ferr(x, e->line, where, "policies", "expected a policy name, got %s", pgw_yaml_describe(k));
+        pgw_cfg_err(x, e->line, where, "policies", "expected a policy name, got %s", pgw_yaml_describe(k));
         return;
     }
     if (!is_policy_name(k->str, k->len)) {
-        ferr(x, k->line, where, "policies",
+        pgw_cfg_err(x, k->line, where, "policies",
              "%s is not a policy name (lower-case letters, digits and _, starting with a letter)",
              pgw_errs_quote(q, k->str, k->len));
         return;
     }
     if (v != NULL && !pgw_yaml_is_null(v) && v->kind != PGW_YAML_MAP) {
-        ferr(x, v->line, where, "policies", "the settings of %s must be a map, got %s", k->str,
+        pgw_cfg_err(x, v->line, where, "policies", "the settings of %s must be a map, got %s", k->str,
              pgw_yaml_describe(v));
         return;
     }
@@ -676,10 +657,10 @@ static void load_policy_entry(struct ctx *x, const struct pgw_yaml_node *e, cons
     p->conf_json = b.p;
 }
 
-static void load_policies_list(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void load_policies_list(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                                struct pgw_config_policies *ps)
 {
-    if (!want_kind(x, v, PGW_YAML_SEQ, where, "policies"))
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, where, "policies"))
         return;
     ps->v = pgw_calloc(v->n ? v->n : 1, sizeof(*ps->v));
     for (size_t i = 0; i < v->n; i++)
@@ -687,7 +668,7 @@ static void load_policies_list(struct ctx *x, const struct pgw_yaml_node *v, con
     /* A policy list that nothing would run is a security hole (a key_auth that never checks):
      * refused until the policy engine is linked in. */
     if (ps->n > 0 && !pgw_config_policy_engine)
-        ferr(x, ps->v[0].line, where, "policies",
+        pgw_cfg_err(x, ps->v[0].line, where, "policies",
              "policies are not run by this version of passerelle yet (the policy engine is in "
              "progress): remove this list");
 }
@@ -708,55 +689,59 @@ static const struct field lua_fields[] = {
     FIELD(F_COUNT, struct pgw_config_lua, timers, 0, 1000000),
 };
 
-static void load_policies_section(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_policies_section(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
-    static const char *const extras[] = {"dir", NULL};
+    static const char *const extras[] = {"dir", "http_ca", NULL};
     const struct pgw_yaml_node *v;
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "policies"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "policies"))
         return;
-    walk_keys(x, n, "policies", extras, lua_fields, PGW_ARRAY_LEN(lua_fields), &x->c->lua);
-    if ((v = map_get(n, "dir")) != NULL)
-        read_str(x, v, "policies", "dir", &x->c->policies_dir);
+    pgw_cfg_walk_keys(x, n, "policies", extras, lua_fields, PGW_ARRAY_LEN(lua_fields), &x->c->lua);
+    if ((v = pgw_cfg_map_get(n, "dir")) != NULL)
+        pgw_cfg_read_str(x, v, "policies", "dir", &x->c->policies_dir);
+    if ((v = pgw_cfg_map_get(n, "http_ca")) != NULL)
+        pgw_cfg_read_str(x, v, "policies", "http_ca", &x->c->http_ca);
 }
 
-static void load_listener(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
+static void load_listener(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
-    static const char *const extras[] = {"name", "address", "policies", NULL};
+    static const char *const extras[] = {"name", "address", "policies", "tls", NULL};
     char where[32];
     const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "listeners[%zu]", i);
-    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
     struct pgw_config_listener *l = &x->c->listeners[x->c->num_listeners++];
     l->line = n->line;
     l->backlog = 511;
-    walk_keys(x, n, where, extras, listener_fields, PGW_ARRAY_LEN(listener_fields), l);
-    if ((v = require(x, n, where, "name")) != NULL &&
+    pgw_cfg_walk_keys(x, n, where, extras, listener_fields, PGW_ARRAY_LEN(listener_fields), l);
+    if ((v = pgw_cfg_require(x, n, where, "name")) != NULL &&
         read_name(x, v, where, "name", &l->name) == PGW_OK) {
         for (const struct pgw_config_listener *o = x->c->listeners; o < l; o++)
             if (o->name != NULL && strcmp(o->name, l->name) == 0)
-                ferr(x, v->line, where, "name", "listener \"%s\" is already defined at line %u",
+                pgw_cfg_err(x, v->line, where, "name", "listener \"%s\" is already defined at line %u",
                      l->name, o->line);
     }
-    if ((v = require(x, n, where, "address")) != NULL)
+    if ((v = pgw_cfg_require(x, n, where, "address")) != NULL)
         load_listener_address(x, v, where, l);
-    if ((v = map_get(n, "policies")) != NULL)
+    if ((v = pgw_cfg_map_get(n, "policies")) != NULL)
         load_policies_list(x, v, where, &l->policies);
+    if ((v = pgw_cfg_map_get(n, "tls")) != NULL)
+        pgw_cfg_load_listener_tls(x, v, where, l);
 }
 
-static void load_listeners(struct ctx *x, const struct pgw_yaml_node *root)
+static void load_listeners(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *root)
 {
-    const struct pgw_yaml_node *seq = map_get(root, "listeners");
+    const struct pgw_yaml_node *seq = pgw_cfg_map_get(root, "listeners");
     if (seq == NULL) {
         pgw_errs_add(x->e, root->line,
                      "missing required key \"listeners\" (a list of {name, address})");
         return;
     }
-    if (!want_kind(x, seq, PGW_YAML_SEQ, "", "listeners"))
+    if (!pgw_cfg_want_kind(x, seq, PGW_YAML_SEQ, "", "listeners"))
         return;
     if (seq->n == 0) {
-        ferr(x, seq->line, "", "listeners", "at least one listener is needed");
+        pgw_cfg_err(x, seq->line, "", "listeners", "at least one listener is needed");
         return;
     }
     x->c->listeners = pgw_calloc(seq->n, sizeof(*x->c->listeners));
@@ -764,7 +749,7 @@ static void load_listeners(struct ctx *x, const struct pgw_yaml_node *root)
         load_listener(x, seq->kids[i], i);
 }
 
-static void load_real_ip(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_real_ip(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"trusted", "from", NULL};
     static const char *const froms[] = {"x-forwarded-for", "proxy_protocol", NULL};
@@ -772,28 +757,28 @@ static void load_real_ip(struct ctx *x, const struct pgw_yaml_node *n)
     char q[PGW_ERRS_QUOTE_MAX];
     const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "real_ip"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "real_ip"))
         return;
-    walk_keys(x, n, "real_ip", extras, NULL, 0, NULL);
-    if ((v = require(x, n, "real_ip", "from")) != NULL) {
-        int i = read_enum(x, v, "real_ip", "from", froms);
+    pgw_cfg_walk_keys(x, n, "real_ip", extras, NULL, 0, NULL);
+    if ((v = pgw_cfg_require(x, n, "real_ip", "from")) != NULL) {
+        int i = pgw_cfg_read_enum(x, v, "real_ip", "from", froms);
         if (i >= 0)
             ri->from = (enum pgw_real_ip_from)(i + 1); /* the enum follows the list, after NONE */
     }
-    if ((v = require(x, n, "real_ip", "trusted")) == NULL ||
-        !want_kind(x, v, PGW_YAML_SEQ, "real_ip", "trusted"))
+    if ((v = pgw_cfg_require(x, n, "real_ip", "trusted")) == NULL ||
+        !pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, "real_ip", "trusted"))
         return;
     if (v->n == 0)
-        ferr(x, v->line, "real_ip", "trusted", "at least one address or range is needed");
+        pgw_cfg_err(x, v->line, "real_ip", "trusted", "at least one address or range is needed");
     ri->trusted = pgw_calloc(v->n, sizeof(*ri->trusted));
     for (size_t i = 0; i < v->n; i++) {
         const struct pgw_yaml_node *s = v->kids[i];
-        if (!want_kind(x, s, PGW_YAML_SCALAR, "real_ip", "trusted"))
+        if (!pgw_cfg_want_kind(x, s, PGW_YAML_SCALAR, "real_ip", "trusted"))
             continue;
         if (pgw_cidr_parse(s->str, s->len, &ri->trusted[ri->num_trusted]) == PGW_OK)
             ri->num_trusted++;
         else
-            ferr(x, s->line, "real_ip", "trusted", "invalid address or range %s",
+            pgw_cfg_err(x, s->line, "real_ip", "trusted", "invalid address or range %s",
                  pgw_errs_quote(q, s->str, s->len));
     }
 }
@@ -806,19 +791,19 @@ static const struct field limit_fields[] = {
     FIELD(F_COUNT, struct pgw_config_limits, max_connections, 1, 1000000),
 };
 
-static void load_limits(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_limits(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     struct pgw_config_limits *l = &x->c->limits;
     char a[32], b[32];
 
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "limits"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "limits"))
         return;
-    walk_keys(x, n, "limits", NULL, limit_fields, PGW_ARRAY_LEN(limit_fields), l);
+    pgw_cfg_walk_keys(x, n, "limits", NULL, limit_fields, PGW_ARRAY_LEN(limit_fields), l);
     if (l->header_section < l->request_line) {
-        const struct pgw_yaml_node *v = map_get(n, "header_section");
-        v = v ? v : map_get(n, "request_line");
+        const struct pgw_yaml_node *v = pgw_cfg_map_get(n, "header_section");
+        v = v ? v : pgw_cfg_map_get(n, "request_line");
         v = v ? v : n;
-        ferr(x, v->line, "limits", "header_section",
+        pgw_cfg_err(x, v->line, "limits", "header_section",
              "%s must be at least request_line (%s): the head includes the request line",
              fmt_value(a, sizeof(a), F_SIZE, l->header_section),
              fmt_value(b, sizeof(b), F_SIZE, l->request_line));
@@ -834,10 +819,10 @@ static const struct field timeout_fields[] = {
     FIELD(F_DURATION, struct pgw_config_timeouts, watchdog, 500, MAX_DURATION),
 };
 
-static void load_timeouts(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_timeouts(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
-    if (want_kind(x, n, PGW_YAML_MAP, "", "timeouts"))
-        walk_keys(x, n, "timeouts", NULL, timeout_fields, PGW_ARRAY_LEN(timeout_fields),
+    if (pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "timeouts"))
+        pgw_cfg_walk_keys(x, n, "timeouts", NULL, timeout_fields, PGW_ARRAY_LEN(timeout_fields),
                   &x->c->timeouts);
 }
 
@@ -855,27 +840,27 @@ static const struct field upstream_fields[] = {
     UPSTREAM_FIELD(F_DURATION, fail_timeout, 1, MAX_DURATION),
 };
 
-static void load_targets(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void load_targets(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                          struct pgw_config_upstream *u)
 {
     char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_kind(x, v, PGW_YAML_SEQ, where, "targets"))
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, where, "targets"))
         return;
     if (v->n == 0) {
-        ferr(x, v->line, where, "targets", "at least one target (host:port) is needed");
+        pgw_cfg_err(x, v->line, where, "targets", "at least one target (host:port) is needed");
         return;
     }
     u->targets = pgw_calloc(v->n, sizeof(*u->targets));
     for (size_t i = 0; i < v->n; i++) {
         const struct pgw_yaml_node *s = v->kids[i];
-        if (!want_kind(x, s, PGW_YAML_SCALAR, where, "targets"))
+        if (!pgw_cfg_want_kind(x, s, PGW_YAML_SCALAR, where, "targets"))
             continue;
         const char *err = parse_target(s->str, &u->targets[u->num_targets]);
         if (err == NULL)
             u->num_targets++;
         else
-            ferr(x, s->line, where, "targets", "%s: %s", pgw_errs_quote(q, s->str, s->len), err);
+            pgw_cfg_err(x, s->line, where, "targets", "%s: %s", pgw_errs_quote(q, s->str, s->len), err);
     }
 }
 
@@ -891,10 +876,10 @@ static const struct pgw_config_upstream upstream_defaults = {
     .fail_timeout = 10 * SEC,
 };
 
-static void load_upstream(struct ctx *x, const struct pgw_yaml_node *k,
+static void load_upstream(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *k,
                           const struct pgw_yaml_node *n)
 {
-    static const char *const extras[] = {"targets", NULL};
+    static const char *const extras[] = {"targets", "tls", NULL};
     char q[PGW_ERRS_QUOTE_MAX], where[16 + MAX_NAME];
     const struct pgw_yaml_node *v;
 
@@ -908,19 +893,21 @@ static void load_upstream(struct ctx *x, const struct pgw_yaml_node *k,
         snprintf(where, sizeof(where), "upstreams.%s", u->name);
     } else {
         snprintf(where, sizeof(where), "upstreams.?");
-        ferr(x, k->line, "", "upstreams", "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
+        pgw_cfg_err(x, k->line, "", "upstreams", "invalid name %s: use 1 to %d of A-Z a-z 0-9 _ -",
              pgw_errs_quote(q, k->str, k->len), MAX_NAME);
     }
-    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
-    walk_keys(x, n, where, extras, upstream_fields, PGW_ARRAY_LEN(upstream_fields), u);
-    if ((v = require(x, n, where, "targets")) != NULL)
+    pgw_cfg_walk_keys(x, n, where, extras, upstream_fields, PGW_ARRAY_LEN(upstream_fields), u);
+    if ((v = pgw_cfg_require(x, n, where, "targets")) != NULL)
         load_targets(x, v, where, u);
+    if ((v = pgw_cfg_map_get(n, "tls")) != NULL)
+        pgw_cfg_load_upstream_tls(x, v, where, u);
 }
 
-static void load_upstreams(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_upstreams(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "upstreams"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "upstreams"))
         return;
     x->c->upstreams = pgw_calloc(n->n / 2, sizeof(*x->c->upstreams));
     for (size_t i = 0; i + 1 < n->n; i += 2)
@@ -932,6 +919,7 @@ static void load_upstreams(struct ctx *x, const struct pgw_yaml_node *n)
 static const struct field route_fields[] = {
     FIELD(F_BOOL, struct pgw_config_route, preserve_host, 0, 1),
     FIELD(F_BOOL, struct pgw_config_route, strip_prefix, 0, 1),
+    FIELD(F_BOOL, struct pgw_config_route, https_only, 0, 1),
 };
 
 static int is_tchar(unsigned char c)
@@ -941,27 +929,27 @@ static int is_tchar(unsigned char c)
 }
 
 /* Methods are case-sensitive tokens; upper-casing here makes "get" mean what the writer meant. */
-static void load_methods(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void load_methods(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                          struct pgw_config_route *r)
 {
     char q[PGW_ERRS_QUOTE_MAX];
 
-    if (!want_kind(x, v, PGW_YAML_SEQ, where, "methods"))
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, where, "methods"))
         return;
     if (v->n == 0) {
-        ferr(x, v->line, where, "methods", "must not be empty: leave it out to allow any method");
+        pgw_cfg_err(x, v->line, where, "methods", "must not be empty: leave it out to allow any method");
         return;
     }
     r->methods = pgw_calloc(v->n, sizeof(*r->methods));
     for (size_t i = 0; i < v->n; i++) {
         const struct pgw_yaml_node *s = v->kids[i];
-        if (!want_kind(x, s, PGW_YAML_SCALAR, where, "methods"))
+        if (!pgw_cfg_want_kind(x, s, PGW_YAML_SCALAR, where, "methods"))
             continue;
         int ok = s->len > 0 && s->len <= 32;
         for (size_t j = 0; j < s->len && ok; j++)
             ok = is_tchar((unsigned char)s->str[j]);
         if (!ok) {
-            ferr(x, s->line, where, "methods", "invalid method %s",
+            pgw_cfg_err(x, s->line, where, "methods", "invalid method %s",
                  pgw_errs_quote(q, s->str, s->len));
             continue;
         }
@@ -972,7 +960,7 @@ static void load_methods(struct ctx *x, const struct pgw_yaml_node *v, const cha
         for (size_t j = 0; j < r->num_methods && !dup; j++)
             dup = strcmp(r->methods[j], m) == 0;
         if (dup) {
-            ferr(x, s->line, where, "methods", "%s is listed twice", m);
+            pgw_cfg_err(x, s->line, where, "methods", "%s is listed twice", m);
             free(m);
             continue;
         }
@@ -980,7 +968,7 @@ static void load_methods(struct ctx *x, const struct pgw_yaml_node *v, const cha
     }
 }
 
-static void load_match(struct ctx *x, const struct pgw_yaml_node *n, const char *route_where,
+static void load_match(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, const char *route_where,
                        struct pgw_config_route *r)
 {
     static const char *const extras[] = {"host", "path", "methods", NULL};
@@ -988,25 +976,25 @@ static void load_match(struct ctx *x, const struct pgw_yaml_node *n, const char 
     const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "%s.match", route_where);
-    if (!want_kind(x, n, PGW_YAML_MAP, route_where, "match"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, route_where, "match"))
         return;
-    walk_keys(x, n, where, extras, NULL, 0, NULL);
-    if ((v = map_get(n, "host")) != NULL && read_str(x, v, where, "host", &r->host) == PGW_OK) {
+    pgw_cfg_walk_keys(x, n, where, extras, NULL, 0, NULL);
+    if ((v = pgw_cfg_map_get(n, "host")) != NULL && pgw_cfg_read_str(x, v, where, "host", &r->host) == PGW_OK) {
         const char *err = check_match_host(r->host, strlen(r->host));
         if (err != NULL)
-            ferr(x, v->line, where, "host", "%s: %s", pgw_errs_quote(q, v->str, v->len), err);
+            pgw_cfg_err(x, v->line, where, "host", "%s: %s", pgw_errs_quote(q, v->str, v->len), err);
     }
-    if ((v = require(x, n, where, "path")) != NULL &&
-        read_str(x, v, where, "path", &r->path) == PGW_OK) {
+    if ((v = pgw_cfg_require(x, n, where, "path")) != NULL &&
+        pgw_cfg_read_str(x, v, where, "path", &r->path) == PGW_OK) {
         const char *err = NULL;
         if (pgw_route_check_pattern(r->path, &err) != PGW_OK)
-            ferr(x, v->line, where, "path", "%s: %s", pgw_errs_quote(q, v->str, v->len),
+            pgw_cfg_err(x, v->line, where, "path", "%s: %s", pgw_errs_quote(q, v->str, v->len),
                  err ? err : "invalid path pattern");
         r->path_kind = strchr(r->path, '{') != NULL         ? PGW_PATH_TEMPLATE
                        : r->path[strlen(r->path) - 1] == '/' ? PGW_PATH_PREFIX
                                                              : PGW_PATH_EXACT;
     }
-    if ((v = map_get(n, "methods")) != NULL)
+    if ((v = pgw_cfg_map_get(n, "methods")) != NULL)
         load_methods(x, v, where, r);
 }
 
@@ -1027,13 +1015,13 @@ static int find_upstream(const struct pgw_config *c, const char *name)
 }
 
 /* References are reported at the route's line: that is where the reader looks for the route. */
-static void load_route_listeners(struct ctx *x, const struct pgw_yaml_node *v, const char *where,
+static void load_route_listeners(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                                  struct pgw_config_route *r)
 {
-    if (!want_kind(x, v, PGW_YAML_SEQ, where, "listeners"))
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, where, "listeners"))
         return;
     if (v->n == 0) {
-        ferr(x, v->line, where, "listeners", "at least one listener name is needed");
+        pgw_cfg_err(x, v->line, where, "listeners", "at least one listener name is needed");
         return;
     }
     r->listeners = pgw_calloc(v->n, sizeof(*r->listeners));
@@ -1047,12 +1035,12 @@ static void load_route_listeners(struct ctx *x, const struct pgw_yaml_node *v, c
         for (size_t j = 0; j < r->num_listeners && !dup; j++)
             dup = strcmp(r->listeners[j], name) == 0;
         if (dup) {
-            ferr(x, v->kids[i]->line, where, "listeners", "\"%s\" is listed twice", name);
+            pgw_cfg_err(x, v->kids[i]->line, where, "listeners", "\"%s\" is listed twice", name);
             free(name);
             continue;
         }
         if (find_listener(x->c, name) < 0)
-            ferr(x, r->line, where, "listeners", "route \"%s\": unknown listener \"%s\"",
+            pgw_cfg_err(x, r->line, where, "listeners", "route \"%s\": unknown listener \"%s\"",
                  r->name ? r->name : "?", name);
         r->listeners[r->num_listeners++] = name;
     }
@@ -1060,7 +1048,7 @@ static void load_route_listeners(struct ctx *x, const struct pgw_yaml_node *v, c
 
 /* What depends on the route type: a proxy route needs an upstream, a status route answers
  * itself, so proxy-only keys on it are mistakes worth reporting rather than ignoring. */
-static void load_route_target(struct ctx *x, const struct pgw_yaml_node *n, const char *where,
+static void load_route_target(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, const char *where,
                               struct pgw_config_route *r)
 {
     static const char *const proxy_only[] = {"upstream", "preserve_host", "strip_prefix", NULL};
@@ -1068,25 +1056,25 @@ static void load_route_target(struct ctx *x, const struct pgw_yaml_node *n, cons
 
     if (r->type == PGW_ROUTE_STATUS) {
         for (int i = 0; proxy_only[i] != NULL; i++)
-            if ((v = map_get(n, proxy_only[i])) != NULL)
-                ferr(x, v->line, where, proxy_only[i], "not allowed on a status route");
+            if ((v = pgw_cfg_map_get(n, proxy_only[i])) != NULL)
+                pgw_cfg_err(x, v->line, where, proxy_only[i], "not allowed on a status route");
         return;
     }
-    if ((v = require(x, n, where, "upstream")) != NULL &&
+    if ((v = pgw_cfg_require(x, n, where, "upstream")) != NULL &&
         read_name(x, v, where, "upstream", &r->upstream) == PGW_OK) {
         r->upstream_index = find_upstream(x->c, r->upstream);
         if (r->upstream_index < 0)
-            ferr(x, r->line, where, "upstream", "route \"%s\": unknown upstream \"%s\"",
+            pgw_cfg_err(x, r->line, where, "upstream", "route \"%s\": unknown upstream \"%s\"",
                  r->name ? r->name : "?", r->upstream);
     }
     if (r->strip_prefix && r->path != NULL && r->path_kind != PGW_PATH_PREFIX) {
-        v = map_get(n, "strip_prefix");
-        ferr(x, v->line, where, "strip_prefix",
+        v = pgw_cfg_map_get(n, "strip_prefix");
+        pgw_cfg_err(x, v->line, where, "strip_prefix",
              "only prefix paths (ending with '/') have a prefix to strip");
     }
 }
 
-static void load_route(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
+static void load_route(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
     static const char *const extras[] = {"name",     "type",     "listeners",
                                          "match",    "upstream", "policies", NULL};
@@ -1095,35 +1083,43 @@ static void load_route(struct ctx *x, const struct pgw_yaml_node *n, size_t i)
     const struct pgw_yaml_node *v;
 
     snprintf(where, sizeof(where), "routes[%zu]", i);
-    if (!want_kind(x, n, PGW_YAML_MAP, where, NULL))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, where, NULL))
         return;
     struct pgw_config_route *r = &x->c->routes[x->c->num_routes++];
     r->line = n->line;
     r->upstream_index = -1;
-    walk_keys(x, n, where, extras, route_fields, PGW_ARRAY_LEN(route_fields), r);
-    if ((v = require(x, n, where, "name")) != NULL &&
+    pgw_cfg_walk_keys(x, n, where, extras, route_fields, PGW_ARRAY_LEN(route_fields), r);
+    if ((v = pgw_cfg_require(x, n, where, "name")) != NULL &&
         read_name(x, v, where, "name", &r->name) == PGW_OK) {
         for (const struct pgw_config_route *o = x->c->routes; o < r; o++)
             if (o->name != NULL && strcmp(o->name, r->name) == 0)
-                ferr(x, v->line, where, "name", "route \"%s\" is already defined at line %u",
+                pgw_cfg_err(x, v->line, where, "name", "route \"%s\" is already defined at line %u",
                      r->name, o->line);
     }
     int type = 0;
-    if ((v = map_get(n, "type")) != NULL && (type = read_enum(x, v, where, "type", types)) == 1)
+    if ((v = pgw_cfg_map_get(n, "type")) != NULL && (type = pgw_cfg_read_enum(x, v, where, "type", types)) == 1)
         r->type = PGW_ROUTE_STATUS;
-    if ((v = require(x, n, where, "listeners")) != NULL)
+    if ((v = pgw_cfg_require(x, n, where, "listeners")) != NULL)
         load_route_listeners(x, v, where, r);
-    if ((v = require(x, n, where, "match")) != NULL)
+    for (size_t j = 0; r->https_only && j < r->num_listeners && r->https_port == 0; j++) {
+        int li = find_listener(x->c, r->listeners[j] ? r->listeners[j] : "");
+        const struct pgw_config_listener *l = li >= 0 ? &x->c->listeners[li] : NULL;
+        if (l != NULL && l->tls != NULL && l->sa_len > 0)
+            r->https_port = ntohs(l->sa.ss_family == AF_INET6
+                                      ? ((const struct sockaddr_in6 *)&l->sa)->sin6_port
+                                      : ((const struct sockaddr_in *)&l->sa)->sin_port);
+    }
+    if ((v = pgw_cfg_require(x, n, where, "match")) != NULL)
         load_match(x, v, where, r);
     if (type >= 0) /* with a misspelt type, what the route needs is unknown: say nothing more */
         load_route_target(x, n, where, r);
-    if ((v = map_get(n, "policies")) != NULL)
+    if ((v = pgw_cfg_map_get(n, "policies")) != NULL)
         load_policies_list(x, v, where, &r->policies);
 }
 
-static void load_routes(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_routes(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
-    if (!want_kind(x, n, PGW_YAML_SEQ, "", "routes"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_SEQ, "", "routes"))
         return;
     x->c->routes = pgw_calloc(n->n, sizeof(*x->c->routes));
     for (size_t i = 0; i < n->n; i++)
@@ -1132,7 +1128,7 @@ static void load_routes(struct ctx *x, const struct pgw_yaml_node *n)
 
 /* ---- Logs and HTTP ---- */
 
-static void load_access_log(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_access_log(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"path", "format", NULL};
     static const char *const formats[] = {"json", NULL};
@@ -1146,33 +1142,33 @@ static void load_access_log(struct ctx *x, const struct pgw_yaml_node *n)
     if (n->kind != PGW_YAML_MAP) {
         char q[PGW_ERRS_QUOTE_MAX];
         if (!n->is_bad)
-            ferr(x, n->line, "", "access_log", "expected off or a map {path, format}, got %s",
+            pgw_cfg_err(x, n->line, "", "access_log", "expected off or a map {path, format}, got %s",
                  n->kind == PGW_YAML_SCALAR && !pgw_yaml_is_null(n)
                      ? pgw_errs_quote(q, n->str, n->len)
                      : pgw_yaml_describe(n));
         return;
     }
-    walk_keys(x, n, "access_log", extras, NULL, 0, NULL);
-    if ((v = map_get(n, "path")) != NULL)
-        read_str(x, v, "access_log", "path", &al->path);
-    if ((v = map_get(n, "format")) != NULL)
-        read_enum(x, v, "access_log", "format", formats);
+    pgw_cfg_walk_keys(x, n, "access_log", extras, NULL, 0, NULL);
+    if ((v = pgw_cfg_map_get(n, "path")) != NULL)
+        pgw_cfg_read_str(x, v, "access_log", "path", &al->path);
+    if ((v = pgw_cfg_map_get(n, "format")) != NULL)
+        pgw_cfg_read_enum(x, v, "access_log", "format", formats);
 }
 
-static void load_error_log(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_error_log(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"path", "level", NULL};
     static const char *const levels[] = {"debug", "info", "notice", "warn", "error", NULL};
     struct pgw_config_error_log *el = &x->c->error_log;
     const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "error_log"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "error_log"))
         return;
-    walk_keys(x, n, "error_log", extras, NULL, 0, NULL);
-    if ((v = map_get(n, "path")) != NULL)
-        read_str(x, v, "error_log", "path", &el->path);
-    if ((v = map_get(n, "level")) != NULL) {
-        int i = read_enum(x, v, "error_log", "level", levels);
+    pgw_cfg_walk_keys(x, n, "error_log", extras, NULL, 0, NULL);
+    if ((v = pgw_cfg_map_get(n, "path")) != NULL)
+        pgw_cfg_read_str(x, v, "error_log", "path", &el->path);
+    if ((v = pgw_cfg_map_get(n, "level")) != NULL) {
+        int i = pgw_cfg_read_enum(x, v, "error_log", "level", levels);
         if (i >= 0)
             el->level = (enum pgw_log_level)i; /* the enum follows the list's order */
     }
@@ -1182,41 +1178,41 @@ static const struct field http_fields[] = {
     FIELD(F_BOOL, struct pgw_config, allow_encoded_slash, 0, 1),
 };
 
-static void load_http(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_http(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"underscores_in_headers", NULL};
     static const char *const modes[] = {"reject", "drop", NULL};
     const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "http"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "http"))
         return;
-    walk_keys(x, n, "http", extras, http_fields, PGW_ARRAY_LEN(http_fields), x->c);
-    if ((v = map_get(n, "underscores_in_headers")) != NULL)
+    pgw_cfg_walk_keys(x, n, "http", extras, http_fields, PGW_ARRAY_LEN(http_fields), x->c);
+    if ((v = pgw_cfg_map_get(n, "underscores_in_headers")) != NULL)
         x->c->underscores_in_headers =
-            read_enum(x, v, "http", "underscores_in_headers", modes) == 1;
+            pgw_cfg_read_enum(x, v, "http", "underscores_in_headers", modes) == 1;
 }
 
 static const struct field resolver_fields[] = {
     FIELD(F_DURATION, struct pgw_config_resolver, timeout, 1, 60 * SEC),
 };
 
-static void load_resolver(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_resolver(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"nameservers", NULL};
     struct pgw_config_resolver *r = &x->c->resolver;
     char q[PGW_ERRS_QUOTE_MAX];
     const struct pgw_yaml_node *v;
 
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "resolver"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "resolver"))
         return;
-    walk_keys(x, n, "resolver", extras, resolver_fields, PGW_ARRAY_LEN(resolver_fields), r);
-    if ((v = map_get(n, "nameservers")) == NULL || !want_kind(x, v, PGW_YAML_SEQ, "resolver",
+    pgw_cfg_walk_keys(x, n, "resolver", extras, resolver_fields, PGW_ARRAY_LEN(resolver_fields), r);
+    if ((v = pgw_cfg_map_get(n, "nameservers")) == NULL || !pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, "resolver",
                                                               "nameservers"))
         return;
     r->nameservers = pgw_calloc(v->n, sizeof(*r->nameservers));
     for (size_t i = 0; i < v->n; i++) {
         const struct pgw_yaml_node *s = v->kids[i];
-        if (!want_kind(x, s, PGW_YAML_SCALAR, "resolver", "nameservers"))
+        if (!pgw_cfg_want_kind(x, s, PGW_YAML_SCALAR, "resolver", "nameservers"))
             continue;
         struct pgw_config_target *t = &r->nameservers[r->num_nameservers];
         const char *err = parse_target(s->str, t);
@@ -1227,14 +1223,14 @@ static void load_resolver(struct ctx *x, const struct pgw_yaml_node *n)
         if (err == NULL)
             r->num_nameservers++;
         else
-            ferr(x, s->line, "resolver", "nameservers", "%s: %s",
+            pgw_cfg_err(x, s->line, "resolver", "nameservers", "%s: %s",
                  pgw_errs_quote(q, s->str, s->len), err);
     }
 }
 
 /* ---- Processes ---- */
 
-static void load_workers(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_workers(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const struct field f = FIELD(F_COUNT, struct pgw_config, workers, 1, PGW_WORKERS_MAX);
     if (pgw_yaml_is(n, "auto")) {
@@ -1242,25 +1238,25 @@ static void load_workers(struct ctx *x, const struct pgw_yaml_node *n)
         return;
     }
     if (n->kind == PGW_YAML_SCALAR && !n->is_plain) {
-        ferr(x, n->line, "", "workers", "expected auto or a number 1..%d", PGW_WORKERS_MAX);
+        pgw_cfg_err(x, n->line, "", "workers", "expected auto or a number 1..%d", PGW_WORKERS_MAX);
         return;
     }
     read_field(x, n, "", &f, x->c);
 }
 
-static void load_control(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_control(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"socket", NULL};
     const struct pgw_yaml_node *v;
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "control"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "control"))
         return;
-    walk_keys(x, n, "control", extras, NULL, 0, NULL);
-    if ((v = map_get(n, "socket")) != NULL) {
+    pgw_cfg_walk_keys(x, n, "control", extras, NULL, 0, NULL);
+    if ((v = pgw_cfg_map_get(n, "socket")) != NULL) {
         char *path = NULL;
-        if (read_str(x, v, "control", "socket", &path) != PGW_OK)
+        if (pgw_cfg_read_str(x, v, "control", "socket", &path) != PGW_OK)
             return;
         if (strlen(path) >= 100) { /* sun_path holds 108 bytes */
-            ferr(x, v->line, "control", "socket", "the path must be shorter than 100 bytes");
+            pgw_cfg_err(x, v->line, "control", "socket", "the path must be shorter than 100 bytes");
             free(path);
             return;
         }
@@ -1275,23 +1271,23 @@ static const struct field store_fields[] = {
     FIELD(F_DURATION, struct pgw_config_store, sync_interval, 10, 3600 * SEC),
 };
 
-static void load_store(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_store(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"dir", NULL};
     const struct pgw_yaml_node *v;
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "store"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "store"))
         return;
-    walk_keys(x, n, "store", extras, store_fields, PGW_ARRAY_LEN(store_fields), &x->c->store);
-    if ((v = map_get(n, "dir")) != NULL)
-        read_str(x, v, "store", "dir", &x->c->store.dir);
+    pgw_cfg_walk_keys(x, n, "store", extras, store_fields, PGW_ARRAY_LEN(store_fields), &x->c->store);
+    if ((v = pgw_cfg_map_get(n, "dir")) != NULL)
+        pgw_cfg_read_str(x, v, "store", "dir", &x->c->store.dir);
     else
-        ferr(x, n->line, "store", "dir", "required: the directory of the store's files");
+        pgw_cfg_err(x, n->line, "store", "dir", "required: the directory of the store's files");
 }
 
 /* Plans are checked by the policy engine (pgw.internal.plans), like policy settings. */
-static void load_plans(struct ctx *x, const struct pgw_yaml_node *n)
+static void load_plans(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
-    if (!want_kind(x, n, PGW_YAML_MAP, "", "plans"))
+    if (!pgw_cfg_want_kind(x, n, PGW_YAML_MAP, "", "plans"))
         return;
     struct sbuf b = {0};
     yaml_to_json(&b, n);
@@ -1326,6 +1322,7 @@ static void set_defaults(struct pgw_config *c)
     c->error_log.path = pgw_strndup("-", 1);
     c->error_log.level = PGW_LOG_INFO;
     c->resolver.timeout = 2 * SEC;
+    c->tls_ticket_rotation = 3600 * SEC;
 }
 
 static void free_strv(char **v, size_t n)
@@ -1337,6 +1334,7 @@ static void free_strv(char **v, size_t n)
 
 static void config_free(struct pgw_config *c)
 {
+    pgw_cfg_free_tls(c);
     for (size_t i = 0; i < c->num_listeners; i++) {
         free(c->listeners[i].name);
         free(c->listeners[i].address);
@@ -1372,22 +1370,24 @@ static void config_free(struct pgw_config *c)
     free(c->policies_dir);
     free(c->store.dir);
     free(c->plans_json);
+    free(c->http_ca);
     free(c->file);
     free(c);
 }
 
 /* Sections in dependency order: routes refer to listeners and upstreams. */
-static void load_root(struct ctx *x, const struct pgw_yaml_node *root)
+static void load_root(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *root)
 {
-    static void (*const loaders[])(struct ctx *, const struct pgw_yaml_node *) = {
+    static void (*const loaders[])(struct pgw_cfg_ctx *, const struct pgw_yaml_node *) = {
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
         load_workers,  load_control,    load_policies_section, load_store, load_plans,
+        pgw_cfg_load_tls_section,
     };
-    walk_keys(x, root, "", top_keys, NULL, 0, NULL);
+    pgw_cfg_walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);
     for (size_t i = 1; i < PGW_ARRAY_LEN(loaders); i++) {
-        const struct pgw_yaml_node *v = map_get(root, top_keys[i]);
+        const struct pgw_yaml_node *v = pgw_cfg_map_get(root, top_keys[i]);
         if (v != NULL)
             loaders[i](x, v);
     }
@@ -1397,7 +1397,7 @@ struct pgw_config *pgw_config_load_string(const char *name, const char *yaml, si
                                           char *errbuf, size_t errlen)
 {
     struct pgw_errs e = {.file = name};
-    struct ctx x = {.e = &e};
+    struct pgw_cfg_ctx x = {.e = &e};
     int fatal;
 
     if (errbuf != NULL && errlen > 0)

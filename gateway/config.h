@@ -32,6 +32,40 @@ struct pgw_config_policies {
     size_t n;
 };
 
+/* TLS on a listener (docs/tls.md); file names as written, read by tls.c in the master. */
+struct pgw_config_tls_cert {
+    char *cert, *key;
+    unsigned line;
+};
+
+#define PGW_TLS_V12 1u
+#define PGW_TLS_V13 2u
+
+enum pgw_tls_verify { PGW_TLS_VERIFY_OFF = 0, PGW_TLS_VERIFY_OPTIONAL, PGW_TLS_VERIFY_REQUIRED };
+
+struct pgw_config_listener_tls {
+    struct pgw_config_tls_cert *certs; /* the first is the default */
+    size_t num_certs;
+    int reject_unknown_sni;            /* unknown_sni: reject */
+    unsigned protocols;                /* PGW_TLS_V12 | PGW_TLS_V13 */
+    char *ciphers;                     /* TLS 1.2 list, NULL: the default */
+    uint64_t handshake_timeout;        /* ms, default 10s */
+    int session_tickets;               /* default 1 */
+    int verify_client;                 /* enum pgw_tls_verify */
+    char *client_ca;
+    unsigned verify_depth;             /* default 4 */
+    unsigned line;
+};
+
+/* TLS towards an upstream group (tls: true, or the map). */
+struct pgw_config_upstream_tls {
+    int verify;                   /* default 1 */
+    char *ca;                     /* NULL: the system store */
+    char *server_name;            /* NULL: the target's host */
+    char *cert, *key;             /* client certificate (mutual TLS), or NULL */
+    unsigned line;
+};
+
 struct pgw_config_listener {
     char *name;
     char *address;                  /* as written: "0.0.0.0:8080", "[::1]:8080" */
@@ -39,6 +73,7 @@ struct pgw_config_listener {
     socklen_t sa_len;
     int backlog;                    /* listen(2) backlog, default 511 */
     struct pgw_config_policies policies; /* run first for every request on this listener */
+    struct pgw_config_listener_tls *tls; /* NULL: plain HTTP */
     unsigned line;                  /* line in the file, for messages */
 };
 
@@ -88,6 +123,7 @@ struct pgw_config_upstream {
     uint64_t keepalive_timeout; /* ms, idle upstream connection lifetime, default 60s */
     unsigned max_fails;       /* passive health: failures before skipping, default 3 */
     uint64_t fail_timeout;    /* ms, how long a failed target is skipped, default 10s */
+    struct pgw_config_upstream_tls *tls; /* NULL: plain HTTP */
     unsigned line;
 };
 
@@ -109,6 +145,8 @@ struct pgw_config_route {
     int upstream_index;        /* resolved index into config->upstreams, -1 for status routes */
     int preserve_host;         /* default 0: upstream Host is the target's host[:port] */
     int strip_prefix;          /* default 0: remove the matched prefix before forwarding */
+    int https_only;            /* plain requests: 308 to https (GET/HEAD) or 426 */
+    int https_port;            /* the port of its first TLS listener (0: none), for the 308 */
     struct pgw_config_policies policies; /* in order, after the listener's */
     unsigned line;
 };
@@ -157,6 +195,8 @@ struct pgw_config {
     unsigned workers;     /* worker processes; 0 = auto (one per CPU) */
     char *control_socket; /* control: { socket: PATH }, default "logs/passerelle.sock" */
     char *policies_dir;   /* policies: { dir: PATH }, default "policies" */
+    char *http_ca;        /* policies: { http_ca: FILE }: pgw.http's trust store (NULL: system) */
+    uint64_t tls_ticket_rotation; /* tls: { ticket_rotation }, ms, default 1h */
     struct pgw_config_lua lua; /* policies: { memory, budget, body_max, timers } */
     struct pgw_config_store store;
     char *plans_json;     /* plans: as JSON text ("{}" when none), checked by the policy engine */

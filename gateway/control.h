@@ -21,13 +21,16 @@
 
 enum pgw_msg_type {
     PGW_MSG_GEN = 1,      /* master -> worker: arg = generation number, payload = "<config file
-                             name>\0<validated YAML text>", fds = listening sockets in config order */
+                             name>\0<YAML>...", see master.c send_gen(); fds = listening
+                             sockets in config order */
     PGW_MSG_GEN_OK,       /* worker -> master: arg = the generation now active */
     PGW_MSG_GEN_ERR,      /* worker -> master: arg = generation refused, payload = why */
     PGW_MSG_STATUS,       /* master -> worker: arg = query id */
     PGW_MSG_STATUS_REPLY, /* worker -> master: arg = query id, payload = a JSON object */
     PGW_MSG_PING,         /* master -> worker: arg = sequence number (the watchdog) */
     PGW_MSG_PONG,         /* worker -> master: arg = the sequence number, answered at once */
+    PGW_MSG_TICKETS,      /* master -> worker: payload = TLS session-ticket keys, current first
+                             (PGW_TLS_TICKET_KEY_LEN bytes each) */
 };
 
 struct pgw_msg {

@@ -55,7 +55,32 @@ static ssize_t plain_write(struct pgw_io *io)
     return r;
 }
 
-const struct pgw_transport pgw_transport_plain = {"plain", plain_read, plain_write};
+const struct pgw_transport pgw_transport_plain = {"plain", plain_read, plain_write, NULL, NULL};
+
+/* The events call these first: a transport blocked in one direction gets the other's event. */
+static void io_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgw_io *io = arg;
+    if (io->tr_wants_read) {
+        io->tr_wants_read = 0;
+        pgw_io_sync_events(io);
+        io->on_write(fd, EV_WRITE, io->arg);
+        return;
+    }
+    io->on_read(fd, what, io->arg);
+}
+
+static void io_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgw_io *io = arg;
+    if (io->tr_wants_write) {
+        io->tr_wants_write = 0;
+        pgw_io_sync_events(io);
+        io->on_read(fd, EV_READ, io->arg);
+        return;
+    }
+    io->on_write(fd, what, io->arg);
+}
 
 void pgw_io_init(struct pgw_io *io, struct event_base *base, evutil_socket_t fd,
                  event_callback_fn on_read, event_callback_fn on_write, event_callback_fn on_timer,
@@ -64,8 +89,11 @@ void pgw_io_init(struct pgw_io *io, struct event_base *base, evutil_socket_t fd,
     memset(io, 0, sizeof(*io));
     io->fd = fd;
     io->tr = &pgw_transport_plain;
-    io->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, arg);
-    io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, arg);
+    io->on_read = on_read;
+    io->on_write = on_write;
+    io->arg = arg;
+    io->rev = event_new(base, fd, EV_READ | EV_PERSIST, io_on_read, io);
+    io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, io_on_write, io);
     io->tev = evtimer_new(base, on_timer, arg);
     io->in = evbuffer_new();
     io->out = evbuffer_new();
@@ -75,6 +103,8 @@ void pgw_io_init(struct pgw_io *io, struct event_base *base, evutil_socket_t fd,
 void pgw_io_clear(struct pgw_io *io)
 {
     int owns_fd = io->rev != NULL && io->fd >= 0; /* a zeroed io has fd 0 but owns nothing */
+    if (io->tls != NULL && io->tr->close != NULL)
+        io->tr->close(io);
     if (io->rev)
         event_free(io->rev);
     if (io->wev)
@@ -121,22 +151,38 @@ int pgw_io_flush(struct pgw_io *io, uint64_t send_timeout_ms)
     return PGW_OK;
 }
 
+void pgw_io_sync_events(struct pgw_io *io)
+{
+    unsigned r = io->reading | io->tr_wants_read, w = io->writing | io->tr_wants_write;
+    if (r != io->rev_added) {
+        if (r)
+            event_add(io->rev, NULL);
+        else
+            event_del(io->rev);
+        io->rev_added = r;
+    }
+    if (w != io->wev_added) {
+        if (w)
+            event_add(io->wev, NULL);
+        else
+            event_del(io->wev);
+        io->wev_added = w;
+    }
+}
+
 void pgw_io_want_read(struct pgw_io *io, int on)
 {
-    if (on && !io->reading)
-        event_add(io->rev, NULL);
-    else if (!on && io->reading)
-        event_del(io->rev);
     io->reading = on ? 1 : 0;
+    pgw_io_sync_events(io);
+    /* bytes already inside the transport make no socket event: deliver them now */
+    if (on && io->tr->has_pending != NULL && io->tr->has_pending(io))
+        event_active(io->rev, EV_READ, 0);
 }
 
 void pgw_io_want_write(struct pgw_io *io, int on)
 {
-    if (on && !io->writing)
-        event_add(io->wev, NULL);
-    else if (!on && io->writing)
-        event_del(io->wev);
     io->writing = on ? 1 : 0;
+    pgw_io_sync_events(io);
 }
 
 static uint64_t earliest(const struct pgw_io *io)

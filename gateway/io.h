@@ -8,8 +8,11 @@
  * single timer event is re-armed lazily: pushing a deadline later (every keep-alive request does)
  * costs nothing until the timer fires and finds the deadline moved.
  *
- * The transport interface (plain TCP now, TLS later) sits under pgw_io_read/pgw_io_flush.
- * A pgw_io owns its socket, its three events and its two evbuffers.
+ * The transport interface (plain TCP, or TLS from tls.c) sits under pgw_io_read/pgw_io_flush.
+ * A transport may need the other direction to make progress (a TLS read that must write, a TLS
+ * write that must read): it sets tr_wants_write / tr_wants_read, the io arms that event too, and
+ * when it fires the blocked side's callback runs instead. The user's callbacks never see this.
+ * A pgw_io owns its socket, its three events, its two evbuffers and its transport state (<tls>).
  */
 #ifndef PGW_IO_H
 #define PGW_IO_H
@@ -30,6 +33,11 @@ struct pgw_transport {
     /* Writes from <io->out>: bytes written (>= 0), PGW_AGAIN when nothing could be written,
      * PGW_ERR (io->err_no set). */
     ssize_t (*write)(struct pgw_io *io);
+    /* Whether bytes are buffered inside the transport (not visible to epoll); NULL: never. */
+    int (*has_pending)(const struct pgw_io *io);
+    /* Ends the transport's state before the socket closes (TLS: close_notify when the session is
+     * clean, then frees it); NULL: nothing to do. */
+    void (*close)(struct pgw_io *io);
 };
 
 extern const struct pgw_transport pgw_transport_plain;
@@ -39,11 +47,19 @@ struct pgw_io {
     struct event *rev, *wev, *tev; /* read, write (armed on EAGAIN only), deadline timer */
     struct evbuffer *in, *out;
     const struct pgw_transport *tr;
+    void *tls;               /* the transport's state (tls.c: an SSL *), owned */
+    event_callback_fn on_read, on_write; /* the user's callbacks, called by the io's own */
+    void *arg;
     uint64_t read_deadline;  /* coarse ms (pgw_now_ms), 0 = none */
     uint64_t write_deadline; /* armed while output is pending */
     uint64_t timer_at;       /* when the timer event is due, 0 = not pending */
-    unsigned reading : 1;    /* rev is added */
-    unsigned writing : 1;    /* wev is added */
+    unsigned reading : 1;    /* the user wants read events */
+    unsigned writing : 1;    /* the user wants write events */
+    unsigned rev_added : 1;  /* rev is added: reading || tr_wants_read */
+    unsigned wev_added : 1;  /* wev is added: writing || tr_wants_write */
+    unsigned tr_wants_read : 1;  /* the transport's write waits for readability */
+    unsigned tr_wants_write : 1; /* the transport's read waits for writability */
+    unsigned truncated : 1;  /* the peer closed without ending the transport properly (TLS) */
     int err_no;
 };
 
@@ -64,6 +80,9 @@ int pgw_io_flush(struct pgw_io *io, uint64_t send_timeout_ms);
 
 void pgw_io_want_read(struct pgw_io *io, int on);
 void pgw_io_want_write(struct pgw_io *io, int on);
+/* Adds or removes rev/wev to match what the user and the transport want (transports call it
+ * after changing tr_wants_*). */
+void pgw_io_sync_events(struct pgw_io *io);
 
 /* Sets the read deadline to <ms> from now (0 removes it) and re-arms the timer if needed. */
 void pgw_io_read_timeout(struct pgw_io *io, uint64_t ms);

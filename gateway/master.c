@@ -15,6 +15,7 @@
 #include "server.h"
 #include "store.h"
 #include "keys.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <sys/inotify.h>
@@ -74,6 +75,11 @@ static struct {
     size_t text_len;
     char *bundle;      /* the policies of the current generation, encoded (policy.h) */
     size_t bundle_len;
+    char *tls;         /* its certificates, keys and CAs, encoded (tls.h) */
+    size_t tls_len;
+    unsigned char tickets[PGW_TLS_TICKET_KEYS_MAX * PGW_TLS_TICKET_KEY_LEN]; /* current first */
+    size_t ntickets;
+    struct event *ticket_timer;
     uint64_t gen;
     unsigned reloads;
     char *last_error;            /* of the last failed reload, or NULL */
@@ -120,23 +126,52 @@ static int *listener_fds(void)
     return fds;
 }
 
-/* PGW_MSG_GEN payload: "<file name>\0", the YAML's length (4 bytes), the YAML, the bundle. */
+/* PGW_MSG_GEN payload: "<file name>\0", the YAML's length (4 bytes), the YAML, the TLS files'
+ * length (4 bytes), the TLS files, the policy bundle. */
 static void send_gen(struct worker *w)
 {
     size_t pl = strlen(M.path) + 1;
-    size_t plen = pl + 4 + M.text_len + M.bundle_len;
+    size_t plen = pl + 4 + M.text_len + 4 + M.tls_len + M.bundle_len;
     char *payload = pgw_malloc(plen);
-    uint32_t tl = (uint32_t)M.text_len;
-    memcpy(payload, M.path, pl);
-    memcpy(payload + pl, &tl, 4);
-    memcpy(payload + pl + 4, M.text, M.text_len);
-    memcpy(payload + pl + 4 + M.text_len, M.bundle, M.bundle_len);
+    uint32_t tl = (uint32_t)M.text_len, sl = (uint32_t)M.tls_len;
+    char *p = payload;
+    memcpy(p, M.path, pl);
+    memcpy(p += pl, &tl, 4);
+    memcpy(p += 4, M.text, M.text_len);
+    memcpy(p += M.text_len, &sl, 4);
+    memcpy(p += 4, M.tls, M.tls_len);
+    memcpy(p + M.tls_len, M.bundle, M.bundle_len);
     int *fds = listener_fds();
     if (pgw_chan_send(w->ch, PGW_MSG_GEN, M.gen, payload, plen, fds, M.nls) != PGW_OK)
         pgw_log_error("worker %d (pid %d): generation %llu not sent", w->slot, (int)w->pid,
                       (unsigned long long)M.gen);
     free(fds);
+    pgw_tls_cleanse(payload, plen);
     free(payload);
+}
+
+static void send_tickets(struct worker *w)
+{
+    pgw_chan_send(w->ch, PGW_MSG_TICKETS, 0, M.tickets, M.ntickets * PGW_TLS_TICKET_KEY_LEN,
+                  NULL, 0);
+}
+
+/* Every tls.ticket_rotation: a new current key; the two before it still decrypt. */
+static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    memmove(M.tickets + PGW_TLS_TICKET_KEY_LEN, M.tickets,
+            (PGW_TLS_TICKET_KEYS_MAX - 1) * PGW_TLS_TICKET_KEY_LEN);
+    pgw_tls_new_ticket_key(M.tickets);
+    M.ntickets = PGW_MIN(M.ntickets + 1, (size_t)PGW_TLS_TICKET_KEYS_MAX);
+    for (size_t i = 0; i < M.nworkers; i++)
+        if (M.workers[i].pid != 0 && M.workers[i].ch != NULL)
+            send_tickets(&M.workers[i]);
+    uint64_t every = M.config->tls_ticket_rotation;
+    struct timeval tv = {(time_t)(every / 1000), (suseconds_t)(every % 1000) * 1000};
+    evtimer_add(M.ticket_timer, &tv);
 }
 
 static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg);
@@ -177,6 +212,7 @@ static void worker_spawn(struct worker *w)
     w->last_pong_ms = w->started_ms;
     w->ch = pgw_chan_new(M.base, sv[0], on_worker_msg, w);
     pgw_log_info("worker %d started (pid %d)", w->slot, (int)pid);
+    send_tickets(w);
     send_gen(w);
 }
 
@@ -401,8 +437,12 @@ static uint64_t reload(char *err, size_t errlen)
     err[0] = '\0';
     char *text = pgw_config_read_file(M.path, &len, err, errlen);
     struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
-    char *bundle = NULL;
-    size_t bundle_len = 0;
+    char *bundle = NULL, *tls = NULL;
+    size_t bundle_len = 0, tls_len = 0;
+    if (c != NULL && pgw_tls_prepare(c, 1, &tls, &tls_len, err, errlen) != PGW_OK) {
+        pgw_config_unref(c);
+        c = NULL;
+    }
     if (c != NULL && store_prepare(c, 0, err, errlen) != PGW_OK) {
         pgw_config_unref(c);
         c = NULL;
@@ -418,6 +458,7 @@ static uint64_t reload(char *err, size_t errlen)
     if (c == NULL) {
         free(text);
         free(bundle);
+        free(tls);
         policies_watch(M.config->policies_dir); /* re-watch a directory renamed back */
         set_last_error(err);
         for (const char *line = err; *line != '\0';) { /* one log line per error */
@@ -439,6 +480,9 @@ static uint64_t reload(char *err, size_t errlen)
     free(M.bundle);
     M.bundle = bundle;
     M.bundle_len = bundle_len;
+    free(M.tls);
+    M.tls = tls;
+    M.tls_len = tls_len;
     M.gen++;
     M.reloads++;
     set_last_error(NULL);
@@ -839,6 +883,17 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 /* ---- Run ---- */
 
+/* One error-log line per line of <err>. */
+static void log_error_lines(const char *err)
+{
+    for (const char *line = err; *line != '\0';) {
+        const char *nl = strchr(line, '\n');
+        int len = nl ? (int)(nl - line) : (int)strlen(line);
+        pgw_log_error("%.*s", len, line);
+        line += len + (nl != NULL);
+    }
+}
+
 int pgw_master_run(const char *path, struct pgw_config *config, char *text, size_t text_len)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -861,18 +916,20 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
         return 1;
     }
     if (pgw_policy_validate(config, &M.bundle, &M.bundle_len, err, sizeof(err)) != PGW_OK) {
-        for (const char *line = err; *line != '\0';) {
-            const char *nl = strchr(line, '\n');
-            int len = nl ? (int)(nl - line) : (int)strlen(line);
-            pgw_log_error("%.*s", len, line);
-            line += len + (nl != NULL);
-        }
+        log_error_lines(err);
+        return 1;
+    }
+    if (pgw_tls_prepare(config, 1, &M.tls, &M.tls_len, err, sizeof(err)) != PGW_OK) {
+        log_error_lines(err);
         return 1;
     }
     if (listeners_sync(config, err, sizeof(err)) != PGW_OK) {
         pgw_log_error("%s", err);
         return 1;
     }
+    M.ticket_timer = evtimer_new(M.base, on_ticket_rotation, NULL);
+    M.ntickets = 0;
+    on_ticket_rotation(-1, 0, NULL); /* the first key; workers get it before their generation */
     if (ctl_open(config->control_socket) != PGW_OK)
         return 1;
     M.ino_fd = -1;
@@ -915,6 +972,9 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     pgw_config_unref(M.config);
     free(M.text);
     free(M.bundle);
+    free(M.tls);
+    event_free(M.ticket_timer);
+    pgw_tls_cleanse(M.tickets, sizeof(M.tickets));
     free(M.last_error);
     if (M.ino_fd >= 0) {
         event_free(M.ino_ev);

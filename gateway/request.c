@@ -8,6 +8,7 @@
 #include "out.h"
 #include "proxy.h"
 #include "server.h"
+#include "tls.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -174,6 +175,12 @@ void pgw_req_start(struct pgw_conn *c, const char *head, size_t head_len,
     req->body_done = h->body == PGW_HTTP_BODY_NONE;
     pgw_http_chunked_init(&req->chunked);
     pgw_io_read_timeout(&c->io, req->body_done ? 0 : c->gen->config->timeouts.body);
+    if (c->cert_invalid) { /* verify_client: optional, and the certificate did not verify */
+        pgw_log_info("request %s from %s: client certificate invalid: %s", req->id,
+                     req->client_str, c->cert_error);
+        pgw_req_respond_error(req, 403, "client_cert_invalid", 1);
+        return;
+    }
     if (h->is_connect) {
         pgw_req_respond_error(req, 405, "bad_request", 1);
         return;
@@ -190,6 +197,11 @@ void pgw_req_start(struct pgw_conn *c, const char *head, size_t head_len,
 
 void pgw_req_reject(struct pgw_conn *c, int status, const char *why)
 {
+    pgw_req_reject_as(c, status, why, status == 408 ? "client_timeout" : "bad_request");
+}
+
+void pgw_req_reject_as(struct pgw_conn *c, int status, const char *why, const char *termination)
+{
     pgw_log_limited(&reject_log, 1000, PGW_LOG_INFO, "client %s: %d: %s", c->client_str, status,
                     why ? why : "bad request");
     c->state = PGW_CONN_ACTIVE;
@@ -198,7 +210,7 @@ void pgw_req_reject(struct pgw_conn *c, int status, const char *why)
     req_set_id(req);
     req->body_done = 1;
     req->h.keep_alive = 0;
-    pgw_req_respond_error(req, status, status == 408 ? "client_timeout" : "bad_request", 1);
+    pgw_req_respond_error(req, status, termination, 1);
 }
 
 /* ---- The pipeline ---- */
@@ -229,6 +241,61 @@ static int run_phase(struct pgw_req *req, int phase, unsigned stage, int only_li
         return 1;
     req->phase = phase;
     return stage_result(req, pgw_task_run_request_stage(req, stage, only_listener, only_route));
+}
+
+static void respond(struct pgw_req *req, int status, const char *body, size_t body_len,
+                    int close, const char *extra, size_t extra_len);
+
+/* Whether <h,n> can go into a Location as the host: a DNS name or IPv4 address, or a bracketed
+ * IPv6 address, without a port. */
+static int is_redirect_host(const char *h, size_t n)
+{
+    if (n == 0 || n > 255)
+        return 0;
+    int v6 = h[0] == '[';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                 (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' ||
+                 (v6 && (ch == ':' || (ch == '[' && i == 0) || (ch == ']' && i == n - 1)));
+        if (!ok)
+            return 0;
+    }
+    return !v6 || h[n - 1] == ']';
+}
+
+/* A route with https_only reached over plain HTTP: 308 to the same URL over https for GET and
+ * HEAD, 426 otherwise (a redirect would lose the body, and the client may not follow it). */
+static void respond_https_only(struct pgw_req *req)
+{
+    const char *host = req->h.authority;
+    size_t hl = req->h.authority_len;
+    if (host != NULL && hl > 0 && host[0] == '[') { /* [v6]:port */
+        const char *rb = memchr(host, ']', hl);
+        hl = rb ? (size_t)(rb - host) + 1 : hl;
+    } else if (host != NULL) {
+        const char *colon = memchr(host, ':', hl);
+        hl = colon ? (size_t)(colon - host) : hl;
+    }
+    int is_get = PGW_IEQ_LIT(req->h.method, req->h.method_len, "GET") ||
+                 PGW_IEQ_LIT(req->h.method, req->h.method_len, "HEAD");
+    if (!is_get || host == NULL || !is_redirect_host(host, hl)) {
+        static const char up[] = "Upgrade: TLS/1.2, HTTP/1.1\r\nConnection: Upgrade\r\n";
+        static const char body[] = "{\"status\":426,\"error\":\"Upgrade Required\"}\n";
+        req->termination = "https_required";
+        respond(req, 426, body, sizeof(body) - 1, 1, up, sizeof(up) - 1);
+        return;
+    }
+    size_t pl = PGW_MIN(req->h.path_len, 8192), ql = PGW_MIN(req->h.query_len, 8192);
+    char *loc = pgw_pool_alloc(req->pool, 40 + hl + pl + ql);
+    char port[16] = "";
+    if (req->route->https_port != 0 && req->route->https_port != 443)
+        snprintf(port, sizeof(port), ":%d", req->route->https_port);
+    int n = snprintf(loc, 40 + hl + pl + ql, "Location: https://%.*s%s%.*s%s%.*s\r\n", (int)hl,
+                     host, port, (int)pl, req->h.path, req->h.query ? "?" : "", (int)ql,
+                     req->h.query ? req->h.query : "");
+    req->termination = "https_redirect";
+    respond(req, 308, "", 0, 0, loc, (size_t)n);
 }
 
 static int req_route(struct pgw_req *req)
@@ -265,6 +332,10 @@ static int req_route(struct pgw_req *req)
     req->route = req->match.route;
     if (req->upstream_index < 0) /* a listener policy may have chosen one */
         req->upstream_index = req->route->upstream_index;
+    if (req->route->https_only && c->io.tls == NULL) {
+        respond_https_only(req);
+        return 0;
+    }
     return 1;
 }
 
@@ -317,7 +388,7 @@ void pgw_req_stage_done(struct pgw_req *req, int rc)
 
 /* Queues a complete response with a small body and finishes the request. */
 static void respond(struct pgw_req *req, int status, const char *body, size_t body_len,
-                    int close)
+                    int close, const char *extra, size_t extra_len)
 {
     struct pgw_conn *c = req->conn;
     int is_head = req->h.method && PGW_IEQ_LIT(req->h.method, req->h.method_len, "HEAD");
@@ -326,7 +397,7 @@ static void respond(struct pgw_req *req, int status, const char *body, size_t bo
     req->keep_alive &= req->h.keep_alive;
     req->status = status;
     struct pgw_out o;
-    struct evbuffer_iovec v = out_reserve(c->io.out, 256 + req->id_len + body_len, &o);
+    struct evbuffer_iovec v = out_reserve(c->io.out, 256 + req->id_len + body_len + extra_len, &o);
     PGW_OUT_LIT(&o, "HTTP/1.1 ");
     pgw_out_u64(&o, (uint64_t)status);
     PGW_OUT_LIT(&o, " ");
@@ -337,6 +408,8 @@ static void respond(struct pgw_req *req, int status, const char *body, size_t bo
     PGW_OUT_LIT(&o, "\r\n");
     if (req->id_len > 0)
         pgw_out_field(&o, "X-Request-Id", 12, req->id, req->id_len);
+    if (extra_len > 0)
+        pgw_out_mem(&o, extra, extra_len);
     if (!req->keep_alive)
         PGW_OUT_LIT(&o, "Connection: close\r\n");
     else if (req->h.minor_version == 0)
@@ -361,7 +434,7 @@ void pgw_req_respond_error(struct pgw_req *req, int status, const char *terminat
     char body[160];
     int n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
                      status, pgw_http_reason(status), req->id);
-    respond(req, status, body, (size_t)n, close);
+    respond(req, status, body, (size_t)n, close, NULL, 0);
 }
 
 /* The answer pgw.exit() decided: header_filter and body_filter of every policy run on it. */
@@ -412,7 +485,7 @@ static void respond_exit(struct pgw_req *req)
 static void respond_status(struct pgw_req *req)
 {
     static const char body[] = "{\"status\":\"ok\"}\n";
-    respond(req, 200, body, sizeof(body) - 1, 0);
+    respond(req, 200, body, sizeof(body) - 1, 0, NULL, 0);
 }
 
 /* ---- Request body towards the upstream ---- */
@@ -864,10 +937,12 @@ static void access_log_write(struct pgw_req *req)
     p += pgw_json_escape(p, path ? path : "", path ? plen : 0);
     p += sprintf(p, "\",\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
                     ",\"upstream\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f,"
-                    "\"total_ms\":%.3f,\"retries\":%u,\"termination\":\"%s\"}\n",
+                    "\"total_ms\":%.3f,\"retries\":%u,\"termination\":\"%s\","
+                    "\"tls_version\":\"%s\",\"tls_cipher\":\"%s\"}\n",
                  req->status, req->bytes_in, req->bytes_out, req->upstream_addr,
                  req->upstream_status, (double)req->upstream_us / 1000.0,
-                 (double)(now - req->start_us) / 1000.0, req->retries, req->termination);
+                 (double)(now - req->start_us) / 1000.0, req->retries, req->termination,
+                 pgw_tls_version(&c->io), pgw_tls_cipher(&c->io));
     pgw_access_log_commit((size_t)(p - line));
 }
 

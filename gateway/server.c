@@ -5,6 +5,7 @@
 #include "log.h"
 #include "policy.h"
 #include "proxy.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -18,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static struct pgw_log_ratelimit accept_log;
+static struct pgw_log_ratelimit accept_log, tls_log;
 
 /* ---- Generations ---- */
 
@@ -58,6 +59,7 @@ void pgw_gen_unref(struct pgw_gen *g)
     free(g->tables);
     free(g->upstreams);
     pgw_policy_set_free(g->policies);
+    pgw_tls_gen_free(g->tls);
     pgw_config_unref(g->config);
     free(g);
 }
@@ -89,6 +91,8 @@ static void conn_linger(struct pgw_conn *c)
         pgw_conn_close(c, NULL);
         return;
     }
+    if (c->io.tls != NULL)
+        pgw_tls_send_close(&c->io);
     shutdown(c->io.fd, SHUT_WR);
     evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
     c->io.write_deadline = 0;
@@ -172,9 +176,13 @@ void pgw_conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_
         c->next->prev = c;
     pgw_worker.conns = c;
     /* A new connection must send its head within the header timeout, as nginx's
-     * client_header_timeout; an idle keep-alive connection gets the keep-alive timeout. */
-    c->state = conn_uses_proxy_protocol(c) ? PGW_CONN_PROXY_PROTOCOL : PGW_CONN_IDLE;
-    pgw_io_read_timeout(&c->io, g->config->timeouts.header);
+     * client_header_timeout (a TLS one its handshake within the handshake timeout first); an
+     * idle keep-alive connection gets the keep-alive timeout. */
+    const struct pgw_config_listener_tls *tls = g->config->listeners[listener_index].tls;
+    c->state = conn_uses_proxy_protocol(c) ? PGW_CONN_PROXY_PROTOCOL
+               : tls != NULL               ? PGW_CONN_TLS_DETECT
+                                           : PGW_CONN_IDLE;
+    pgw_io_read_timeout(&c->io, tls != NULL ? tls->handshake_timeout : g->config->timeouts.header);
     pgw_io_want_read(&c->io, 1);
 }
 
@@ -203,6 +211,31 @@ size_t pgw_conn_read_budget(const struct pgw_conn *c)
     return have >= cap ? 0 : cap - have;
 }
 
+/* On a TLS listener the PROXY header is peeked, then exactly its bytes are consumed: what
+ * follows belongs to OpenSSL. */
+static int conn_peek_proxy_header(struct pgw_conn *c)
+{
+    char *buf = pgw_pool_alloc(c->pool, 16 + 65535);
+    ssize_t n = recv(c->io.fd, buf, 16 + 65535, MSG_PEEK);
+    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+        return PGW_AGAIN;
+    if (n <= 0)
+        return PGW_ERR;
+    struct sockaddr_storage src;
+    socklen_t src_len;
+    int r = pgw_addr_parse_proxy_protocol(buf, (size_t)n, &src, &src_len);
+    if (r == PGW_AGAIN && n == 16 + 65535)
+        r = PGW_ERR;
+    if (r < 0)
+        return r;
+    if (recv(c->io.fd, buf, (size_t)r, 0) != r)
+        return PGW_ERR;
+    if (src.ss_family != AF_UNSPEC)
+        conn_set_client(c, &src);
+    c->state = PGW_CONN_TLS_DETECT;
+    return PGW_OK;
+}
+
 static int conn_read_proxy_header(struct pgw_conn *c)
 {
     size_t len = evbuffer_get_length(c->io.in);
@@ -223,6 +256,77 @@ static int conn_read_proxy_header(struct pgw_conn *c)
     evbuffer_drain(c->io.in, (size_t)r);
     c->state = PGW_CONN_IDLE;
     return PGW_OK;
+}
+
+/* The first byte on a TLS listener: a handshake starts TLS; an upper-case letter is a plain HTTP
+ * request, answered 400; anything else is closed. */
+static void conn_tls_detect(struct pgw_conn *c)
+{
+    unsigned char b;
+    ssize_t n = recv(c->io.fd, &b, 1, MSG_PEEK);
+    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        pgw_conn_close(c, NULL);
+        return;
+    }
+    if (PGW_TLS_IS_HANDSHAKE_BYTE(b)) {
+        pgw_tls_attach_server(&c->io, pgw_tls_listener_ctx(c->gen->tls, (size_t)c->listener_index));
+        c->state = PGW_CONN_TLS_HANDSHAKE;
+        return;
+    }
+    if (b >= 'A' && b <= 'Z') {
+        c->state = PGW_CONN_IDLE;
+        pgw_req_reject_as(c, 400, "plain HTTP request sent to the TLS port", "plain_http_on_tls");
+        return;
+    }
+    pgw_log_limited(&tls_log, 1000, PGW_LOG_INFO,
+                    "client %s: not a TLS handshake (first byte 0x%02x): closed", c->client_str, b);
+    pgw_conn_close(c, NULL);
+}
+
+/* Advances the TLS start of a connection (read or write event). */
+static void conn_tls_step(struct pgw_conn *c)
+{
+    if (c->state == PGW_CONN_PROXY_PROTOCOL) {
+        int r = conn_peek_proxy_header(c);
+        if (r == PGW_AGAIN)
+            return;
+        if (r == PGW_ERR) {
+            pgw_log_limited(&accept_log, 1000, PGW_LOG_WARN,
+                            "connection from %s: invalid PROXY protocol header; closed",
+                            c->client_str);
+            pgw_conn_close(c, "bad_request");
+            return;
+        }
+    }
+    if (c->state == PGW_CONN_TLS_DETECT)
+        conn_tls_detect(c);
+    if (c->state != PGW_CONN_TLS_HANDSHAKE)
+        return;
+    int r = pgw_tls_handshake(&c->io);
+    if (r == PGW_AGAIN)
+        return;
+    if (r == PGW_ERR) {
+        pgw_log_limited(&tls_log, 1000, PGW_LOG_INFO, "client %s: TLS handshake failed: %s",
+                        c->client_str, pgw_tls_error());
+        pgw_conn_close(c, NULL);
+        return;
+    }
+    if (pgw_tls_peer_status(&c->io) == PGW_TLS_PEER_INVALID) {
+        c->cert_invalid = 1;
+        c->cert_error = pgw_tls_peer_error(&c->io);
+    }
+    c->state = PGW_CONN_IDLE;
+    pgw_io_read_timeout(&c->io, c->gen->config->timeouts.header);
+    pgw_io_want_read(&c->io, 1); /* a request that came with the handshake is read at once */
+}
+
+static int conn_in_tls_start(const struct pgw_conn *c)
+{
+    return c->state == PGW_CONN_TLS_DETECT || c->state == PGW_CONN_TLS_HANDSHAKE ||
+           (c->state == PGW_CONN_PROXY_PROTOCOL && c->io.tls == NULL &&
+            c->gen->config->listeners[c->listener_index].tls != NULL);
 }
 
 void pgw_conn_process(struct pgw_conn *c)
@@ -335,7 +439,9 @@ static void on_client_read(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(what);
     pgw_conn_enter(c);
     size_t budget = pgw_conn_read_budget(c);
-    if (budget == 0) { /* backpressure: resumed when the buffer drains */
+    if (conn_in_tls_start(c)) {
+        conn_tls_step(c);
+    } else if (budget == 0) { /* backpressure: resumed when the buffer drains */
         if (c->state == PGW_CONN_ACTIVE && c->req != NULL)
             pgw_req_client_read(c->req, 0);
         else
@@ -364,6 +470,11 @@ static void on_client_write(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
     pgw_conn_enter(c);
+    if (conn_in_tls_start(c)) {
+        conn_tls_step(c);
+        pgw_conn_leave(c);
+        return;
+    }
     int r = pgw_io_flush(&c->io, c->gen->config->timeouts.send);
     if (r == PGW_ERR) {
         pgw_conn_close(c, "client_closed");
@@ -394,6 +505,10 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
         pgw_req_on_client_timeout(c->req, expired);
     } else if (c->state == PGW_CONN_CLOSING) {
         pgw_conn_close(c, NULL); /* lingering close reached its deadline */
+    } else if (conn_in_tls_start(c)) {
+        pgw_log_limited(&tls_log, 1000, PGW_LOG_INFO,
+                        "client %s: TLS handshake not finished in time: closed", c->client_str);
+        pgw_conn_close(c, NULL);
     } else {
         pgw_conn_close(c, NULL); /* idle keep-alive or a connection that never spoke */
     }
@@ -407,7 +522,8 @@ void pgw_conns_close_idle(void)
     struct pgw_conn *c = pgw_worker.conns;
     while (c != NULL) {
         struct pgw_conn *next = c->next;
-        int idle = c->state == PGW_CONN_IDLE || c->state == PGW_CONN_PROXY_PROTOCOL;
+        int idle = c->state == PGW_CONN_IDLE || c->state == PGW_CONN_PROXY_PROTOCOL ||
+                   c->state == PGW_CONN_TLS_DETECT || c->state == PGW_CONN_TLS_HANDSHAKE;
         if (idle && evbuffer_get_length(c->io.in) == 0 && c->in_handler == 0)
             pgw_conn_close(c, NULL);
         c = next;

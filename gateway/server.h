@@ -29,6 +29,7 @@
 struct pgw_upstream;
 struct pgw_policy_set;
 struct pgw_task;
+struct pgw_tls_gen;
 
 /* "host:port" of an upstream target: a 253-byte name, brackets, ":65535" and the NUL. */
 #define PGW_UPSTREAM_LABEL_MAX 264
@@ -44,6 +45,7 @@ struct pgw_gen {
     struct pgw_upstream **upstreams;   /* runtime state, one per config upstream */
     struct pgw_http_limits req_limits; /* derived from config->limits */
     struct pgw_policy_set *policies;   /* NULL when the config runs no policy */
+    struct pgw_tls_gen *tls;           /* TLS contexts (tls.h); NULL only while being built */
 };
 
 struct pgw_listener {
@@ -85,6 +87,8 @@ extern struct pgw_worker pgw_worker;
 
 enum pgw_conn_state {
     PGW_CONN_PROXY_PROTOCOL = 0, /* waiting for the PROXY header */
+    PGW_CONN_TLS_DETECT,         /* TLS listener: waiting for the first byte (TLS or plain?) */
+    PGW_CONN_TLS_HANDSHAKE,      /* TLS listener: handshake in progress */
     PGW_CONN_IDLE,               /* keep-alive, between requests */
     PGW_CONN_HEAD,               /* a request head is arriving */
     PGW_CONN_ACTIVE,             /* a request is being handled */
@@ -111,6 +115,8 @@ struct pgw_conn {
     unsigned close_asap : 1;   /* free when the stack unwinds */
     unsigned processing : 1;   /* inside pgw_conn_process() */
     unsigned linger : 1;       /* CLOSING: read and drop input after the last response */
+    unsigned cert_invalid : 1; /* verify_client optional: a certificate that did not verify */
+    const char *cert_error;    /* why (static OpenSSL string) */
     struct pgw_conn *prev, *next; /* the worker's list of connections */
 };
 
@@ -245,6 +251,8 @@ void pgw_req_on_client_drain(struct pgw_req *req);
 void pgw_req_on_client_timeout(struct pgw_req *req, int expired);
 /* request.c: answers a request that could not be parsed (status from the parser). */
 void pgw_req_reject(struct pgw_conn *c, int status, const char *why);
+/* Same with the access log's termination. */
+void pgw_req_reject_as(struct pgw_conn *c, int status, const char *why, const char *termination);
 
 #define PGW_CLIENT_BUFFER_MAX (64 * 1024) /* client input kept while a request runs */
 #define PGW_OUTPUT_HIGH (256 * 1024)      /* pause the upstream above this much unsent output */

@@ -21,6 +21,7 @@
 #include "server.h"
 #include "store.h"
 #include "keys.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -346,20 +347,30 @@ static int gen_policies(struct pgw_gen *g, const struct pgw_policy_bundle *b, ch
  * generation. */
 static void gen_install(const struct pgw_msg *m)
 {
+    /* "<file name>\0", u32 YAML length, YAML, u32 TLS files length, TLS files, bundle */
     const char *nul = memchr(m->payload, '\0', m->len);
-    uint32_t tl = 0;
-    size_t off = nul ? (size_t)(nul + 1 - m->payload) : 0;
-    if (nul != NULL && m->len - off >= 4)
+    const char *yaml = NULL, *tls = NULL;
+    uint32_t tl = 0, sl = 0;
+    size_t left = nul ? m->len - (size_t)(nul + 1 - m->payload) : 0;
+    if (nul != NULL && left >= 4) {
         memcpy(&tl, nul + 1, 4);
+        yaml = nul + 5;
+        left -= 4;
+    }
+    if (yaml != NULL && left >= (size_t)tl + 4) {
+        memcpy(&sl, yaml + tl, 4);
+        tls = yaml + tl + 4;
+        left -= (size_t)tl + 4;
+    }
     struct pgw_policy_bundle bundle;
-    if (nul == NULL || m->len - off < 4 || m->len - off - 4 < tl ||
-        pgw_policy_bundle_decode(nul + 5 + tl, m->len - off - 4 - tl, &bundle) != PGW_OK) {
+    if (tls == NULL || left < sl ||
+        pgw_policy_bundle_decode(tls + sl, left - sl, &bundle) != PGW_OK) {
         gen_refuse(m->arg, "malformed generation message", m->fds, m->nfds);
         return;
     }
     static char errbuf[16384];
     struct pgw_config *config =
-        pgw_config_load_string(m->payload, nul + 5, tl, errbuf, sizeof(errbuf));
+        pgw_config_load_string(m->payload, yaml, tl, errbuf, sizeof(errbuf));
     if (config == NULL) { /* the master validated it: only a version skew gets here */
         pgw_policy_bundle_free(&bundle);
         gen_refuse(m->arg, errbuf, m->fds, m->nfds);
@@ -372,6 +383,12 @@ static void gen_install(const struct pgw_msg *m)
     /* Logs first: init_worker errors of the new policies belong in the new error log. */
     if (g != NULL && pgw_log_open(g->config) != PGW_OK)
         pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
+    if (g != NULL &&
+        (g->tls = pgw_tls_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL) {
+        err = errbuf;
+        pgw_gen_unref(g);
+        g = NULL;
+    }
     if (g != NULL && (store_configure(&g->config->store, errbuf, sizeof(errbuf)) != PGW_OK ||
                       gen_policies(g, &bundle, errbuf, sizeof(errbuf)) != PGW_OK)) {
         err = errbuf;
@@ -432,6 +449,10 @@ static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
         return;
     case PGW_MSG_STATUS:
         status_reply(m->arg);
+        break;
+    case PGW_MSG_TICKETS:
+        pgw_tls_set_ticket_keys((const unsigned char *)m->payload,
+                                m->len / PGW_TLS_TICKET_KEY_LEN);
         break;
     case PGW_MSG_PING: /* answered from the event loop: a stuck loop does not answer */
         pgw_chan_send(pgw_worker.chan, PGW_MSG_PONG, m->arg, NULL, 0, NULL, 0);
