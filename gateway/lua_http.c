@@ -8,7 +8,8 @@
  * request while reading -> response head (pgw_http_parse_response; 1xx skipped) -> body by
  * Content-Length, chunked coding (pgw_http_chunked_decode) or EOF. One deadline covers it all.
  * No connection pooling in this version: every request opens its own connection and sends
- * `Connection: close`. No TLS yet: https URLs raise.
+ * `Connection: close`. https URLs (and upstream groups with `tls`) speak TLS through tls.h after
+ * the connect: certificate and host name verified, a failed handshake is "tls handshake failed".
  *
  * Ownership: a struct http_op is malloc'd per call and owns itself: the socket and its two
  * events, the deadline timer, the request and response evbuffers, the copied response head and
@@ -28,6 +29,7 @@
 #include "http.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -59,6 +61,7 @@ static const char err_connect[] = "connect failed";
 static const char err_bad[] = "bad response";
 static const char err_busy[] = "too many requests";
 static const char err_nomem[] = "out of memory";
+static const char err_tls[] = "tls handshake failed";
 
 static const struct pgw_http_limits head_limits = {
     .request_line = HTTP_STATUS_LINE_MAX,
@@ -90,6 +93,10 @@ struct http_op {
     struct evdns_getaddrinfo_request *dns_req;
     evutil_socket_t fd;
     struct event *rev, *wev;
+    SSL_CTX *tls_ctx;  /* referenced; NULL: plain HTTP */
+    void *ssl;         /* the TLS session of the current connection */
+    char *tls_name;    /* server_name of the upstream group's tls, or NULL: the target's host */
+    int tls_verify;
     struct evbuffer *out;  /* request line, then the whole request once connected */
     struct evbuffer *post; /* header lines after Host, framing, empty line, body */
     struct evbuffer *in;   /* response bytes not parsed yet */
@@ -116,6 +123,8 @@ struct http_op {
     unsigned head_done : 1;
     unsigned eof : 1;
     unsigned in_resolve : 1; /* inside evdns_getaddrinfo(): an answer given at once waits */
+    unsigned handshaking : 1; /* TLS handshake in progress */
+    unsigned truncated : 1;   /* the TLS stream ended without close_notify */
     unsigned done : 1;       /* finished: resources released, result pending delivery */
 };
 
@@ -127,8 +136,10 @@ struct http_args {
     double timeout;
     uint64_t max_body;
     const struct pgw_config_upstream *up;
+    size_t up_index;
     struct http_target url_target;
     int has_host;
+    int is_tls;
 };
 
 /* ---- Checking the table (may raise; nothing acquired yet) ---- */
@@ -288,12 +299,11 @@ static void parse_url(lua_State *L, struct http_args *a)
 {
     char q[128];
     const char *u = a->url, *end = a->url + a->url_len, *p, *port = NULL, *host, *host_end;
-    if (a->url_len >= 8 && PGW_IEQ_LIT(u, 8, "https://"))
-        luaL_error(L, FNAME ": https URLs need TLS, not available yet");
-    if (a->url_len < 7 || !PGW_IEQ_LIT(u, 7, "http://"))
-        luaL_error(L, FNAME ": url must start with http:// (got \"%s\")",
+    a->is_tls = a->url_len >= 8 && PGW_IEQ_LIT(u, 8, "https://");
+    if (!a->is_tls && (a->url_len < 7 || !PGW_IEQ_LIT(u, 7, "http://")))
+        luaL_error(L, FNAME ": url must start with http:// or https:// (got \"%s\")",
                    show(q, sizeof(q), u, a->url_len));
-    const char *auth = u + 7, *auth_end = auth;
+    const char *auth = u + (a->is_tls ? 8 : 7), *auth_end = auth;
     while (auth_end < end && *auth_end != '/' && *auth_end != '?')
         auth_end++;
     int is_bracketed = auth < auth_end && *auth == '[';
@@ -317,6 +327,8 @@ static void parse_url(lua_State *L, struct http_args *a)
     if (parse_host(host, (size_t)(host_end - host), is_bracketed, &a->url_target) != PGW_OK ||
         parse_port(port, port ? (size_t)(auth_end - port) : 0, &a->url_target.port) != PGW_OK)
         goto bad;
+    if (port == NULL && a->is_tls)
+        a->url_target.port = 443;
     for (p = auth_end; p < end; p++)
         if (!is_target_byte((unsigned char)*p))
             goto bad;
@@ -327,15 +339,18 @@ bad:
     luaL_error(L, FNAME ": invalid url \"%s\"", show(q, sizeof(q), u, a->url_len));
 }
 
-static const struct pgw_config_upstream *find_upstream(lua_State *L, const char *name, size_t n)
+static const struct pgw_config_upstream *find_upstream(lua_State *L, const char *name, size_t n,
+                                                       size_t *index)
 {
     char q[128];
     const struct pgw_bridge_run *run = pgw_bridge_current();
     const struct pgw_config *c = run != NULL && run->gen != NULL ? run->gen->config : NULL;
     for (size_t i = 0; c != NULL && i < c->num_upstreams; i++) {
         const char *un = c->upstreams[i].name;
-        if (strlen(un) == n && memcmp(un, name, n) == 0)
+        if (strlen(un) == n && memcmp(un, name, n) == 0) {
+            *index = i;
             return &c->upstreams[i];
+        }
     }
     luaL_error(L, FNAME ": unknown upstream \"%s\"", show(q, sizeof(q), name, n));
     return NULL;
@@ -450,7 +465,8 @@ static void read_args(lua_State *L, struct http_args *a)
             luaL_error(L, FNAME ": path goes with upstream (a url carries its own)");
         parse_url(L, a);
     } else {
-        a->up = find_upstream(L, a->upstream, a->upstream_len);
+        a->up = find_upstream(L, a->upstream, a->upstream_len, &a->up_index);
+        a->is_tls = a->up->tls != NULL;
         if (a->path == NULL) {
             a->path = "/";
             a->path_len = 1;
@@ -647,6 +663,15 @@ static struct http_op *op_new(const struct http_args *a, const char *post, size_
     op->is_head = a->method_len == 4 && memcmp(a->method, "HEAD", 4) == 0;
     op->has_host = a->has_host != 0;
     op->last_err = err_connect; /* an upstream group without targets */
+    if (a->is_tls) {
+        const struct pgw_bridge_run *run = pgw_bridge_current();
+        struct pgw_tls_gen *tg = run != NULL && run->gen != NULL ? run->gen->tls : NULL;
+        op->tls_ctx = pgw_tls_ctx_ref(a->up ? pgw_tls_upstream_ctx(tg, a->up_index)
+                                            : pgw_tls_http_ctx(tg));
+        op->tls_verify = a->up == NULL || a->up->tls->verify;
+        if (a->up != NULL && a->up->tls->server_name != NULL)
+            op->tls_name = pgw_strndup(a->up->tls->server_name, strlen(a->up->tls->server_name));
+    }
     pgw_http_chunked_init(&op->chunked);
     copy_targets(op, a);
     op->timer = evtimer_new(op->base, on_timer, op);
@@ -670,6 +695,9 @@ static struct http_op *op_new(const struct http_args *a, const char *post, size_
 
 static void conn_close(struct http_op *op)
 {
+    pgw_tls_free(op->ssl);
+    op->ssl = NULL;
+    op->handshaking = 0;
     if (op->rev != NULL)
         event_free(op->rev);
     if (op->wev != NULL)
@@ -711,6 +739,8 @@ static void op_free(struct http_op *op)
         evbuffer_free(op->body);
     free(op->head);
     free(op->targets);
+    free(op->tls_name);
+    pgw_tls_ctx_unref(op->tls_ctx);
     free(op);
 }
 
@@ -894,11 +924,20 @@ static int connect_done(struct http_op *op, short what)
     event_del(op->wev);
     event_add(op->wev, NULL);
     event_add(op->rev, NULL);
+    const struct http_target *t = &op->targets[op->next_target - 1];
+    if (op->tls_ctx != NULL) {
+        const char *name = op->tls_name ? op->tls_name : t->host;
+        unsigned char ip[16];
+        int is_ip = evutil_inet_pton(AF_INET, name, ip) == 1 ||
+                    evutil_inet_pton(AF_INET6, name, ip) == 1;
+        op->ssl = pgw_tls_client_new(op->tls_ctx, op->fd, is_ip ? NULL : name,
+                                     op->tls_verify ? name : NULL);
+        op->handshaking = 1;
+    }
     if (!op->has_host) {
-        const struct http_target *t = &op->targets[op->next_target - 1];
         int v6 = strchr(t->host, ':') != NULL;
         evbuffer_add_printf(op->out, "Host: %s%s%s", v6 ? "[" : "", t->host, v6 ? "]" : "");
-        if (t->port != 80)
+        if (t->port != (op->tls_ctx != NULL ? 443 : 80))
             evbuffer_add_printf(op->out, ":%u", t->port);
         evbuffer_add(op->out, "\r\n", 2);
     }
@@ -908,8 +947,32 @@ static int connect_done(struct http_op *op, short what)
 
 /* ---- Request and response bytes ---- */
 
+/* TLS: one record at a time. PGW_AGAIN: wait (the write event stays), PGW_ERR: stop writing. */
+static int send_tls(struct http_op *op)
+{
+    size_t len;
+    while ((len = evbuffer_get_length(op->out)) > 0) {
+        size_t n = PGW_MIN(len, (size_t)HTTP_READ_MAX);
+        const void *p = evbuffer_pullup(op->out, (ev_ssize_t)n);
+        ssize_t w = pgw_tls_send(op->ssl, p, n);
+        if (w == PGW_AGAIN)
+            return PGW_AGAIN;
+        if (w < 0)
+            return PGW_ERR;
+        evbuffer_drain(op->out, (size_t)w);
+    }
+    return PGW_OK;
+}
+
 static void send_request(struct http_op *op)
 {
+    if (op->ssl != NULL) {
+        if (send_tls(op) == PGW_AGAIN)
+            return;
+        evbuffer_drain(op->out, evbuffer_get_length(op->out));
+        event_del(op->wev);
+        return;
+    }
     while (evbuffer_get_length(op->out) > 0) {
         struct evbuffer_iovec v[8];
         int nv = evbuffer_peek(op->out, -1, NULL, v, 8);
@@ -936,7 +999,19 @@ static int read_some(struct http_op *op)
     struct evbuffer_iovec v;
     int nv = evbuffer_reserve_space(op->in, HTTP_READ_MAX, &v, 1);
     pgw_assert(nv == 1);
-    ssize_t n = recv(op->fd, v.iov_base, PGW_MIN(v.iov_len, (size_t)HTTP_READ_MAX), 0);
+    ssize_t n;
+    if (op->ssl != NULL) {
+        int truncated = 0;
+        n = pgw_tls_recv(op->ssl, v.iov_base, PGW_MIN(v.iov_len, (size_t)HTTP_READ_MAX),
+                         &truncated);
+        op->truncated = truncated != 0;
+        if (n < 0)
+            return (int)n; /* PGW_AGAIN or PGW_ERR */
+        if (pgw_tls_pending(op->ssl))
+            event_active(op->rev, EV_READ, 0); /* already read from the socket: no event */
+    } else {
+        n = recv(op->fd, v.iov_base, PGW_MIN(v.iov_len, (size_t)HTTP_READ_MAX), 0);
+    }
     if (n == -1) /* the reserved space is simply not committed */
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? PGW_AGAIN : PGW_ERR;
     if (n == 0) {
@@ -1057,6 +1132,10 @@ static int body_eof(struct http_op *op, const char **err)
         return PGW_ERR;
     }
     evbuffer_add_buffer(op->body, op->in);
+    if (op->eof && op->truncated) { /* a TLS end without close_notify: maybe cut short */
+        *err = pgw_err_closed;
+        return PGW_ERR;
+    }
     return op->eof ? PGW_DONE : PGW_AGAIN;
 }
 
@@ -1085,6 +1164,34 @@ static int read_response(struct http_op *op, const char **err)
     return body_eof(op, err);
 }
 
+/* Advances the TLS handshake: PGW_OK when done (the request goes out), else the operation waits
+ * or moved on to the next target (or finished). */
+static int tls_step(struct http_op *op)
+{
+    int want_write;
+    int r = pgw_tls_step(op->ssl, &want_write);
+    if (r == PGW_AGAIN) {
+        if (want_write)
+            event_add(op->wev, NULL);
+        else
+            event_del(op->wev);
+        return PGW_AGAIN;
+    }
+    if (r == PGW_ERR) {
+        const struct http_target *t = &op->targets[op->next_target - 1];
+        pgw_log_error(FNAME ": %s:%u: TLS handshake failed: %s", t->host, t->port,
+                      pgw_tls_error());
+        conn_close(op);
+        op->last_err = err_tls;
+        if (next_targets(op) == PGW_ERR)
+            op_finish(op, op->last_err);
+        return PGW_ERR;
+    }
+    op->handshaking = 0;
+    event_add(op->wev, NULL);
+    return PGW_OK;
+}
+
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     struct http_op *op = arg;
@@ -1101,6 +1208,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         }
         what = EV_WRITE;
     }
+    if (op->handshaking && tls_step(op) != PGW_OK)
+        return;
     if (what & EV_WRITE)
         send_request(op);
     if (what & EV_READ)

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "lua_task.h"
 #include "server.h"
+#include "tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,8 +368,11 @@ static int l_req_get_path_params(lua_State *L)
 
 static int l_req_get_scheme(lua_State *L)
 {
-    cur_req(L, "pgw.req.get_scheme", REQ_READ);
-    lua_pushliteral(L, "http");
+    struct pgw_req *req = cur_req(L, "pgw.req.get_scheme", REQ_READ);
+    if (req->conn->io.tls != NULL)
+        lua_pushliteral(L, "https");
+    else
+        lua_pushliteral(L, "http");
     return 1;
 }
 
@@ -456,6 +460,48 @@ static int l_req_get_client_addr(lua_State *L)
 {
     struct pgw_req *req = cur_req(L, "pgw.req.get_client_addr", REQ_READ);
     lua_pushstring(L, req->client_str);
+    return 1;
+}
+
+static void set_field_str(lua_State *L, const char *k, const char *v)
+{
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* pgw.req.get_tls(): nil on a plain connection, else { protocol, cipher, server_name, resumed,
+ * client = nil | { subject, issuer, serial, fingerprint, not_before, not_after, verified,
+ * verify_error } } (docs/sdk.md). */
+static int l_req_get_tls(lua_State *L)
+{
+    struct pgw_req *req = cur_req(L, "pgw.req.get_tls", REQ_READ);
+    const struct pgw_io *io = &req->conn->io;
+    if (io->tls == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, 0, 5);
+    set_field_str(L, "protocol", pgw_tls_version(io));
+    set_field_str(L, "cipher", pgw_tls_cipher(io));
+    const char *sn = pgw_tls_server_name(io);
+    if (sn != NULL)
+        set_field_str(L, "server_name", sn);
+    lua_pushboolean(L, pgw_tls_resumed(io));
+    lua_setfield(L, -2, "resumed");
+    char buf[4096];
+    const char *f[7];
+    if (pgw_tls_peer_fields(io, buf, sizeof(buf), f) == PGW_OK) {
+        static const char *const names[] = {"subject",   "issuer",    "serial", "fingerprint",
+                                            "not_before", "not_after"};
+        lua_createtable(L, 0, 8);
+        for (size_t i = 0; i < PGW_ARRAY_LEN(names); i++)
+            set_field_str(L, names[i], f[i]);
+        lua_pushboolean(L, f[6][0] == '\0');
+        lua_setfield(L, -2, "verified");
+        if (f[6][0] != '\0')
+            set_field_str(L, "verify_error", f[6]);
+        lua_setfield(L, -2, "client");
+    }
     return 1;
 }
 
@@ -881,6 +927,7 @@ static const luaL_Reg req_fns[] = {
     {"get_headers", l_req_get_headers},     {"set_header", l_req_set_header},
     {"add_header", l_req_add_header},       {"clear_header", l_req_clear_header},
     {"get_client_addr", l_req_get_client_addr}, {"get_listener", l_req_get_listener},
+    {"get_tls", l_req_get_tls},
     {"get_route", l_req_get_route},         {"get_id", l_req_get_id},
     {"set_path", l_req_set_path},           {"set_host", l_req_set_host},
     {"set_upstream", l_req_set_upstream},   {"set_body", l_req_set_body},

@@ -12,6 +12,7 @@
 #include "proxy.h"
 #include "log.h"
 #include "out.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -46,7 +47,8 @@ struct pgw_upstream_conn {
     struct target *t;
     struct pgw_proxy *px; /* the lease holder; NULL while idle */
     struct pgw_upstream_conn *prev, *next; /* idle list of the target */
-    unsigned connected : 1;
+    unsigned connected : 1;   /* TCP connected */
+    unsigned handshaking : 1; /* TLS handshake in progress (after the TCP connect) */
     unsigned requests;
     unsigned addr_epoch; /* t->addr_epoch when it connected: an older one is never reused */
 };
@@ -66,6 +68,7 @@ struct target {
     uint64_t down_until;
     struct pgw_upstream_conn *idle; /* most recently used first */
     unsigned addr_epoch;            /* bumped when DNS changes the address set */
+    void *tls_session;              /* TLS: the last session, resumed by new connections */
     unsigned static_addrs : 1;      /* from /etc/hosts: no DNS */
 };
 
@@ -202,6 +205,7 @@ void pgw_upstream_free(struct pgw_upstream *up)
     for (size_t i = 0; i < up->ntargets; i++) {
         struct target *t = &up->targets[i];
         target_drop_idle(t, "generation released");
+        pgw_tls_session_free(t->tls_session);
         if (t->dns_req != NULL)
             evdns_cancel_request(pgw_worker.dns, t->dns_req);
     }
@@ -215,6 +219,8 @@ void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old)
     if (strcmp(a->name, b->name) != 0 ||
         !pgw_config_targets_equal(a->targets, a->num_targets, b->targets, b->num_targets))
         return;
+    /* TLS connections were verified under the old settings, which may have changed */
+    int keep_conns = a->tls == NULL && b->tls == NULL;
     for (size_t i = 0; i < up->ntargets; i++) {
         struct target *t = &up->targets[i], *o = &old->targets[i];
         if (!t->conf->is_literal && !t->static_addrs && o->naddrs > 0 && t->naddrs == 0) {
@@ -228,7 +234,7 @@ void pgw_upstream_adopt(struct pgw_upstream *up, struct pgw_upstream *old)
         if (t->naddrs != o->naddrs ||
             memcmp(t->addrs, o->addrs, sizeof(t->addrs[0]) * t->naddrs) != 0)
             continue; /* the addresses changed (hosts file): the old connections go with old */
-        while (o->idle != NULL && up->idle_count < up->conf->keepalive) {
+        while (keep_conns && o->idle != NULL && up->idle_count < up->conf->keepalive) {
             struct pgw_upstream_conn *uc = o->idle;
             idle_unlink(uc);
             uc->addr_epoch = t->addr_epoch;
@@ -415,11 +421,25 @@ static int target_ready(struct target *t)
 
 /* ---- Leases ---- */
 
+/* Keeps the session of a TLS connection that was not itself resumed, for the next ones. */
+static void keep_session(struct pgw_upstream_conn *uc)
+{
+    struct target *t = uc->t;
+    if (uc->io.tls == NULL || uc->handshaking || (t->tls_session != NULL && pgw_tls_resumed(&uc->io)))
+        return;
+    void *s = pgw_tls_session_get(&uc->io);
+    if (s == NULL)
+        return;
+    pgw_tls_session_free(t->tls_session);
+    t->tls_session = s;
+}
+
 static void uc_release(struct pgw_upstream_conn *uc, int reusable)
 {
     struct target *t = uc->t;
     struct pgw_upstream *up = t->up;
     uc->px = NULL;
+    keep_session(uc);
     if (!reusable || up->conf->keepalive == 0 || up->idle_count >= up->conf->keepalive ||
         uc->addr_epoch != t->addr_epoch ||
         evbuffer_get_length(uc->io.in) > 0 || evbuffer_get_length(uc->io.out) > 0 ||
@@ -454,6 +474,48 @@ static void px_cleanup(void *arg)
     px->req->px = NULL;
 }
 
+/* The TLS handshake towards the upstream, within the connect timeout (set at the connect). */
+static void uc_handshake(struct pgw_proxy *px)
+{
+    struct pgw_upstream_conn *uc = px->uc;
+    int r = pgw_tls_handshake(&uc->io);
+    if (r == PGW_AGAIN)
+        return;
+    if (r == PGW_ERR) {
+        char why[600];
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", pgw_tls_error());
+        attempt_failed(px, FAIL_CONNECT, why);
+        return;
+    }
+    uc->handshaking = 0;
+    uc->io.read_deadline = 0;
+    uc->io.write_deadline = 0;
+    send_request(px);
+}
+
+/* The TCP connection is up: the request goes out, after a TLS handshake for TLS upstreams. */
+static void connected(struct pgw_proxy *px)
+{
+    struct pgw_upstream_conn *uc = px->uc;
+    struct pgw_req *req = px->req;
+    SSL_CTX *ctx = pgw_tls_upstream_ctx(req->gen->tls, (size_t)req->upstream_index);
+    if (ctx == NULL) {
+        send_request(px);
+        return;
+    }
+    const struct pgw_config_upstream_tls *tc = px->up->conf->tls;
+    const char *name = tc->server_name ? tc->server_name : px->t->conf->host;
+    struct in6_addr ip;
+    int is_ip = inet_pton(AF_INET, name, &ip) == 1 || inet_pton(AF_INET6, name, &ip) == 1;
+    pgw_tls_attach_client(&uc->io, ctx, is_ip ? NULL : name, tc->verify ? name : NULL,
+                          px->t->tls_session);
+    uc->handshaking = 1;
+    uint64_t deadline = pgw_now_ms() + px->up->conf->connect_timeout;
+    uc->io.read_deadline = deadline;
+    pgw_io_timer_sync(&uc->io);
+    uc_handshake(px);
+}
+
 static void connect_new(struct pgw_proxy *px)
 {
     struct target *t = px->t;
@@ -482,7 +544,7 @@ static void connect_new(struct pgw_proxy *px)
     int r = connect(fd, (const struct sockaddr *)sa, t->addr_lens[ai]);
     if (r == 0) {
         uc->connected = 1;
-        send_request(px);
+        connected(px);
         return;
     }
     int e = errno;
@@ -654,7 +716,12 @@ static void build_head(struct pgw_proxy *px)
     PGW_OUT_LIT(&w, "\r\n");
     if (!keep_forwarded ||
         !pgw_http_find(req->h.headers, req->h.num_headers, "x-forwarded-proto", 17))
-        PGW_OUT_LIT(&w, "X-Forwarded-Proto: http\r\n");
+    {
+        if (c->io.tls != NULL)
+            PGW_OUT_LIT(&w, "X-Forwarded-Proto: https\r\n");
+        else
+            PGW_OUT_LIT(&w, "X-Forwarded-Proto: http\r\n");
+    }
     if ((!keep_forwarded ||
          !pgw_http_find(req->h.headers, req->h.num_headers, "x-forwarded-host", 16)) &&
         req->h.authority_len > 0)
@@ -732,7 +799,7 @@ static void send_request(struct pgw_proxy *px)
 void pgw_proxy_on_client_data(struct pgw_req *req)
 {
     struct pgw_proxy *px = req->px;
-    if (px->uc == NULL || !px->uc->connected) {
+    if (px->uc == NULL || !px->uc->connected || px->uc->handshaking) {
         pgw_req_client_read(req, 1); /* buffer up to the client limit meanwhile */
         return;
     }
@@ -854,6 +921,8 @@ static int handle_head(struct pgw_proxy *px)
 static void on_response_eof(struct pgw_proxy *px, const char *why)
 {
     struct pgw_req *req = px->req;
+    if (px->uc->io.truncated)
+        why = "TLS stream truncated (no close_notify)";
     if (!px->head_parsed) {
         if (evbuffer_get_length(px->uc->io.in) > 0)
             attempt_failed(px, FAIL_PROTOCOL, "connection closed inside the response head");
@@ -861,7 +930,7 @@ static void on_response_eof(struct pgw_proxy *px, const char *why)
             attempt_failed(px, FAIL_RESET, why);
         return;
     }
-    if (px->resp_body == PGW_HTTP_BODY_EOF) {
+    if (px->resp_body == PGW_HTTP_BODY_EOF && !px->uc->io.truncated) {
         response_complete(px);
         return;
     }
@@ -918,8 +987,11 @@ void pgw_proxy_on_client_drain(struct pgw_req *req)
 
 /* ---- Upstream events ---- */
 
-static void idle_conn_event(struct pgw_upstream_conn *uc)
+static void idle_conn_event(struct pgw_upstream_conn *uc, int readable)
 {
+    /* TLS 1.3 servers send session tickets after the handshake: records, not data */
+    if (readable && uc->io.tls != NULL && pgw_tls_idle_check(&uc->io) == PGW_OK)
+        return;
     /* An idle connection that becomes readable was closed by the upstream or got stray bytes:
      * either way it cannot carry another request. */
     idle_unlink(uc);
@@ -932,12 +1004,15 @@ static void on_upstream_read(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
     if (uc->px == NULL) {
-        idle_conn_event(uc);
+        idle_conn_event(uc, 1);
         return;
     }
     struct pgw_conn *c = uc->px->req->conn;
     pgw_conn_enter(c);
-    upstream_read(uc->px);
+    if (uc->handshaking)
+        uc_handshake(uc->px);
+    else
+        upstream_read(uc->px);
     pgw_conn_leave(c);
 }
 
@@ -955,7 +1030,7 @@ static void on_connected(struct pgw_proxy *px)
     uc->connected = 1;
     uc->io.write_deadline = 0;
     pgw_io_want_write(&uc->io, 0);
-    send_request(px);
+    connected(px);
 }
 
 static void on_upstream_write(evutil_socket_t fd, short what, void *arg)
@@ -972,6 +1047,8 @@ static void on_upstream_write(evutil_socket_t fd, short what, void *arg)
     pgw_conn_enter(c);
     if (!uc->connected)
         on_connected(px);
+    else if (uc->handshaking)
+        uc_handshake(px);
     else
         pump_and_flush(px);
     pgw_conn_leave(c);
@@ -986,15 +1063,16 @@ static void on_upstream_timer(evutil_socket_t fd, short what, void *arg)
     if (expired == 0)
         return;
     if (uc->px == NULL) { /* idle past keepalive_timeout */
-        idle_conn_event(uc);
+        idle_conn_event(uc, 0);
         return;
     }
     struct pgw_proxy *px = uc->px;
     struct pgw_req *req = px->req;
     struct pgw_conn *c = req->conn;
     pgw_conn_enter(c);
-    if (!uc->connected) {
-        attempt_failed(px, FAIL_CONNECT_TIMEOUT, "connect timeout");
+    if (!uc->connected || uc->handshaking) {
+        attempt_failed(px, FAIL_CONNECT_TIMEOUT,
+                       uc->handshaking ? "TLS handshake timeout" : "connect timeout");
     } else if (px->head_parsed) {
         pgw_log_error("request %s: upstream %s: timeout in the response body", req->id,
                       px->t->label);

@@ -838,18 +838,14 @@ void pgw_tls_send_close(struct pgw_io *io)
 
 static void tls_close(struct pgw_io *io)
 {
-    SSL *ssl = io->tls;
-    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
-        ERR_clear_error();
-        SSL_shutdown(ssl); /* close_notify, once, without waiting for the peer's */
-    }
-    ERR_clear_error();
-    SSL_free(ssl);
+    pgw_tls_free(io->tls); /* close_notify, once, without waiting for the peer's */
     io->tls = NULL;
 }
 
 static const struct pgw_transport transport_tls = {"tls", tls_read, tls_write, tls_has_pending,
                                                    tls_close};
+
+static void client_setup(SSL *ssl, const char *sni, const char *verify_name, void *session);
 
 static SSL *attach(struct pgw_io *io, SSL_CTX *ctx)
 {
@@ -870,38 +866,53 @@ void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *sni,
                            const char *verify_name, void *session)
 {
     SSL *ssl = attach(io, ctx);
-    SSL_set_connect_state(ssl);
-    if (sni != NULL)
-        SSL_set_tlsext_host_name(ssl, sni);
-    if (verify_name != NULL) {
-        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
-        if (X509_VERIFY_PARAM_set1_ip_asc(vp, verify_name) != 1) {
-            ERR_clear_error();
-            SSL_set1_host(ssl, verify_name);
-            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        }
-    }
-    if (session != NULL)
-        SSL_set_session(ssl, session);
-    ERR_clear_error();
+    client_setup(ssl, sni, verify_name, session);
 }
 
-int pgw_tls_handshake(struct pgw_io *io)
+void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *sni, const char *verify_name)
 {
-    SSL *ssl = io->tls;
+    SSL *ssl = SSL_new(ctx);
+    pgw_assert(ssl != NULL);
+    pgw_assert(SSL_set_fd(ssl, fd) == 1);
+    client_setup(ssl, sni, verify_name, NULL);
+    return ssl;
+}
+
+void pgw_tls_free(void *ssl)
+{
+    if (ssl == NULL)
+        return;
+    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
+        ERR_clear_error();
+        SSL_shutdown(ssl);
+    }
+    ERR_clear_error();
+    SSL_free(ssl);
+}
+
+int pgw_tls_pending(void *ssl) { return SSL_has_pending(ssl); }
+
+SSL_CTX *pgw_tls_ctx_ref(SSL_CTX *ctx)
+{
+    if (ctx != NULL)
+        SSL_CTX_up_ref(ctx);
+    return ctx;
+}
+
+void pgw_tls_ctx_unref(SSL_CTX *ctx) { SSL_CTX_free(ctx); }
+
+int pgw_tls_step(void *ssl, int *want_write)
+{
     ERR_clear_error();
     int r = SSL_do_handshake(ssl);
-    if (r == 1) {
-        pgw_io_want_write(io, 0);
+    *want_write = 0;
+    if (r == 1)
         return PGW_OK;
-    }
     switch (SSL_get_error(ssl, r)) {
     case SSL_ERROR_WANT_READ:
-        pgw_io_want_write(io, 0);
-        pgw_io_want_read(io, 1);
         return PGW_AGAIN;
     case SSL_ERROR_WANT_WRITE:
-        pgw_io_want_write(io, 1);
+        *want_write = 1;
         return PGW_AGAIN;
     case SSL_ERROR_SSL: {
         long vr = SSL_get_verify_result(ssl);
@@ -922,6 +933,81 @@ int pgw_tls_handshake(struct pgw_io *io)
     }
     SSL_set_quiet_shutdown(ssl, 1);
     return PGW_ERR;
+}
+
+ssize_t pgw_tls_recv(void *ssl, void *buf, size_t n, int *truncated)
+{
+    size_t got = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(ssl, buf, n, &got) == 1)
+        return (ssize_t)got;
+    switch (SSL_get_error(ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        return PGW_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SSL:
+        if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            SSL_set_quiet_shutdown(ssl, 1);
+            *truncated = 1;
+            return 0;
+        }
+        drain_errors("tls");
+        break;
+    default:
+        drain_errors("");
+        break;
+    }
+    SSL_set_quiet_shutdown(ssl, 1);
+    return PGW_ERR;
+}
+
+ssize_t pgw_tls_send(void *ssl, const void *buf, size_t n)
+{
+    size_t w = 0;
+    ERR_clear_error();
+    if (SSL_write_ex(ssl, buf, PGW_MIN(n, (size_t)TLS_RECORD_MAX), &w) == 1)
+        return (ssize_t)w;
+    int e = SSL_get_error(ssl, 0);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return PGW_AGAIN;
+    drain_errors("tls");
+    SSL_set_quiet_shutdown(ssl, 1);
+    return PGW_ERR;
+}
+
+static void client_setup(SSL *ssl, const char *sni, const char *verify_name, void *session)
+{
+    SSL_set_connect_state(ssl);
+    if (sni != NULL)
+        SSL_set_tlsext_host_name(ssl, sni);
+    if (verify_name != NULL) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        if (X509_VERIFY_PARAM_set1_ip_asc(vp, verify_name) != 1) {
+            ERR_clear_error();
+            SSL_set1_host(ssl, verify_name);
+            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        }
+    }
+    if (session != NULL)
+        SSL_set_session(ssl, session);
+    ERR_clear_error();
+}
+
+int pgw_tls_handshake(struct pgw_io *io)
+{
+    int want_write;
+    int r = pgw_tls_step(io->tls, &want_write);
+    if (r == PGW_AGAIN) {
+        pgw_io_want_write(io, want_write);
+        if (!want_write)
+            pgw_io_want_read(io, 1);
+    } else if (r == PGW_OK) {
+        pgw_io_want_write(io, 0);
+    }
+    return r;
 }
 
 void *pgw_tls_session_get(const struct pgw_io *io)

@@ -23,6 +23,7 @@
 #include "io.h"
 
 #include <stdint.h>
+#include <sys/types.h>
 
 struct pgw_tls_gen;
 typedef struct ssl_ctx_st SSL_CTX;
@@ -66,6 +67,24 @@ void pgw_tls_new_ticket_key(unsigned char key[PGW_TLS_TICKET_KEY_LEN]);
 void pgw_tls_attach_server(struct pgw_io *io, SSL_CTX *ctx);
 void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *sni, const char *verify_name,
                            void *session);
+
+/* The same for code that drives its own socket (pgw.http): a client SSL on <fd>, freed (with a
+ * close_notify when the session is clean) by pgw_tls_free. */
+void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *sni, const char *verify_name);
+void pgw_tls_free(void *ssl);
+/* A handshake step: PGW_OK, PGW_AGAIN (*want_write: wait for writability, else readability),
+ * PGW_ERR (pgw_tls_error()). */
+int pgw_tls_step(void *ssl, int *want_write);
+/* Bytes read (> 0), 0 at the end (*truncated set when it had no close_notify), PGW_AGAIN,
+ * PGW_ERR. */
+ssize_t pgw_tls_recv(void *ssl, void *buf, size_t n, int *truncated);
+/* Bytes written (one record at most), PGW_AGAIN, PGW_ERR. */
+ssize_t pgw_tls_send(void *ssl, const void *buf, size_t n);
+/* Whether <ssl> holds bytes already read from the socket (read again without waiting). */
+int pgw_tls_pending(void *ssl);
+/* A context kept beyond its generation (OpenSSL's refcount). */
+SSL_CTX *pgw_tls_ctx_ref(SSL_CTX *ctx);
+void pgw_tls_ctx_unref(SSL_CTX *ctx);
 
 /* Advances the handshake: PGW_OK when done, PGW_AGAIN (read or write interest set as needed),
  * PGW_ERR (the reason is in pgw_tls_error()). */

@@ -216,6 +216,7 @@ req.get_client_addr = reader("pgw.req.get_client_addr", "client_addr")
 req.get_listener = reader("pgw.req.get_listener", "listener")
 req.get_route = reader("pgw.req.get_route", "route")
 req.get_scheme = reader("pgw.req.get_scheme", "scheme")
+req.get_tls = reader("pgw.req.get_tls", "tls")
 function req.get_path_params()
     check_stage("pgw.req.get_path_params", REQ_READ)
     local t = {}
@@ -468,6 +469,7 @@ end
 -- fake.request{...}: a new current request. Fields: method ("GET"), path ("/"), raw_path (path),
 -- query (a string "a=1&b"), headers (map or list of {name, value}), body, client_addr
 -- ("127.0.0.1"), listener ("public"), route ("test"), scheme ("http"), path_params ({}),
+-- tls (nil: plain; else the table pgw.req.get_tls() returns),
 -- resp = { status = 200, headers = ..., } (what the upstream answers).
 function M.request(o)
     o = o or {}
@@ -482,6 +484,7 @@ function M.request(o)
         listener = o.listener or "public",
         route = o.route or "test",
         scheme = o.scheme or "http",
+        tls = o.tls,
         path_params = o.path_params or {},
         ctx = {},
         calls = {},
