@@ -19,7 +19,8 @@ HDRS    := $(wildcard gateway/*.h)
 # Debian packages: build, run, test. LuaJIT comes from libluajit2-5.1-dev (OpenResty's branch);
 # Debian's other LuaJIT dev package conflicts with it and would remove nginx's Lua module.
 DEB_PKGS := gcc make libc6-dev pkg-config libevent-dev libssl-dev libyaml-dev liblmdb-dev \
-            libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl
+            libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl \
+            openssl sslscan python3-cryptography
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTHON  := /usr/bin/python3
@@ -62,6 +63,8 @@ TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c
 TEST_DEPS_store := gateway/util.c gateway/log.c
 TEST_DEPS_keys := gateway/util.c gateway/log.c gateway/store.c
+TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/config.c gateway/config_tls.c \
+                 gateway/addr.c gateway/route.c gateway/yamltree.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

@@ -6,8 +6,8 @@
 # store (each key its own consumer: the rig expects X-Consumer to carry the key), then the built-in
 # rate_limit (fixed window per consumer, exact across workers, counted in LMDB) with its headers.
 # PGW_BENCH_CHAIN=lua runs bench/policies/bench_keyauth.lua instead (keys in the config, counters
-# in the per-worker pgw.cache): the same work as the nginx-lua anchor's script. Until TLS lands, $PGW_PORT_TLS is a
-# plain bare-proxy listener (checked only for the gw-tls cases, which are not run yet).
+# in the per-worker pgw.cache): the same work as the nginx-lua anchor's script. $PGW_PORT_TLS is the
+# bare proxy behind TLS with the rig's certificate ($PGW_CERT, $PGW_KEY), as nginx-tls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PGW_BENCH_BARE=1: no policy anywhere (no Lua state at all), to measure what merely having
@@ -21,7 +21,9 @@ cat > "$conf" <<YAML
 listeners:
   - { name: proxy, address: "127.0.0.1:$PGW_PORT_PROXY" }
   - { name: policy, address: "127.0.0.1:$PGW_PORT_POLICY" }
-  - { name: tls, address: "127.0.0.1:$PGW_PORT_TLS" }
+  - name: tls
+    address: "127.0.0.1:$PGW_PORT_TLS"
+    tls: { certificates: [ { cert: "$PGW_CERT", key: "$PGW_KEY" } ] }
 workers: $PGW_WORKERS
 control: { socket: "$PGW_WORKDIR/control.sock" }
 limits: { max_connections: 100000 }
