@@ -521,22 +521,22 @@ static void test_unknown_keys(void)
     EXPECT_ERROR(BASE "listenrs: []\n", 3,
                  "unknown top-level key \"listenrs\" (allowed: listeners, upstreams, routes, "
                  "real_ip, limits, timeouts, access_log, error_log, http, resolver, workers, control, "
-                 "policies, store, plans)");
+                 "policies, store, plans, tls)");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\", bakclog: 5 }\n", 2,
-                 "listeners[0]: unknown key \"bakclog\" (allowed: name, address, policies, backlog)");
+                 "listeners[0]: unknown key \"bakclog\" (allowed: name, address, policies, tls, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
                                                  "request_line, header_section, header_fields, "
                                                  "body, max_connections)");
     EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send, drain, watchdog)");
     EXPECT_ERROR(BASE "upstreams:\n  u:\n    targets: [\"h:1\"]\n    retry: 2\n", 6,
-                 "upstreams.u: unknown key \"retry\" (allowed: targets, connect_timeout");
+                 "upstreams.u: unknown key \"retry\" (allowed: targets, tls, connect_timeout");
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    listeners: [public]\n    match: { path: /, "
                       "hots: a }\n    type: status\n",
                  6, "routes[0].match: unknown key \"hots\" (allowed: host, path, methods)");
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    type: status\n    listeners: [public]\n"
                       "    match: { path: / }\n    timeout: 1s\n",
                  8, "routes[0]: unknown key \"timeout\" (allowed: name, type, listeners, match, "
-                    "upstream, policies, preserve_host, strip_prefix)");
+                    "upstream, policies, preserve_host, strip_prefix, https_only)");
     EXPECT_ERROR(BASE "real_ip: { from: proxy_protocol, trusted: [\"::1\"], via: x }\n", 3,
                  "real_ip: unknown key \"via\" (allowed: trusted, from)");
     EXPECT_ERROR(BASE "access_log: { path: a, rotate: 1 }\n", 3, "(allowed: path, format)");
@@ -1105,6 +1105,64 @@ static void test_load_file_and_refs(void)
     CHECK(strcmp(errbuf, want) == 0);
 }
 
+/* TLS keys (config_tls.c): shapes only; the files are checked by tls.c. */
+static void test_tls(void)
+{
+#define TLSL(t) "listeners:\n  - name: s\n    address: \"127.0.0.1:8443\"\n    tls: " t "\n"
+    struct pgw_config *c = EXPECT_OK(TLSL("{ certificates: [ { cert: a.pem, key: a.key } ] }"));
+    if (c != NULL) {
+        const struct pgw_config_listener_tls *t = c->listeners[0].tls;
+        CHECK(t != NULL && t->num_certs == 1 && t->session_tickets == 1);
+        CHECK(t != NULL && t->protocols == (PGW_TLS_V12 | PGW_TLS_V13));
+        CHECK(t != NULL && t->handshake_timeout == 10000 && t->verify_depth == 4);
+        CHECK(t != NULL && t->verify_client == PGW_TLS_VERIFY_OFF && !t->reject_unknown_sni);
+        CHECK_INT(c->tls_ticket_rotation, 3600 * 1000);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(TLSL("{ certificates: [ { cert: a.pem, key: a.key } ], protocols: [TLSv1.3], "
+                       "unknown_sni: reject, verify_client: required, client_ca: ca.pem, "
+                       "handshake_timeout: 2s }") "tls: { ticket_rotation: 10m }\n");
+    if (c != NULL) {
+        const struct pgw_config_listener_tls *t = c->listeners[0].tls;
+        CHECK(t->protocols == PGW_TLS_V13 && t->reject_unknown_sni);
+        CHECK(t->verify_client == PGW_TLS_VERIFY_REQUIRED && t->handshake_timeout == 2000);
+        CHECK_STR(t->client_ca, "ca.pem");
+        CHECK_INT(c->tls_ticket_rotation, 600 * 1000);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(TLSL("{ }"), 4, "listeners[0].tls: missing required key \"certificates\"");
+    EXPECT_ERROR(TLSL("{ certificates: [] }"), 4, "at least one {cert, key}");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a.pem } ] }"), 4,
+                 "certificates[0]: missing required key \"key\"");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a.pem, key: k, pass: x } ] }"), 4,
+                 "unknown key \"pass\"");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a, key: k } ], protocols: [TLSv1.1] }"), 4,
+                 "expected one of TLSv1.2, TLSv1.3");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a, key: k } ], verify_client: required }"), 4,
+                 "needs client_ca");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a, key: k } ], unknown_sni: drop }"), 4,
+                 "expected one of default, reject");
+    EXPECT_ERROR(TLSL("{ certificates: [ { cert: a, key: k } ], ciphers: \"\" }"), 4,
+                 "ciphers: must not be empty");
+    EXPECT_ERROR(BASE "tls: { ticket_rotation: 10s }\n", 3, "below the minimum");
+#define UPT(t) BASE "upstreams:\n  u:\n    targets: [\"h:1\"]\n    tls: " t "\n"
+    c = EXPECT_OK(UPT("true"));
+    CHECK(c != NULL && c->upstreams[0].tls != NULL && c->upstreams[0].tls->verify == 1);
+    pgw_config_unref(c);
+    c = EXPECT_OK(UPT("false"));
+    CHECK(c != NULL && c->upstreams[0].tls == NULL);
+    pgw_config_unref(c);
+    c = EXPECT_OK(UPT("{ ca: ca.pem, server_name: api.example, verify: false }"));
+    CHECK(c != NULL && c->upstreams[0].tls->verify == 0);
+    CHECK(c != NULL && strcmp(c->upstreams[0].tls->server_name, "api.example") == 0);
+    pgw_config_unref(c);
+    EXPECT_ERROR(UPT("{ cert: c.pem }"), 6, "cert and key go together");
+    EXPECT_ERROR(UPT("yes"), 6, "YAML 1.2");
+    EXPECT_ERROR(UPT("{ sni: x }"), 6, "unknown key \"sni\"");
+#undef UPT
+#undef TLSL
+}
+
 int main(void)
 {
     RUN(test_full);
@@ -1134,5 +1192,6 @@ int main(void)
     RUN(test_many_errors);
     RUN(test_errbuf_truncation);
     RUN(test_load_file_and_refs);
+    RUN(test_tls);
     return TEST_REPORT("config");
 }
