@@ -71,6 +71,7 @@ static const struct pgw_http_limits head_limits = {
 };
 
 static size_t http_active; /* operations alive in this worker */
+static struct pgw_log_ratelimit tls_log;
 
 struct http_target {
     char host[HTTP_HOST_MAX + 1]; /* name or IP literal without brackets; "" = unusable */
@@ -1179,8 +1180,8 @@ static int tls_step(struct http_op *op)
     }
     if (r == PGW_ERR) {
         const struct http_target *t = &op->targets[op->next_target - 1];
-        pgw_log_error(FNAME ": %s:%u: TLS handshake failed: %s", t->host, t->port,
-                      pgw_tls_error());
+        pgw_log_limited(&tls_log, 1000, PGW_LOG_ERROR, FNAME ": %s:%u: TLS handshake failed: %s",
+                        t->host, t->port, pgw_tls_error());
         conn_close(op);
         op->last_err = err_tls;
         if (next_targets(op) == PGW_ERR)

@@ -354,6 +354,8 @@ static int conn_follow_gen(struct pgw_conn *c)
         const struct pgw_config_listener *l = &g->config->listeners[i];
         if (strcmp(l->name, old->name) != 0 || !pgw_addr_equal(&l->sa, &old->sa))
             continue;
+        if ((l->tls != NULL) != (c->io.tls != NULL))
+            return 0; /* the listener turned TLS on or off: this connection speaks the old way */
         g->refs++;
         pgw_gen_unref(c->gen);
         c->gen = g;
