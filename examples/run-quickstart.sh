@@ -13,7 +13,8 @@ demo=$!
 trap 'kill $demo 2>/dev/null' EXIT INT TERM
 cat <<'TXT'
 
-passerelle is starting on 127.0.0.1:8080 (public) and 127.0.0.1:9080 (internal). Try:
+passerelle is starting on 127.0.0.1:8080 (public), 127.0.0.1:8443 (public over TLS, with the demo
+certificate of examples/tls/) and 127.0.0.1:9080 (internal). Try:
 
   curl -i http://127.0.0.1:8080/api/users/42          # proxied to the demo upstream
   curl -i http://127.0.0.1:8080/api/v1/orders?x=1     # the upstream sees /orders?x=1
@@ -21,9 +22,12 @@ passerelle is starting on 127.0.0.1:8080 (public) and 127.0.0.1:9080 (internal).
   curl -i -X POST http://127.0.0.1:8080/api/users/42  # 405: the route allows GET only
   curl -i http://127.0.0.1:8080/nope                  # 404: no route
   curl -i http://127.0.0.1:8080/api/v1/a%2Fb          # 400: encoded slash
-  curl -i http://127.0.0.1:8080/api/private/x         # 401: the demo_key policy wants a key
-  curl -i -H 'X-Api-Key: nope' http://127.0.0.1:8080/api/private/x        # 403: unknown key
-  curl -i -H 'X-Api-Key: demo-key-1' http://127.0.0.1:8080/api/private/x  # 200, X-Consumer: alice
+  curl -i --cacert examples/tls/localhost.pem https://localhost:8443/api/users/42  # over TLS
+  curl -i http://127.0.0.1:8080/api/private/x         # 308 to https: the route is https_only
+  export TLS="--cacert examples/tls/localhost.pem https://localhost:8443"
+  curl -i $TLS/api/private/x                          # 401: the demo_key policy wants a key
+  curl -i -H 'X-Api-Key: nope' $TLS/api/private/x     # 403: unknown key
+  curl -i -H 'X-Api-Key: demo-key-1' $TLS/api/private/x   # 200, X-Consumer: alice
   curl -i http://127.0.0.1:8080/api/orders/1          # 401: key_auth wants an apikey header
   curl -i -H 'apikey: demo-key-0000000001' http://127.0.0.1:8080/api/orders/1  # 200 (5 per 10 s)
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' \

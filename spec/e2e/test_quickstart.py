@@ -2,6 +2,8 @@
 the README and `make run` promise (ports moved to free ones), and every example config passes
 `passerelle check`."""
 import json
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -22,10 +24,11 @@ def test_examples_are_valid(path):
 
 @pytest.fixture
 def quickstart(tmp_path, make_gateway):
-    public, internal, demo_port = free_port(), free_port(), free_port()
+    public, internal, demo_port, tls_port = free_port(), free_port(), free_port(), free_port()
     text = (EXAMPLES / "quickstart.yaml").read_text()
     for old, new in (("127.0.0.1:8080", "127.0.0.1:%d" % public),
                      ("127.0.0.1:9080", "127.0.0.1:%d" % internal),
+                     ("127.0.0.1:8443", "127.0.0.1:%d" % tls_port),
                      ("127.0.0.1:9001", "127.0.0.1:%d" % demo_port),
                      ("logs/access.log", str(tmp_path / "access.log")),
                      ("store: { dir: data }", "store: { dir: %s }" % (tmp_path / "data")),
@@ -50,7 +53,7 @@ def quickstart(tmp_path, make_gateway):
             r = subprocess.run([str(BINARY)] + args + ["-c", cfg], input=stdin,
                                capture_output=True, text=True)
             assert r.returncode == 0, (args, r.stdout, r.stderr)
-        yield g, public, internal, tmp_path
+        yield g, public, internal, tmp_path, tls_port
     finally:
         demo.terminate()
         demo.wait(5)
@@ -63,8 +66,27 @@ def get(port, target, method="GET", headers=""):
         return c.read_response(method)
 
 
+def get_tls(port, target, headers=""):
+    """GET over TLS, verifying the demo certificate (examples/tls/) for localhost."""
+    ctx = ssl.create_default_context(cafile=str(EXAMPLES / "tls" / "localhost.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n"
+                       % (target, headers)).encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+    return int(lines[0].split()[1]), fields, body
+
+
 def test_quickstart_promises(quickstart):
-    g, public, internal, tmp = quickstart
+    g, public, internal, tmp, tls_port = quickstart
     r = get(public, "/api/users/42")
     assert r.status == 200, r
     first_id = r.header("x-request-id")
@@ -89,15 +111,22 @@ def test_quickstart_promises(quickstart):
     assert r.status == 200 and json.loads(r.body) == {"status": "ok"}
     assert get(public, "/healthz").status == 404  # internal routes never leak to public
 
-    # the demo_key policy (examples/policies/demo_key.lua) and a built-in one
-    r = get(public, "/api/private/x")
-    assert r.status == 401 and "ApiKey" in (r.header("www-authenticate") or ""), r
-    assert get(public, "/api/private/x", headers="X-Api-Key: wrong\r\n").status == 403
-    r = get(public, "/api/private/x", headers="X-Api-Key: demo-key-1\r\n")
-    assert r.status == 200, r
-    seen = json.loads(r.body)["headers"]
+    # TLS: the same routes on the TLS listener; /api/private/ is https_only
+    status, fields, body = get_tls(tls_port, "/api/users/42")
+    assert status == 200 and json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+    r = get(public, "/api/private/x?a=1")
+    assert r.status == 308, r
+    assert r.header("location") == "https://localhost:%d/api/private/x?a=1" % tls_port, r
+
+    # the demo_key policy (examples/policies/demo_key.lua) and a built-in one, over TLS
+    status, fields, body = get_tls(tls_port, "/api/private/x")
+    assert status == 401 and "ApiKey" in fields.get("www-authenticate", ""), (status, fields)
+    assert get_tls(tls_port, "/api/private/x", "X-Api-Key: wrong\r\n")[0] == 403
+    status, fields, body = get_tls(tls_port, "/api/private/x", "X-Api-Key: demo-key-1\r\n")
+    assert status == 200, (status, body)
+    seen = json.loads(body)["headers"]
     assert seen["X-Consumer"] == "alice" and "X-Api-Key" not in seen, seen
-    assert r.header("x-consumer") == "alice" and r.header("x-powered-by") == "passerelle", r
+    assert fields["x-consumer"] == "alice" and fields["x-powered-by"] == "passerelle", fields
 
     # the built-in key_auth and an exact rate limit (5 per 10 s) on /api/orders/
     assert get(public, "/api/orders/1").status == 401
@@ -109,11 +138,11 @@ def test_quickstart_promises(quickstart):
 
     deadline = time.monotonic() + 5
     lines = []
-    while len(lines) < 20 and time.monotonic() < deadline:
+    while len(lines) < 22 and time.monotonic() < deadline:
         time.sleep(0.2)
         p = Path(tmp / "access.log")
         lines = p.read_text().splitlines() if p.exists() else []
-    assert len(lines) == 20, lines
+    assert len(lines) == 22, lines
     # several workers flush their lines independently: find the first request's line by its id
     entries = [json.loads(l) for l in lines]
     first = [e for e in entries if e["request_id"] == first_id]
