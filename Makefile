@@ -144,7 +144,8 @@ TEST_DEPS_lua_ip := gateway/util.c gateway/log.c gateway/lua.c gateway/lua_patte
                     build/gen/lua_sdk.c
 build/test/lua_ip_test: build/gen/lua_sdk.c
 TEST_DEPS_lua_http := gateway/lua_http.c gateway/http.c gateway/lua.c gateway/lua_pattern.c gateway/util.c \
-                      gateway/log.c build/gen/lua_sdk.c
+                      gateway/log.c gateway/tls.c gateway/io.c gateway/config.c gateway/config_tls.c \
+                      gateway/addr.c gateway/route.c gateway/yamltree.c build/gen/lua_sdk.c
 build/test/lua_http_test: build/gen/lua_sdk.c
 
 # The cost of running policies with the JIT off (numbers in docs/lua.md); not part of `make test`.

@@ -125,6 +125,7 @@ struct http_op {
     unsigned eof : 1;
     unsigned in_resolve : 1; /* inside evdns_getaddrinfo(): an answer given at once waits */
     unsigned handshaking : 1; /* TLS handshake in progress */
+    unsigned want_tls : 1;    /* https (tls_ctx NULL: no context in this generation) */
     unsigned truncated : 1;   /* the TLS stream ended without close_notify */
     unsigned done : 1;       /* finished: resources released, result pending delivery */
 };
@@ -664,6 +665,7 @@ static struct http_op *op_new(const struct http_args *a, const char *post, size_
     op->is_head = a->method_len == 4 && memcmp(a->method, "HEAD", 4) == 0;
     op->has_host = a->has_host != 0;
     op->last_err = err_connect; /* an upstream group without targets */
+    op->want_tls = a->is_tls != 0;
     if (a->is_tls) {
         const struct pgw_bridge_run *run = pgw_bridge_current();
         struct pgw_tls_gen *tg = run != NULL && run->gen != NULL ? run->gen->tls : NULL;
@@ -1331,7 +1333,9 @@ static void op_start(struct http_op *op, double timeout)
     tv.tv_sec = (time_t)timeout;
     tv.tv_usec = (suseconds_t)((timeout - floor(timeout)) * 1e6);
     evtimer_add(op->timer, &tv);
-    if (next_targets(op) == PGW_ERR)
+    if (op->want_tls && op->tls_ctx == NULL) /* never plain HTTP in place of https */
+        op_finish(op, err_tls);
+    else if (next_targets(op) == PGW_ERR)
         op_finish(op, op->last_err);
 }
 
