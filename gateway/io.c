@@ -170,13 +170,22 @@ void pgw_io_sync_events(struct pgw_io *io)
     }
 }
 
+void pgw_io_kick(struct pgw_io *io)
+{
+    if (io->reading && io->tr->has_pending != NULL && io->tr->has_pending(io))
+        event_active(io->rev, EV_READ, 0);
+}
+
 void pgw_io_want_read(struct pgw_io *io, int on)
 {
+    unsigned was = io->reading;
     io->reading = on ? 1 : 0;
     pgw_io_sync_events(io);
-    /* bytes already inside the transport make no socket event: deliver them now */
-    if (on && io->tr->has_pending != NULL && io->tr->has_pending(io))
-        event_active(io->rev, EV_READ, 0);
+    /* Bytes already inside the transport make no socket event: deliver them now. Only when
+     * reading resumes: a transport that holds half a record and wants more (a read that failed
+     * with "again") must not be woken again and again. */
+    if (on && !was)
+        pgw_io_kick(io);
 }
 
 void pgw_io_want_write(struct pgw_io *io, int on)

@@ -80,6 +80,9 @@ int pgw_io_flush(struct pgw_io *io, uint64_t send_timeout_ms);
 
 void pgw_io_want_read(struct pgw_io *io, int on);
 void pgw_io_want_write(struct pgw_io *io, int on);
+/* Runs the read callback soon if the transport holds bytes that epoll cannot see (after a TLS
+ * handshake, which may have read the first request with it). */
+void pgw_io_kick(struct pgw_io *io);
 /* Adds or removes rev/wev to match what the user and the transport want (transports call it
  * after changing tr_wants_*). */
 void pgw_io_sync_events(struct pgw_io *io);

@@ -421,11 +421,12 @@ static int target_ready(struct target *t)
 
 /* ---- Leases ---- */
 
-/* Keeps the session of a TLS connection that was not itself resumed, for the next ones. */
+/* Keeps the newest session of a TLS connection for the next ones (TLS 1.3 servers may take a
+ * ticket once: a resumed connection brings a new one). */
 static void keep_session(struct pgw_upstream_conn *uc)
 {
     struct target *t = uc->t;
-    if (uc->io.tls == NULL || uc->handshaking || (t->tls_session != NULL && pgw_tls_resumed(&uc->io)))
+    if (uc->io.tls == NULL || uc->handshaking)
         return;
     void *s = pgw_tls_session_get(&uc->io);
     if (s == NULL)

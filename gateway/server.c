@@ -319,7 +319,8 @@ static void conn_tls_step(struct pgw_conn *c)
     }
     c->state = PGW_CONN_IDLE;
     pgw_io_read_timeout(&c->io, c->gen->config->timeouts.header);
-    pgw_io_want_read(&c->io, 1); /* a request that came with the handshake is read at once */
+    pgw_io_want_read(&c->io, 1);
+    pgw_io_kick(&c->io); /* a request that came with the handshake is read at once */
 }
 
 static int conn_in_tls_start(const struct pgw_conn *c)
