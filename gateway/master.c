@@ -139,8 +139,11 @@ static void send_gen(struct worker *w)
     memcpy(p += pl, &tl, 4);
     memcpy(p += 4, M.text, M.text_len);
     memcpy(p += M.text_len, &sl, 4);
-    memcpy(p += 4, M.tls, M.tls_len);
-    memcpy(p + M.tls_len, M.bundle, M.bundle_len);
+    if (M.tls_len > 0) /* M.tls is NULL when no TLS file is named */
+        memcpy(p + 4, M.tls, M.tls_len);
+    p += 4 + M.tls_len;
+    if (M.bundle_len > 0)
+        memcpy(p, M.bundle, M.bundle_len);
     int *fds = listener_fds();
     if (pgw_chan_send(w->ch, PGW_MSG_GEN, M.gen, payload, plen, fds, M.nls) != PGW_OK)
         pgw_log_error("worker %d (pid %d): generation %llu not sent", w->slot, (int)w->pid,
