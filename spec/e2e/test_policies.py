@@ -830,7 +830,7 @@ def test_sleep_in_access_waits_without_blocking(make_gateway, make_stub, tmp_pat
 
     def slow():
         t0 = time.monotonic()
-        out["r"] = get(g.port, "/y?what=sleep&s=0.3")
+        out["r"] = get(g.port, "/y?what=sleep&s=1.0")
         out["t"] = time.monotonic() - t0
     th = threading.Thread(target=slow)
     th.start()
@@ -839,12 +839,14 @@ def test_sleep_in_access_waits_without_blocking(make_gateway, make_stub, tmp_pat
     assert get(g.port, "/plain").status == 200
     fast = time.monotonic() - t0
     th.join(5)
-    assert fast < 0.2, "a request waited %.2f s behind a sleeping policy" % fast
+    # the sleep is 1 s: a plain request served well within it did not wait behind it (the margin
+    # absorbs a sanitizer build on a busy machine)
+    assert fast < 0.5, "a request waited %.2f s behind a sleeping policy" % fast
     assert out["r"].status == 200, out
-    assert out["t"] >= 0.3, "the request took %.3f s, less than the sleep" % out["t"]
+    assert out["t"] >= 1.0, "the request took %.3f s, less than the sleep" % out["t"]
     up = [q for q in a.requests if q.path == "/y"][0]
     assert up.header("x-result") == "true", up.headers
-    assert float(up.header("x-waited")) >= 0.29, up.headers
+    assert float(up.header("x-waited")) >= 0.99, up.headers
 
 
 def test_pcall_around_a_yield(make_gateway, make_stub, tmp_path):
