@@ -87,33 +87,43 @@ static int blob_find(const char *blob, size_t len, const char *path, const char 
     return PGW_ERR;
 }
 
-/* Every file name the TLS settings of <c> use, in a fixed order, NULLs skipped by the caller. */
-static size_t config_files(const struct pgw_config *c, const char **out, size_t cap)
+/* A file the TLS settings name, and where ("listeners.public.tls.certificates[0].key"). */
+struct config_file {
+    const char *path;
+    char where[160];
+};
+
+/* Every file name the TLS settings of <c> use, in a fixed order. */
+static size_t config_files(const struct pgw_config *c, struct config_file *out, size_t cap)
 {
     size_t n = 0;
-#define ADD(p)                                                                                     \
+#define ADD(p, ...)                                                                                \
     do {                                                                                           \
-        if ((p) != NULL && n < cap)                                                                \
-            out[n++] = (p);                                                                        \
+        if ((p) != NULL && n < cap) {                                                              \
+            out[n].path = (p);                                                                     \
+            snprintf(out[n++].where, sizeof(out[0].where), __VA_ARGS__);                           \
+        }                                                                                          \
     } while (0)
     for (size_t i = 0; i < c->num_listeners; i++) {
         const struct pgw_config_listener_tls *t = c->listeners[i].tls;
+        const char *ln = c->listeners[i].name;
         for (size_t j = 0; t != NULL && j < t->num_certs; j++) {
-            ADD(t->certs[j].cert);
-            ADD(t->certs[j].key);
+            ADD(t->certs[j].cert, "listeners.%s.tls.certificates[%zu].cert", ln, j);
+            ADD(t->certs[j].key, "listeners.%s.tls.certificates[%zu].key", ln, j);
         }
         if (t != NULL)
-            ADD(t->client_ca);
+            ADD(t->client_ca, "listeners.%s.tls.client_ca", ln);
     }
     for (size_t i = 0; i < c->num_upstreams; i++) {
         const struct pgw_config_upstream_tls *t = c->upstreams[i].tls;
+        const char *un = c->upstreams[i].name;
         if (t != NULL) {
-            ADD(t->ca);
-            ADD(t->cert);
-            ADD(t->key);
+            ADD(t->ca, "upstreams.%s.tls.ca", un);
+            ADD(t->cert, "upstreams.%s.tls.cert", un);
+            ADD(t->key, "upstreams.%s.tls.key", un);
         }
     }
-    ADD(c->http_ca);
+    ADD(c->http_ca, "policies.http_ca");
 #undef ADD
     return n;
 }
@@ -659,7 +669,7 @@ int pgw_tls_prepare(const struct pgw_config *c, int warn, char **blob, size_t *b
                     char *err, size_t errlen)
 {
     size_t cap = config_files_count(c);
-    const char **files = pgw_calloc(cap, sizeof(char *));
+    struct config_file *files = pgw_calloc(cap, sizeof(*files));
     size_t n = config_files(c, files, cap);
     *blob = NULL;
     *blob_len = 0;
@@ -667,17 +677,17 @@ int pgw_tls_prepare(const struct pgw_config *c, int warn, char **blob, size_t *b
     for (size_t i = 0; i < n; i++) {
         const char *d;
         size_t dl;
-        if (blob_find(*blob, *blob_len, files[i], &d, &dl) == PGW_OK)
+        if (blob_find(*blob, *blob_len, files[i].path, &d, &dl) == PGW_OK)
             continue; /* the same file twice */
         char e[512];
         size_t len = 0;
-        char *data = pgw_config_read_file(files[i], &len, e, sizeof(e));
-        if (data == NULL) {
-            int k = snprintf(err + used, errlen - used, "tls: %s", e);
+        char *data = pgw_config_read_file(files[i].path, &len, e, sizeof(e));
+        if (data == NULL) { /* e: "PATH: cannot read: reason\n" */
+            int k = snprintf(err + used, errlen - used, "%s: %s", files[i].where, e);
             used = k > 0 ? PGW_MIN(used + (size_t)k, errlen - 1) : used;
             continue;
         }
-        blob_add(blob, blob_len, files[i], data, len);
+        blob_add(blob, blob_len, files[i].path, data, len);
         OPENSSL_cleanse(data, len); /* keys do not linger in freed memory */
         free(data);
     }
