@@ -938,11 +938,12 @@ static void access_log_write(struct pgw_req *req)
     p += sprintf(p, "\",\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
                     ",\"upstream\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f,"
                     "\"total_ms\":%.3f,\"retries\":%u,\"termination\":\"%s\","
-                    "\"tls_version\":\"%s\",\"tls_cipher\":\"%s\"}\n",
+                    "\"tls_version\":\"%s\",\"tls_cipher\":\"%s\",\"tls_resumed\":%s}\n",
                  req->status, req->bytes_in, req->bytes_out, req->upstream_addr,
                  req->upstream_status, (double)req->upstream_us / 1000.0,
                  (double)(now - req->start_us) / 1000.0, req->retries, req->termination,
-                 pgw_tls_version(&c->io), pgw_tls_cipher(&c->io));
+                 pgw_tls_version(&c->io), pgw_tls_cipher(&c->io),
+                 pgw_tls_resumed(&c->io) ? "true" : "false");
     pgw_access_log_commit((size_t)(p - line));
 }
 

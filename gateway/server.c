@@ -67,6 +67,8 @@ void pgw_gen_unref(struct pgw_gen *g)
 /* ---- Connections ---- */
 
 static void on_client_read(evutil_socket_t fd, short what, void *arg);
+static void conn_tls_step(struct pgw_conn *c);
+static void conn_read(struct pgw_conn *c);
 static void on_client_write(evutil_socket_t fd, short what, void *arg);
 static void on_client_timer(evutil_socket_t fd, short what, void *arg);
 
@@ -184,6 +186,14 @@ void pgw_conn_new(int listener_index, evutil_socket_t fd, const struct sockaddr_
                                            : PGW_CONN_IDLE;
     pgw_io_read_timeout(&c->io, tls != NULL ? tls->handshake_timeout : g->config->timeouts.header);
     pgw_io_want_read(&c->io, 1);
+    if (c->state == PGW_CONN_TLS_DETECT) {
+        /* The ClientHello is usually there already (the client wrote it as its connect ended):
+         * answering it now, not a loop pass later, halves the time clients wait for the server's
+         * first flight when handshakes queue up. */
+        pgw_conn_enter(c);
+        conn_tls_step(c);
+        pgw_conn_leave(c);
+    }
 }
 
 static void conn_process_loop(struct pgw_conn *c);
@@ -320,7 +330,10 @@ static void conn_tls_step(struct pgw_conn *c)
     c->state = PGW_CONN_IDLE;
     pgw_io_read_timeout(&c->io, c->gen->config->timeouts.header);
     pgw_io_want_read(&c->io, 1);
-    pgw_io_kick(&c->io); /* a request that came with the handshake is read at once */
+    /* The first request usually came with the client's Finished and waits inside OpenSSL: read
+     * it now, not after every other event of this loop pass (each may be a handshake). */
+    if (c->io.tr->has_pending(&c->io))
+        conn_read(c);
 }
 
 static int conn_in_tls_start(const struct pgw_conn *c)
@@ -435,12 +448,9 @@ static void conn_on_eof(struct pgw_conn *c)
     pgw_conn_close(c, c->state == PGW_CONN_CLOSING ? NULL : "client_closed");
 }
 
-static void on_client_read(evutil_socket_t fd, short what, void *arg)
+/* Reads what the client sent and acts on it (inside an enter/leave guard). */
+static void conn_read(struct pgw_conn *c)
 {
-    struct pgw_conn *c = arg;
-    PGW_UNUSED(fd);
-    PGW_UNUSED(what);
-    pgw_conn_enter(c);
     size_t budget = pgw_conn_read_budget(c);
     if (conn_in_tls_start(c)) {
         conn_tls_step(c);
@@ -464,6 +474,15 @@ static void on_client_read(evutil_socket_t fd, short what, void *arg)
             pgw_conn_close(c, c->io.err_no == ECONNRESET ? "client_reset" : "client_closed");
         }
     }
+}
+
+static void on_client_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgw_conn *c = arg;
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    pgw_conn_enter(c);
+    conn_read(c);
     pgw_conn_leave(c);
 }
 

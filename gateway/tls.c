@@ -318,11 +318,13 @@ static int ticket_mac_init(EVP_MAC_CTX *hctx, const struct ticket_key *k)
 }
 
 /* OpenSSL's ticket callback: encrypt with the current key; decrypt with any key still held
- * (2: an older key, so the ticket is renewed); 0: unknown key, full handshake. */
+ * (2: renew the ticket); 0: unknown key, full handshake. TLS 1.3 tickets are always renewed: a
+ * resumed TLS 1.3 handshake gets no new ticket otherwise, and clients that use a ticket once (RFC
+ * 8446 C.4; wrk through SSL_clear) fell back to a full handshake every other connection. A TLS 1.2
+ * ticket under the current key stays as it is. */
 static int on_ticket_key(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                          EVP_MAC_CTX *hctx, int enc)
 {
-    PGW_UNUSED(s);
     if (ticket_cipher == NULL)
         ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
     if (ticket_cipher == NULL)
@@ -346,7 +348,8 @@ static int on_ticket_key(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIP
         if (ticket_mac_init(hctx, k) != 1 ||
             EVP_DecryptInit_ex(cctx, ticket_cipher, NULL, k->aes, iv) != 1)
             return -1;
-        return i == 0 ? 1 : 2;
+        int tls13 = s != NULL && SSL_version(s) >= TLS1_3_VERSION;
+        return i == 0 && !tls13 ? 1 : 2;
     }
     return 0;
 }

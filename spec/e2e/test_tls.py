@@ -444,6 +444,33 @@ def test_session_tickets_resume_on_any_worker(make_gateway, make_stub, certs, ve
                 "exercised" % list(owners))
 
 
+def test_tls13_resumed_handshakes_get_a_new_ticket(make_gateway, make_stub, certs):
+    """A client that resumes with the newest ticket it holds (as wrk, or a browser using each
+    TLS 1.3 ticket once) resumes every time: a resumed handshake gets a new ticket. Without it,
+    every other connection fell back to a full handshake."""
+    stub = make_stub("a")
+    g = start(make_gateway, stub, [tls_listener(certs, ["api"])])
+    port = g.ports["public"]
+    prev = TLSClient(port, sni=API, max_version="TLSv1.3")
+    assert prev.get("/0").status == 200
+    resumed, renewed = [], []
+    for i in range(1, 7):
+        used = prev.session
+        c = TLSClient(port, sni=API, resume=prev)
+        assert c.get("/%d" % i).status == 200
+        resumed.append(c.session_reused)
+        renewed.append(c.session is not None and c.session.id != used.id)  # a new ticket came
+        prev.close()
+        prev = c  # the next one resumes this connection's (new) session
+    prev.close()
+    assert resumed == [True] * 6, resumed
+    assert renewed == [True] * 6, "resumed handshakes without a new ticket: %r" % renewed
+    lines = g.wait_access(lambda e: "tls_resumed" in e, count=7)
+    assert sorted(l["path"] for l in lines) == ["/%d" % i for i in range(7)], lines
+    assert [l["tls_resumed"] for l in sorted(lines, key=lambda l: l["path"])] == \
+        [False] + [True] * 6, lines
+
+
 def test_session_tickets_false_turns_resumption_off(make_gateway, make_stub, certs):
     """session_tickets: false: a client offering its previous session never resumes, with
     TLS 1.3 or 1.2 (no session-ID cache either)."""
