@@ -754,46 +754,66 @@ SSL_CTX *pgw_tls_http_ctx(struct pgw_tls_gen *tg) { return tg != NULL ? tg->http
 /* ---- The transport ---- */
 
 /* A failed SSL_read_ex/SSL_write_ex: what pgw_io expects back. */
+enum outcome { OUT_WANT_READ, OUT_WANT_WRITE, OUT_END, OUT_TRUNCATED, OUT_FAILED };
+
+/* What a failed SSL_read_ex/SSL_write_ex/SSL_do_handshake means. A fatal error drains OpenSSL's
+ * queue into last_err (with *err_no for the caller) and makes the session quiet: no close_notify
+ * after it. An EOF without close_notify is OUT_TRUNCATED, never a clean end. */
+static enum outcome classify(SSL *ssl, int r, int *err_no)
+{
+    switch (SSL_get_error(ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        return OUT_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return OUT_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: /* close_notify */
+        return OUT_END;
+    case SSL_ERROR_SSL:
+        if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            SSL_set_quiet_shutdown(ssl, 1);
+            return OUT_TRUNCATED;
+        }
+        drain_errors("tls");
+        *err_no = EPROTO;
+        break;
+    default: /* SSL_ERROR_SYSCALL */
+        *err_no = errno ? errno : ECONNRESET;
+        drain_errors("");
+        break;
+    }
+    SSL_set_quiet_shutdown(ssl, 1);
+    return OUT_FAILED;
+}
+
+/* A failed SSL_read_ex/SSL_write_ex on a pgw_io: what pgw_io expects back. A read that must
+ * write (or the reverse) asks pgw_io for the other event. */
 static ssize_t io_failed(struct pgw_io *io, SSL *ssl, int reading)
 {
-    int e = SSL_get_error(ssl, 0);
-    switch (e) {
-    case SSL_ERROR_WANT_READ:
+    switch (classify(ssl, 0, &io->err_no)) {
+    case OUT_WANT_READ:
         if (!reading) {
             io->tr_wants_read = 1;
             pgw_io_sync_events(io);
         }
         return PGW_AGAIN;
-    case SSL_ERROR_WANT_WRITE:
+    case OUT_WANT_WRITE:
         if (reading) {
             io->tr_wants_write = 1;
             pgw_io_sync_events(io);
         }
         return PGW_AGAIN;
-    case SSL_ERROR_ZERO_RETURN: /* close_notify: a clean end */
+    case OUT_TRUNCATED:
+        io->truncated = 1;
+        /* fall through */
+    case OUT_END:
         if (reading)
             return 0;
         io->err_no = EPIPE;
         return PGW_ERR;
-    case SSL_ERROR_SSL:
-        if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-            ERR_clear_error();
-            SSL_set_quiet_shutdown(ssl, 1);
-            io->truncated = 1; /* an EOF without close_notify */
-            if (reading)
-                return 0;
-            io->err_no = EPIPE;
-            return PGW_ERR;
-        }
-        drain_errors("tls");
-        io->err_no = EPROTO;
-        break;
-    default: /* SSL_ERROR_SYSCALL */
-        io->err_no = errno ? errno : ECONNRESET;
-        drain_errors("");
+    case OUT_FAILED:
         break;
     }
-    SSL_set_quiet_shutdown(ssl, 1); /* no close_notify after a fatal error */
     return PGW_ERR;
 }
 
@@ -953,44 +973,34 @@ int pgw_tls_step(void *ssl, int *want_write)
 ssize_t pgw_tls_recv(void *ssl, void *buf, size_t n, int *truncated)
 {
     size_t got = 0;
+    int err_no;
     ERR_clear_error();
     if (SSL_read_ex(ssl, buf, n, &got) == 1)
         return (ssize_t)got;
-    switch (SSL_get_error(ssl, 0)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
+    switch (classify(ssl, 0, &err_no)) {
+    case OUT_WANT_READ:
+    case OUT_WANT_WRITE:
         return PGW_AGAIN;
-    case SSL_ERROR_ZERO_RETURN:
+    case OUT_TRUNCATED:
+        *truncated = 1;
         return 0;
-    case SSL_ERROR_SSL:
-        if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-            ERR_clear_error();
-            SSL_set_quiet_shutdown(ssl, 1);
-            *truncated = 1;
-            return 0;
-        }
-        drain_errors("tls");
-        break;
-    default:
-        drain_errors("");
+    case OUT_END:
+        return 0;
+    case OUT_FAILED:
         break;
     }
-    SSL_set_quiet_shutdown(ssl, 1);
     return PGW_ERR;
 }
 
 ssize_t pgw_tls_send(void *ssl, const void *buf, size_t n)
 {
     size_t w = 0;
+    int err_no;
     ERR_clear_error();
     if (SSL_write_ex(ssl, buf, PGW_MIN(n, (size_t)TLS_RECORD_MAX), &w) == 1)
         return (ssize_t)w;
-    int e = SSL_get_error(ssl, 0);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-        return PGW_AGAIN;
-    drain_errors("tls");
-    SSL_set_quiet_shutdown(ssl, 1);
-    return PGW_ERR;
+    enum outcome o = classify(ssl, 0, &err_no);
+    return o == OUT_WANT_READ || o == OUT_WANT_WRITE ? PGW_AGAIN : PGW_ERR;
 }
 
 static void client_setup(SSL *ssl, const char *sni, const char *verify_name, void *session)
