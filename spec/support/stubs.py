@@ -366,7 +366,14 @@ class Upstream:
                              name="stub-%s-%d" % (self.name, number)).start()
 
     def _serve(self, sock, number):
-        ctx = ConnCtx(self, sock, number)
+        self._serve_conn(ConnCtx(self, sock, number), number)
+
+    def _before_answer(self, ctx, rec):
+        """Hook for subclasses: called with each complete request before it is answered."""
+
+    def _serve_conn(self, ctx, number):
+        """Reads, records and answers requests on one connection (<ctx>: a ConnCtx) until it
+        closes."""
         try:
             while not ctx.closed and not self.stopping.is_set():
                 rec = RecordedRequest()
@@ -391,6 +398,7 @@ class Upstream:
                     self.requests.append(rec)
                     self.cond.notify_all()
                 mode = rec.query.get("fault") or self.mode
+                self._before_answer(ctx, rec)
                 if mode:
                     keep = FAULTS[mode](ctx, rec)
                 else:

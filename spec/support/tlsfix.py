@@ -491,36 +491,10 @@ class HTTPSUpstream(stubs.Upstream):
             self.resumed.append(tls.session_reused)
             self.socks.append(tls)
             self.cond.notify_all()
-        ctx = _TLSConnCtx(self, tls, number)
-        try:
-            while not ctx.closed and not self.stopping.is_set():
-                rec = stubs.RecordedRequest()
-                rec.conn = number
-                rec.seq = ctx.seq + 1
-                try:
-                    if not stubs.read_request(ctx.reader, rec):
-                        break
-                except Exception as e:  # noqa: BLE001
-                    if rec.head or ctx.reader.buf:
-                        rec.error = "%s: %s" % (type(e).__name__, e)
-                        with self.cond:
-                            self.partial.append(rec)
-                            self.cond.notify_all()
-                    break
-                ctx.seq += 1
-                with self.cond:
-                    self.requests.append(rec)
-                    self.cond.notify_all()
-                mode = rec.query.get("fault") or self.mode
-                ctx.ragged = "ragged" in rec.query
-                keep = stubs.FAULTS[mode](ctx, rec) if mode else self.answer(ctx, rec)
-                if not keep:
-                    break
-        except Exception:  # noqa: BLE001 (a stub must never take the test process down)
-            pass
-        finally:
-            if not ctx.closed:
-                ctx.close()
+        self._serve_conn(_TLSConnCtx(self, tls, number), number)
+
+    def _before_answer(self, ctx, rec):
+        ctx.ragged = "ragged" in rec.query  # ?ragged: close without close_notify
 
     def wait_handshakes(self, n, timeout=5.0):
         """Waits until <n> handshakes were attempted (ok or failed); returns (ok, errors)."""
