@@ -929,12 +929,8 @@ static int connect_done(struct http_op *op, short what)
     event_add(op->rev, NULL);
     const struct http_target *t = &op->targets[op->next_target - 1];
     if (op->tls_ctx != NULL) {
-        const char *name = op->tls_name ? op->tls_name : t->host;
-        unsigned char ip[16];
-        int is_ip = evutil_inet_pton(AF_INET, name, ip) == 1 ||
-                    evutil_inet_pton(AF_INET6, name, ip) == 1;
-        op->ssl = pgw_tls_client_new(op->tls_ctx, op->fd, is_ip ? NULL : name,
-                                     op->tls_verify ? name : NULL);
+        op->ssl = pgw_tls_client_new(op->tls_ctx, op->fd, op->tls_name ? op->tls_name : t->host,
+                                     op->tls_verify);
         op->handshaking = 1;
     }
     if (!op->has_host) {

@@ -506,10 +506,7 @@ static void connected(struct pgw_proxy *px)
     }
     const struct pgw_config_upstream_tls *tc = px->up->conf->tls;
     const char *name = tc->server_name ? tc->server_name : px->t->conf->host;
-    struct in6_addr ip;
-    int is_ip = inet_pton(AF_INET, name, &ip) == 1 || inet_pton(AF_INET6, name, &ip) == 1;
-    pgw_tls_attach_client(&uc->io, ctx, is_ip ? NULL : name, tc->verify ? name : NULL,
-                          px->t->tls_session);
+    pgw_tls_attach_client(&uc->io, ctx, name, tc->verify, px->t->tls_session);
     uc->handshaking = 1;
     uint64_t deadline = pgw_now_ms() + px->up->conf->connect_timeout;
     uc->io.read_deadline = deadline;

@@ -2,6 +2,7 @@
 #include "tls.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/core_names.h>
@@ -93,15 +94,16 @@ struct config_file {
     char where[160];
 };
 
-/* Every file name the TLS settings of <c> use, in a fixed order. */
+/* Every file name the TLS settings of <c> use, in a fixed order, into <out> (at most <cap>).
+ * Returns how many there are: config_files(c, NULL, 0) counts them. */
 static size_t config_files(const struct pgw_config *c, struct config_file *out, size_t cap)
 {
     size_t n = 0;
 #define ADD(p, ...)                                                                                \
     do {                                                                                           \
-        if ((p) != NULL && n < cap) {                                                              \
-            out[n].path = (p);                                                                     \
-            snprintf(out[n++].where, sizeof(out[0].where), __VA_ARGS__);                           \
+        if ((p) != NULL && n++ < cap) {                                                            \
+            out[n - 1].path = (p);                                                                 \
+            snprintf(out[n - 1].where, sizeof(out[0].where), __VA_ARGS__);                         \
         }                                                                                          \
     } while (0)
     for (size_t i = 0; i < c->num_listeners; i++) {
@@ -126,15 +128,6 @@ static size_t config_files(const struct pgw_config *c, struct config_file *out, 
     ADD(c->http_ca, "policies.http_ca");
 #undef ADD
     return n;
-}
-
-static size_t config_files_count(const struct pgw_config *c)
-{
-    size_t n = 1;
-    for (size_t i = 0; i < c->num_listeners; i++)
-        if (c->listeners[i].tls != NULL)
-            n += 2 * c->listeners[i].tls->num_certs + 1;
-    return n + 3 * c->num_upstreams;
 }
 
 /* ---- Reading PEM from memory ---- */
@@ -671,9 +664,9 @@ static struct pgw_tls_gen *gen_build(const struct pgw_config *c, const char *blo
 int pgw_tls_prepare(const struct pgw_config *c, int warn, char **blob, size_t *blob_len,
                     char *err, size_t errlen)
 {
-    size_t cap = config_files_count(c);
-    struct config_file *files = pgw_calloc(cap, sizeof(*files));
-    size_t n = config_files(c, files, cap);
+    size_t n = config_files(c, NULL, 0);
+    struct config_file *files = pgw_calloc(n ? n : 1, sizeof(*files));
+    config_files(c, files, n);
     *blob = NULL;
     *blob_len = 0;
     size_t used = 0;
@@ -861,15 +854,18 @@ static ssize_t tls_write(struct pgw_io *io)
 
 static int tls_has_pending(const struct pgw_io *io) { return SSL_has_pending(io->tls); }
 
-void pgw_tls_send_close(struct pgw_io *io)
+/* close_notify, once, without waiting for the peer's (a session ended by a fatal error is quiet:
+ * SSL_shutdown sends nothing then). */
+static void send_close(SSL *ssl)
 {
-    SSL *ssl = io->tls;
     if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
         ERR_clear_error();
         SSL_shutdown(ssl);
-        ERR_clear_error();
     }
+    ERR_clear_error();
 }
+
+void pgw_tls_send_close(struct pgw_io *io) { send_close(io->tls); }
 
 static void tls_close(struct pgw_io *io)
 {
@@ -880,7 +876,7 @@ static void tls_close(struct pgw_io *io)
 static const struct pgw_transport transport_tls = {"tls", tls_read, tls_write, tls_has_pending,
                                                    tls_close};
 
-static void client_setup(SSL *ssl, const char *sni, const char *verify_name, void *session);
+static void client_setup(SSL *ssl, const char *name, int verify, void *session);
 
 static SSL *attach(struct pgw_io *io, SSL_CTX *ctx)
 {
@@ -897,19 +893,18 @@ void pgw_tls_attach_server(struct pgw_io *io, SSL_CTX *ctx)
     SSL_set_accept_state(attach(io, ctx));
 }
 
-void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *sni,
-                           const char *verify_name, void *session)
+void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *name, int verify,
+                           void *session)
 {
-    SSL *ssl = attach(io, ctx);
-    client_setup(ssl, sni, verify_name, session);
+    client_setup(attach(io, ctx), name, verify, session);
 }
 
-void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *sni, const char *verify_name)
+void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *name, int verify)
 {
     SSL *ssl = SSL_new(ctx);
     pgw_assert(ssl != NULL);
     pgw_assert(SSL_set_fd(ssl, fd) == 1);
-    client_setup(ssl, sni, verify_name, NULL);
+    client_setup(ssl, name, verify, NULL);
     return ssl;
 }
 
@@ -917,11 +912,7 @@ void pgw_tls_free(void *ssl)
 {
     if (ssl == NULL)
         return;
-    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
-        ERR_clear_error();
-        SSL_shutdown(ssl);
-    }
-    ERR_clear_error();
+    send_close(ssl);
     SSL_free(ssl);
 }
 
@@ -1003,18 +994,20 @@ ssize_t pgw_tls_send(void *ssl, const void *buf, size_t n)
     return o == OUT_WANT_READ || o == OUT_WANT_WRITE ? PGW_AGAIN : PGW_ERR;
 }
 
-static void client_setup(SSL *ssl, const char *sni, const char *verify_name, void *session)
+/* <name> is sent as SNI unless it is an IP address, and checked against the certificate (its IP
+ * addresses for an IP) when <verify> is set. */
+static void client_setup(SSL *ssl, const char *name, int verify, void *session)
 {
     SSL_set_connect_state(ssl);
-    if (sni != NULL)
-        SSL_set_tlsext_host_name(ssl, sni);
-    if (verify_name != NULL) {
-        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
-        if (X509_VERIFY_PARAM_set1_ip_asc(vp, verify_name) != 1) {
-            ERR_clear_error();
-            SSL_set1_host(ssl, verify_name);
-            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        }
+    unsigned char ip[16];
+    int is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+    if (!is_ip)
+        SSL_set_tlsext_host_name(ssl, name);
+    if (verify && is_ip) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+    } else if (verify) {
+        SSL_set1_host(ssl, name);
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
     }
     if (session != NULL)
         SSL_set_session(ssl, session);

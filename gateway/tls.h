@@ -62,15 +62,16 @@ void pgw_tls_new_ticket_key(unsigned char key[PGW_TLS_TICKET_KEY_LEN]);
 /* ---- Connections ---- */
 
 /* Puts TLS on <io> (connected or accepted socket): server side with <ctx> a listener context, or
- * client side with <sni> (NULL: none) and the name (or IP address) to verify (NULL: none). A
- * previous session to resume may be given (<session>, not consumed). */
+ * client side towards <name>, a host name (sent as SNI) or an IP address (no SNI), checked against
+ * the certificate when <verify> is set. A previous session to resume may be given (<session>, not
+ * consumed). */
 void pgw_tls_attach_server(struct pgw_io *io, SSL_CTX *ctx);
-void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *sni, const char *verify_name,
+void pgw_tls_attach_client(struct pgw_io *io, SSL_CTX *ctx, const char *name, int verify,
                            void *session);
 
 /* The same for code that drives its own socket (pgw.http): a client SSL on <fd>, freed (with a
  * close_notify when the session is clean) by pgw_tls_free. */
-void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *sni, const char *verify_name);
+void *pgw_tls_client_new(SSL_CTX *ctx, int fd, const char *name, int verify);
 void pgw_tls_free(void *ssl);
 /* A handshake step: PGW_OK, PGW_AGAIN (*want_write: wait for writability, else readability),
  * PGW_ERR (pgw_tls_error()). */
