@@ -20,7 +20,7 @@ HDRS    := $(wildcard gateway/*.h)
 # Debian's other LuaJIT dev package conflicts with it and would remove nginx's Lua module.
 DEB_PKGS := gcc make libc6-dev pkg-config libevent-dev libssl-dev libyaml-dev liblmdb-dev \
             libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl \
-            openssl sslscan python3-cryptography
+            openssl sslscan python3-cryptography python3-jwt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTHON  := /usr/bin/python3
@@ -57,14 +57,19 @@ TEST_DEPS_http     := gateway/util.c
 TEST_DEPS_addr     := gateway/util.c
 TEST_DEPS_route    := gateway/util.c
 TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c \
-                      gateway/config_tls.c
+                      gateway/config_tls.c gateway/config_jwt.c gateway/jwt.c gateway/json.c
 TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c
 TEST_DEPS_store := gateway/util.c gateway/log.c
 TEST_DEPS_keys := gateway/util.c gateway/log.c gateway/store.c
 TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/config.c gateway/config_tls.c \
-                 gateway/addr.c gateway/route.c gateway/yamltree.c
+                 gateway/addr.c gateway/route.c gateway/yamltree.c gateway/genfiles.c \
+                 gateway/config_jwt.c gateway/jwt.c gateway/jwt_provider.c gateway/json.c
+TEST_DEPS_json := gateway/util.c
+TEST_DEPS_jwt := gateway/util.c gateway/json.c gateway/jwt_provider.c gateway/genfiles.c \
+                 gateway/tls.c gateway/log.c gateway/io.c gateway/config.c gateway/config_tls.c \
+                 gateway/config_jwt.c gateway/addr.c gateway/route.c gateway/yamltree.c
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

@@ -481,7 +481,7 @@ static const char *const top_keys[] = {"listeners", "upstreams",  "routes",    "
                                        "limits",    "timeouts",   "access_log", "error_log",
                                        "http",      "resolver",   "workers",    "control",
                                        "policies",  "store",      "plans",      "tls",
-                                       NULL};
+                                       "jwt",       NULL};
 
 static const struct field listener_fields[] = {
     FIELD(F_COUNT, struct pgw_config_listener, backlog, 1, 65535),
@@ -1335,6 +1335,7 @@ static void free_strv(char **v, size_t n)
 static void config_free(struct pgw_config *c)
 {
     pgw_cfg_free_tls(c);
+    pgw_cfg_free_jwt(c);
     for (size_t i = 0; i < c->num_listeners; i++) {
         free(c->listeners[i].name);
         free(c->listeners[i].address);
@@ -1382,7 +1383,7 @@ static void load_root(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *root)
         NULL, load_upstreams, load_routes, load_real_ip, load_limits,
         load_timeouts, load_access_log, load_error_log, load_http,      load_resolver,
         load_workers,  load_control,    load_policies_section, load_store, load_plans,
-        pgw_cfg_load_tls_section,
+        pgw_cfg_load_tls_section, pgw_cfg_load_jwt_section,
     };
     pgw_cfg_walk_keys(x, root, "", top_keys, NULL, 0, NULL);
     load_listeners(x, root);

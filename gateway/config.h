@@ -189,6 +189,34 @@ struct pgw_config_lua {
     unsigned timers;   /* pgw.timer timers pending per worker, default 1024 */
 };
 
+/* JWT providers (docs/jwt.md); key files are read by the master (genfiles.c), keys built by
+ * jwt_provider.c. */
+struct pgw_config_jwt_key {
+    char *kid;          /* NULL: none */
+    int alg;            /* enum pgw_jwt_alg */
+    char *file;         /* PEM public key or certificate (asymmetric algorithms) */
+    char *secret;       /* HS*: inline secret ... */
+    char *secret_file;  /* ... or read from this file (a final newline removed) */
+    unsigned line;
+};
+
+struct pgw_config_jwt_provider {
+    char *name;
+    char *issuer;
+    char **audiences, **required_claims;
+    size_t num_audiences, num_required_claims;
+    struct pgw_config_jwt_key *keys;
+    size_t num_keys;
+    char *jwks_url;
+    uint64_t jwks_refresh, jwks_min_refresh, jwks_timeout; /* ms */
+    unsigned jwks_algorithms; /* mask of PGW_JWT_ALG_BIT */
+    uint64_t leeway;          /* ms */
+    int reject_future_iat, require_consumer;
+    char *consumer_claim;
+    uint64_t max_token_size, cache;
+    unsigned line;
+};
+
 struct pgw_config {
     int refs;
     char *file; /* the path it was loaded from */
@@ -215,6 +243,8 @@ struct pgw_config {
     struct pgw_config_error_log error_log;
     int underscores_in_headers; /* http: { underscores_in_headers: reject | drop }: 0 reject, 1 drop */
     int allow_encoded_slash;    /* http: { allow_encoded_slash: false } keeps %2F/%5C rejected */
+    struct pgw_config_jwt_provider *jwt_providers; /* jwt: { providers: {...} } */
+    size_t num_jwt_providers;
 };
 
 /* Set to 1 by the policy engine when it is linked in; until then a non-empty `policies:` list

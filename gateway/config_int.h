@@ -67,4 +67,8 @@ void pgw_cfg_load_upstream_tls(struct pgw_cfg_ctx *x, const struct pgw_yaml_node
 void pgw_cfg_load_tls_section(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n);
 void pgw_cfg_free_tls(struct pgw_config *c);
 
+/* config_jwt.c */
+void pgw_cfg_load_jwt_section(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n);
+void pgw_cfg_free_jwt(struct pgw_config *c);
+
 #endif

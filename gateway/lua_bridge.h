@@ -110,6 +110,11 @@ void pgw_lua_open_timer(lua_State *L); /* lua_timer.c: sleep, timer */
 void pgw_lua_open_http(lua_State *L);  /* lua_http.c: http */
 void pgw_lua_open_store(lua_State *L); /* lua_store.c: store */
 void pgw_lua_open_ip(lua_State *L);    /* lua_ip.c: ip */
+void pgw_lua_open_jwt(lua_State *L);   /* lua_jwt.c: jwt */
+
+/* Pushes the value of the JSON text <s,len> as pgw.json.decode would (PGW_OK), or pushes nothing
+ * (PGW_ERR) when it is not valid JSON. May raise (memory, the CPU guard). */
+int pgw_lua_json_push(lua_State *L, const char *s, size_t len);
 
 /* lua_store.c: the wall clock in ms, the event loop's cached time when there is one. */
 uint64_t pgw_lua_store_now_ms(void);

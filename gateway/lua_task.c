@@ -68,6 +68,7 @@ static int open_core(lua_State *L)
     pgw_lua_open_http(L);
     pgw_lua_open_store(L);
     pgw_lua_open_ip(L);
+    pgw_lua_open_jwt(L);
     lua_setfield(L, -2, "pgw.core");
     return 0;
 }

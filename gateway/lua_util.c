@@ -394,6 +394,19 @@ static int l_json_decode(lua_State *L)
     return 2;
 }
 
+int pgw_lua_json_push(lua_State *L, const char *s, size_t len)
+{
+    int top = lua_gettop(L);
+    struct jdec d = {.L = L, .start = s, .p = s, .end = s + len};
+    if (jdec_value(&d) == 0) {
+        jdec_ws(&d);
+        if (d.p == d.end)
+            return PGW_OK;
+    }
+    lua_settop(L, top);
+    return PGW_ERR;
+}
+
 /* ---- pgw.json.encode (lua-cjson) ---- */
 
 /* Hands cjson's encode buffer back to malloc: encode_keep_buffer(false) frees it, (true) starts

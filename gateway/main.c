@@ -9,6 +9,7 @@
 #include "master.h"
 #include "cli_keys.h"
 #include "policy.h"
+#include "genfiles.h"
 #include "tls.h"
 #include "server.h"
 #include "yamltree.h"
@@ -61,13 +62,13 @@ static int cmd_check(const char *path)
         pgw_config_unref(c);
         return print_errors(path, err);
     }
-    char *tls_blob = NULL;
-    size_t tls_len = 0;
-    if (pgw_tls_prepare(c, 1, &tls_blob, &tls_len, err, sizeof(err)) != PGW_OK) {
+    char *files = NULL;
+    size_t files_len = 0;
+    if (pgw_genfiles_prepare(c, 1, &files, &files_len, err, sizeof(err)) != PGW_OK) {
         pgw_config_unref(c);
         return print_errors(path, err);
     }
-    free(tls_blob);
+    free(files);
     printf("configuration %s is valid: %zu listener(s), %zu upstream(s), %zu route(s)\n", path,
            c->num_listeners, c->num_upstreams, c->num_routes);
     pgw_config_unref(c);

@@ -15,6 +15,7 @@
 #include "server.h"
 #include "store.h"
 #include "keys.h"
+#include "genfiles.h"
 #include "tls.h"
 
 #include <errno.h>
@@ -75,8 +76,8 @@ static struct {
     size_t text_len;
     char *bundle;      /* the policies of the current generation, encoded (policy.h) */
     size_t bundle_len;
-    char *tls;         /* its certificates, keys and CAs, encoded (tls.h) */
-    size_t tls_len;
+    char *files;       /* its certificates, keys, CAs and JWT keys, encoded (genfiles.h) */
+    size_t files_len;
     unsigned char tickets[PGW_TLS_TICKET_KEYS_MAX * PGW_TLS_TICKET_KEY_LEN]; /* current first */
     size_t ntickets;
     struct event *ticket_timer;
@@ -126,22 +127,22 @@ static int *listener_fds(void)
     return fds;
 }
 
-/* PGW_MSG_GEN payload: "<file name>\0", the YAML's length (4 bytes), the YAML, the TLS files'
- * length (4 bytes), the TLS files, the policy bundle. */
+/* PGW_MSG_GEN payload: "<file name>\0", the YAML's length (4 bytes), the YAML, the files'
+ * length (4 bytes), the files (genfiles.h), the policy bundle. */
 static void send_gen(struct worker *w)
 {
     size_t pl = strlen(M.path) + 1;
-    size_t plen = pl + 4 + M.text_len + 4 + M.tls_len + M.bundle_len;
+    size_t plen = pl + 4 + M.text_len + 4 + M.files_len + M.bundle_len;
     char *payload = pgw_malloc(plen);
-    uint32_t tl = (uint32_t)M.text_len, sl = (uint32_t)M.tls_len;
+    uint32_t tl = (uint32_t)M.text_len, sl = (uint32_t)M.files_len;
     char *p = payload;
     memcpy(p, M.path, pl);
     memcpy(p += pl, &tl, 4);
     memcpy(p += 4, M.text, M.text_len);
     memcpy(p += M.text_len, &sl, 4);
-    if (M.tls_len > 0) /* M.tls is NULL when no TLS file is named */
-        memcpy(p + 4, M.tls, M.tls_len);
-    p += 4 + M.tls_len;
+    if (M.files_len > 0) /* M.files is NULL when no file is named */
+        memcpy(p + 4, M.files, M.files_len);
+    p += 4 + M.files_len;
     if (M.bundle_len > 0)
         memcpy(p, M.bundle, M.bundle_len);
     int *fds = listener_fds();
@@ -440,9 +441,9 @@ static uint64_t reload(char *err, size_t errlen)
     err[0] = '\0';
     char *text = pgw_config_read_file(M.path, &len, err, errlen);
     struct pgw_config *c = text ? pgw_config_load_string(M.path, text, len, err, errlen) : NULL;
-    char *bundle = NULL, *tls = NULL;
-    size_t bundle_len = 0, tls_len = 0;
-    if (c != NULL && pgw_tls_prepare(c, 1, &tls, &tls_len, err, errlen) != PGW_OK) {
+    char *bundle = NULL, *files = NULL;
+    size_t bundle_len = 0, files_len = 0;
+    if (c != NULL && pgw_genfiles_prepare(c, 1, &files, &files_len, err, errlen) != PGW_OK) {
         pgw_config_unref(c);
         c = NULL;
     }
@@ -461,7 +462,7 @@ static uint64_t reload(char *err, size_t errlen)
     if (c == NULL) {
         free(text);
         free(bundle);
-        free(tls);
+        free(files);
         policies_watch(M.config->policies_dir); /* re-watch a directory renamed back */
         set_last_error(err);
         for (const char *line = err; *line != '\0';) { /* one log line per error */
@@ -483,9 +484,9 @@ static uint64_t reload(char *err, size_t errlen)
     free(M.bundle);
     M.bundle = bundle;
     M.bundle_len = bundle_len;
-    free(M.tls);
-    M.tls = tls;
-    M.tls_len = tls_len;
+    free(M.files);
+    M.files = files;
+    M.files_len = files_len;
     M.gen++;
     M.reloads++;
     set_last_error(NULL);
@@ -922,7 +923,7 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
         log_error_lines(err);
         return 1;
     }
-    if (pgw_tls_prepare(config, 1, &M.tls, &M.tls_len, err, sizeof(err)) != PGW_OK) {
+    if (pgw_genfiles_prepare(config, 1, &M.files, &M.files_len, err, sizeof(err)) != PGW_OK) {
         log_error_lines(err);
         return 1;
     }
@@ -975,7 +976,7 @@ int pgw_master_run(const char *path, struct pgw_config *config, char *text, size
     pgw_config_unref(M.config);
     free(M.text);
     free(M.bundle);
-    free(M.tls);
+    free(M.files);
     event_free(M.ticket_timer);
     pgw_tls_cleanse(M.tickets, sizeof(M.tickets));
     free(M.last_error);

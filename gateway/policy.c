@@ -451,7 +451,12 @@ static int build_entry(struct build *b, const struct pgw_config_policy *p, const
     lua_pushstring(L, p->conf_json);
     lua_pushstring(L, p->name);
     pgw_lua_push_readonly(b->lua);
-    if (pgw_lua_call_guarded(b->lua, 4, 2, b->config->lua.budget, err, sizeof(err)) != PGW_OK) {
+    /* in stage "load", so that a policy's check_conf may call the SDK (pgw.jwt.provider) */
+    struct pgw_bridge_run run = {PGW_STAGE_LOAD, l->name, NULL, NULL, NULL, b->set, 0};
+    struct pgw_bridge_run saved = pgw_bridge_enter(&run);
+    int r = pgw_lua_call_guarded(b->lua, 4, 2, b->config->lua.budget, err, sizeof(err));
+    pgw_bridge_leave(&saved);
+    if (r != PGW_OK) {
         errs_add(&b->e, "%s:%u: %s: %s", b->config->file, p->line, where, err);
         return PGW_ERR;
     }
@@ -552,6 +557,7 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     set->budget = (unsigned)config->lua.budget;
     set->timers_max = config->lua.timers;
     set->plans_ref = LUA_NOREF;
+    set->config = config;
     struct build b = {.lua = lua, .set = set, .config = config, .e = {err, 0, errlen, 0, 0}};
     if (err && errlen)
         err[0] = '\0';

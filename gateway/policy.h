@@ -82,6 +82,8 @@ struct pgw_policy_set {
     unsigned timers_max;      /* config policies.timers */
     int plans_ref;            /* registry ref of the read-only plans view (pgw.plan) */
     struct pgw_gen *gen;      /* the generation that owns the set (NULL in the master) */
+    const struct pgw_config *config; /* the configuration it was built for (borrowed: the
+                                        generation, or the master's check, outlives the set) */
 };
 
 /* Builds the set for <config> and <bundle> in <lua>: loads the built-in policies the config

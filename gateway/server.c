@@ -6,6 +6,7 @@
 #include "policy.h"
 #include "proxy.h"
 #include "tls.h"
+#include "jwt_provider.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -60,6 +61,7 @@ void pgw_gen_unref(struct pgw_gen *g)
     free(g->upstreams);
     pgw_policy_set_free(g->policies);
     pgw_tls_gen_free(g->tls);
+    pgw_jwt_gen_free(g->jwt);
     pgw_config_unref(g->config);
     free(g);
 }

@@ -30,6 +30,7 @@ struct pgw_upstream;
 struct pgw_policy_set;
 struct pgw_task;
 struct pgw_tls_gen;
+struct pgw_jwt_gen;
 
 /* "host:port" of an upstream target: a 253-byte name, brackets, ":65535" and the NUL. */
 #define PGW_UPSTREAM_LABEL_MAX 264
@@ -46,6 +47,7 @@ struct pgw_gen {
     struct pgw_http_limits req_limits; /* derived from config->limits */
     struct pgw_policy_set *policies;   /* NULL when the config runs no policy */
     struct pgw_tls_gen *tls;           /* TLS contexts (tls.h); NULL only while being built */
+    struct pgw_jwt_gen *jwt;           /* JWT providers (jwt_provider.h); NULL while being built */
 };
 
 struct pgw_listener {

@@ -8,7 +8,7 @@
  * no extra buffer layer or callback hop is added (docs/architecture.md has the numbers).
  *
  * Files. Certificates, keys and CA files are read by the master only, when it validates a
- * configuration (pgw_tls_files_collect); their bytes travel to the workers with the generation,
+ * configuration (genfiles.h); their bytes travel to the workers with the generation,
  * and contexts are built from those bytes (pgw_tls_gen_new), so a worker never reads a file that
  * changed after validation. The master builds every context once itself to validate them.
  *
@@ -28,11 +28,11 @@
 struct pgw_tls_gen;
 typedef struct ssl_ctx_st SSL_CTX;
 
-/* Master: reads every file the TLS settings of <c> name into an encoded blob (heap, caller frees)
- * and validates it by building the contexts. PGW_ERR with one "where: reason" line per problem in
- * <err>. Warnings (an expired certificate, verification off) are logged when <warn> is set. */
-int pgw_tls_prepare(const struct pgw_config *c, int warn, char **blob, size_t *blob_len,
-                    char *err, size_t errlen);
+/* Master: validates the TLS settings of <c> by building every context from the file bytes in
+ * <blob> (genfiles.h). PGW_ERR with one "where: reason" line per problem in <err>. Warnings (an
+ * expired certificate, verification off) are logged when <warn> is set. */
+int pgw_tls_check(const struct pgw_config *c, const char *blob, size_t len, int warn, char *err,
+                  size_t errlen);
 
 /* Builds the contexts of <c> from the file bytes in <blob>. NULL with <err> on failure. A config
  * without any TLS gives an empty (non-NULL) pgw_tls_gen. */

@@ -22,6 +22,7 @@
 #include "store.h"
 #include "keys.h"
 #include "tls.h"
+#include "jwt_provider.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -391,7 +392,8 @@ static void gen_install(const struct pgw_msg *m)
     if (g != NULL && pgw_log_open(g->config) != PGW_OK)
         pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
     if (g != NULL &&
-        (g->tls = pgw_tls_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL) {
+        ((g->tls = pgw_tls_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL ||
+         (g->jwt = pgw_jwt_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL)) {
         err = errbuf;
         pgw_gen_unref(g);
         g = NULL;
@@ -411,6 +413,7 @@ static void gen_install(const struct pgw_msg *m)
     dns_configure(&g->config->resolver);
     listeners_install(m->fds, m->nfds);
     struct pgw_gen *old = pgw_worker.gen;
+    pgw_jwt_gen_adopt(g->jwt, old != NULL ? old->jwt : NULL);
     for (size_t i = 0; old != NULL && i < g->config->num_upstreams; i++)
         for (size_t j = 0; j < old->config->num_upstreams; j++)
             pgw_upstream_adopt(g->upstreams[i], old->upstreams[j]);

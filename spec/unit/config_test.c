@@ -521,7 +521,7 @@ static void test_unknown_keys(void)
     EXPECT_ERROR(BASE "listenrs: []\n", 3,
                  "unknown top-level key \"listenrs\" (allowed: listeners, upstreams, routes, "
                  "real_ip, limits, timeouts, access_log, error_log, http, resolver, workers, control, "
-                 "policies, store, plans, tls)");
+                 "policies, store, plans, tls, jwt)");
     EXPECT_ERROR("listeners:\n  - { name: a, address: \":80\", bakclog: 5 }\n", 2,
                  "listeners[0]: unknown key \"bakclog\" (allowed: name, address, policies, tls, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "

@@ -4,6 +4,7 @@
  * delivered, truncation told from a clean end).
  */
 #include "../../gateway/tls.c"
+#include "../../gateway/genfiles.h"
 #include "../support/test.h"
 
 #include <event2/event.h>
@@ -105,7 +106,7 @@ static int prepare(const char *listener_tls, char *err, size_t errlen, struct pg
         return PGW_DECLINED;
     char *blob;
     size_t len;
-    int r = pgw_tls_prepare(c, 0, &blob, &len, err, errlen);
+    int r = pgw_genfiles_prepare(c, 0, &blob, &len, err, errlen);
     if (r == PGW_OK && out != NULL)
         *out = pgw_tls_gen_new(c, blob, len, err, errlen);
     free(blob);

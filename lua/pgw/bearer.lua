@@ -1,0 +1,236 @@
+-- pgw.bearer: what the bearer-token policies (`jwt`, `oauth2_introspection`) share, and what a
+-- user policy authenticating bearer tokens can reuse (docs/jwt.md): reading the token, the
+-- RFC 6750 challenges, scopes, and the identity a verified token gives (pgw.ctx and the
+-- upstream headers). Pure Lua over the SDK; no state.
+
+local pgw = require "pgw"
+
+local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local find, gmatch, lower, concat = string.find, string.gmatch, string.lower, table.concat
+
+local M = {}
+
+-- pgw.bearer.options(conf, pairs)
+-- Syntax: local opts = pgw.bearer.options(conf, pairs)
+-- Returns: a plain copy of the policy's conf (a read-only view), made with the `pairs` of the
+-- calling policy (the one that sees through views): the other functions here take it. Make it
+-- once per conf (cache it in a weak table keyed by conf).
+function M.options(conf, view_pairs)
+    local function copy(v)
+        if type(v) ~= "table" then return v end
+        local t = {}
+        for k, x in view_pairs(v) do t[k] = copy(x) end
+        return t
+    end
+    return copy(conf)
+end
+
+-- pgw.bearer.schema()
+-- Syntax: local s = pgw.bearer.schema()
+-- Returns: a new table of the schema fields every bearer policy has (header, query, cookie,
+-- hide_credentials, required_scopes, claims_to_headers, consumer_header, anonymous, realm); a
+-- policy adds its own fields to it.
+function M.schema()
+    return {
+        header = { type = "string", default = "Authorization", min = 1 },
+        query = { type = "string", min = 1 },
+        cookie = { type = "string", min = 1 },
+        hide_credentials = { type = "boolean", default = false },
+        required_scopes = { type = "array", items = { type = "string", min = 1 }, default = {} },
+        claims_to_headers = { type = "map", values = { type = "string", min = 1 }, default = {} },
+        consumer_header = { type = "string", default = "X-Consumer" },
+        anonymous = { type = "string", min = 1 },
+        realm = { type = "string", default = "passerelle" },
+    }
+end
+
+local function cookie_value(header, name)
+    if not header then return nil end
+    for pair in gmatch(header, "[^;]+") do
+        local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+        if k == name then return v end
+    end
+    return nil
+end
+
+-- pgw.bearer.read(opts)
+-- Syntax: local token = pgw.bearer.read(opts)
+-- Stages: rewrite, access. Yields: no.
+-- Returns: the token of the request, from the first present of conf.header ("Bearer <token>",
+-- scheme matched without regard to case), the query argument conf.query, the cookie
+-- conf.cookie; nil when none carries one. With conf.hide_credentials the header or query
+-- argument is removed from the request.
+function M.read(conf)
+    local req = pgw.req
+    local v = req.get_header(conf.header)
+    if v then
+        local scheme, token = v:match("^%s*(%S+)%s+(%S+)%s*$")
+        if scheme and lower(scheme) == "bearer" then
+            if conf.hide_credentials then req.clear_header(conf.header) end
+            return token
+        end
+    end
+    if conf.query then
+        local q = req.get_query_arg(conf.query)
+        if type(q) == "string" and q ~= "" then
+            if conf.hide_credentials then req.clear_query_arg(conf.query) end
+            return q
+        end
+    end
+    if conf.cookie then
+        local c = cookie_value(req.get_header("Cookie"), conf.cookie)
+        if c and c ~= "" then return c end
+    end
+    return nil
+end
+
+local function json_exit(status, msg, challenge)
+    return pgw.exit(status, '{"message":"' .. msg .. '"}\n', {
+        ["Content-Type"] = "application/json",
+        ["WWW-Authenticate"] = challenge,
+    })
+end
+
+-- pgw.bearer.missing(conf) / invalid(conf) / insufficient_scope(conf) / unavailable(msg)
+-- Stages: rewrite, access. Yields: no. End the request (pgw.exit): 401 with the challenge
+-- `Bearer realm="<realm>"` (no token); 401 `..., error="invalid_token"` (any bad token: the
+-- client is not told which check failed); 403 `..., error="insufficient_scope",
+-- scope="<required>"`; 503 without a challenge (the keys or the authorization server cannot be
+-- used).
+function M.missing(conf)
+    return json_exit(401, "missing bearer token", 'Bearer realm="' .. conf.realm .. '"')
+end
+
+function M.invalid(conf)
+    return json_exit(401, "invalid token",
+                     'Bearer realm="' .. conf.realm .. '", error="invalid_token"')
+end
+
+function M.insufficient_scope(conf)
+    return json_exit(403, "insufficient scope", 'Bearer realm="' .. conf.realm ..
+                     '", error="insufficient_scope", scope="' .. concat(conf.required_scopes, " ") .. '"')
+end
+
+function M.unavailable(msg)
+    return pgw.exit(503, '{"message":"' .. msg .. '"}\n', { ["Content-Type"] = "application/json" })
+end
+
+-- pgw.bearer.scopes(claims)
+-- Returns: the token's scopes as an array: the `scope` claim split on spaces, plus `scp` (a
+-- string split the same way, or an array of strings).
+function M.scopes(claims)
+    local out = {}
+    local function add(v)
+        if type(v) == "string" then
+            for s in gmatch(v, "%S+") do out[#out + 1] = s end
+        elseif type(v) == "table" then
+            for _, s in ipairs(v) do
+                if type(s) == "string" then out[#out + 1] = s end
+            end
+        end
+    end
+    add(claims.scope)
+    add(claims.scp)
+    return out
+end
+
+-- pgw.bearer.has_scopes(scopes, required) -> whether every required scope is in scopes
+function M.has_scopes(scopes, required)
+    if #required == 0 then return true end
+    local have = {}
+    for _, s in ipairs(scopes) do have[s] = true end
+    for _, s in ipairs(required) do
+        if not have[s] then return false end
+    end
+    return true
+end
+
+-- Header values from a token must not carry control characters (they would be refused by
+-- set_header, and they have no business in an identity).
+local function clean(s)
+    return type(s) == "string" and s ~= "" and #s <= 4096 and not find(s, "[%z\1-\31\127]")
+end
+
+local function header_value(v)
+    local t = type(v)
+    if t == "string" then return v end
+    if t == "number" or t == "boolean" then return tostring(v) end
+    if t == "table" then
+        local parts = {}
+        for i, x in ipairs(v) do
+            if type(x) ~= "string" and type(x) ~= "number" then
+                return pgw.json.encode(v)
+            end
+            parts[i] = tostring(x)
+        end
+        if #parts > 0 then return concat(parts, ", ") end
+        return pgw.json.encode(v)
+    end
+    return nil
+end
+
+-- pgw.bearer.strip(conf, identified)
+-- Stages: rewrite, access. Removes the headers the policy sets for the upstream from the client's
+-- request: every claims_to_headers header, and the consumer header unless an earlier policy
+-- already identified the caller.
+function M.strip(conf, identified)
+    local clear = pgw.req.clear_header
+    for _, h in pairs(conf.claims_to_headers) do clear(h) end
+    if not identified and conf.consumer_header ~= "" then clear(conf.consumer_header) end
+end
+
+local function consumer_record(name)
+    local ok, c = pcall(pgw.keys.consumer, name) -- raises when the gateway has no store
+    if ok then return c end
+    return nil
+end
+
+local function split_groups(s)
+    local out = {}
+    for g in gmatch(s or "", "[^,%s]+") do out[#out + 1] = g end
+    return out
+end
+
+local function set_consumer(conf, name, rec)
+    local c = pgw.ctx()
+    c.consumer = name
+    if rec then
+        c["consumer.plan"] = rec.plan ~= "" and rec.plan or nil
+        c["consumer.groups"] = split_groups(rec.groups)
+    end
+    if conf.consumer_header ~= "" then pgw.req.set_header(conf.consumer_header, name) end
+end
+
+-- pgw.bearer.anonymous(conf): runs the request as consumer conf.anonymous.
+function M.anonymous(conf)
+    set_consumer(conf, conf.anonymous, consumer_record(conf.anonymous))
+end
+
+-- pgw.bearer.identify(conf, claims, consumer_claim, require_consumer)
+-- Stages: rewrite, access. Yields: no.
+-- Returns: true after setting pgw.ctx().consumer (the claim's value), the consumer's plan and
+-- groups when the store knows it, `auth.scopes`, the consumer header and the claims_to_headers
+-- headers; or nil and the reason (for the log) when the claim is absent or not a clean string,
+-- or when require_consumer is set and the store does not know the consumer.
+function M.identify(conf, claims, consumer_claim, require_consumer)
+    local name = claims[consumer_claim]
+    if not clean(name) or #name > 256 then
+        return nil, "no usable consumer claim " .. consumer_claim
+    end
+    local rec = consumer_record(name)
+    if require_consumer and not rec then
+        return nil, "unknown consumer"
+    end
+    set_consumer(conf, name, rec)
+    pgw.ctx()["auth.scopes"] = M.scopes(claims)
+    local set = pgw.req.set_header
+    for claim, header in pairs(conf.claims_to_headers) do
+        local v = header_value(claims[claim])
+        if v ~= nil and clean(v) then
+            set(header, v)
+        end
+    end
+    return true
+end
+
+return M
