@@ -1,0 +1,177 @@
+-- oauth2_introspection: authenticates the caller by an opaque OAuth2 access token, asking the
+-- authorization server whether it is active (RFC 7662), with the answer cached per worker
+-- (docs/jwt.md).
+--
+-- In `access`:
+--   1. removes the client's copies of the headers it sets; no token: as the jwt policy (earlier
+--      identity kept, `anonymous`, or 401 `Bearer realm="..."`);
+--   2. the cache (key: SHA-256 of the URL and the token, so no token sits in memory in clear):
+--      an active answer is kept until the token's `exp`, at most `ttl`; an inactive one for
+--      `negative_ttl`;
+--   3. otherwise POSTs `token=...&token_type_hint=...` (form-encoded) to `url` with the client
+--      credentials (HTTP Basic per RFC 6749 §2.3.1, or in the form with auth_method: post). The
+--      credentials and the token are never logged;
+--   4. the server cannot be reached, times out, or answers other than 200 with a JSON object:
+--      503, nothing cached; `active` not true: 401 `error="invalid_token"`;
+--   5. identity and scopes as the jwt policy; the answer goes to pgw.ctx()["oauth2.claims"].
+--
+-- Config: url, client_id, client_secret (required), auth_method (basic | post), token_type_hint
+-- (default access_token; "" sends none), timeout (5s), ttl (5m), negative_ttl (10s),
+-- consumer_claim (sub), require_consumer (false), allow_http (false), and the bearer keys
+-- (header, query, cookie, hide_credentials, required_scopes, claims_to_headers,
+-- consumer_header, anonymous, realm).
+--
+-- Example (route config):
+--   policies:
+--     - oauth2_introspection:
+--         url: https://auth.example.com/oauth2/introspect
+--         client_id: gateway
+--         client_secret: s3cr3t
+--         required_scopes: [orders:read]
+
+local pgw = require "pgw"
+local bearer = require "pgw.bearer"
+
+local ctx, log, cache, json = pgw.ctx, pgw.log, pgw.cache, pgw.json
+local format, byte, gsub, find, min = string.format, string.byte, string.gsub, string.find, math.min
+local INACTIVE = "\0inactive"
+
+local function urlencode(s)
+    return (gsub(s, "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+local opts_of = setmetatable({}, { __mode = "k" })
+
+local function options(conf)
+    local o = opts_of[conf]
+    if o == nil then
+        o = bearer.options(conf, pairs)
+        if o.auth_method == "basic" then
+            o.basic = "Basic " .. pgw.base64.encode(urlencode(o.client_id) .. ":" ..
+                                                    urlencode(o.client_secret))
+        end
+        opts_of[conf] = o
+    end
+    return o
+end
+
+-- Asks the server. Returns the answer's text and its table, or nil and the reason (for the log,
+-- without secrets), or false when the token is inactive.
+local function introspect(conf, token)
+    local body = "token=" .. urlencode(token)
+    if conf.token_type_hint ~= "" then
+        body = body .. "&token_type_hint=" .. urlencode(conf.token_type_hint)
+    end
+    local headers = { ["Content-Type"] = "application/x-www-form-urlencoded",
+                      Accept = "application/json" }
+    if conf.basic then
+        headers.Authorization = conf.basic
+    else
+        body = body .. "&client_id=" .. urlencode(conf.client_id) ..
+            "&client_secret=" .. urlencode(conf.client_secret)
+    end
+    local res, err = pgw.http.request{ url = conf.url, method = "POST", headers = headers,
+                                       body = body, timeout = conf.timeout, max_body = "256k" }
+    if not res then
+        return nil, err
+    end
+    if res.status ~= 200 then
+        return nil, "answered " .. res.status
+    end
+    local doc = find(res.body, "^%s*{") and json.decode(res.body)
+    if type(doc) ~= "table" then
+        return nil, "the answer is not a JSON object"
+    end
+    if doc.active ~= true then
+        return false
+    end
+    return res.body, doc
+end
+
+local schema = bearer.schema()
+schema.url = { type = "string", required = true, min = 1 }
+schema.client_id = { type = "string", required = true, min = 1 }
+schema.client_secret = { type = "string", required = true, min = 1 }
+schema.auth_method = { type = "string", enum = { "basic", "post" }, default = "basic" }
+schema.token_type_hint = { type = "string", default = "access_token" }
+schema.timeout = { type = "duration", default = 5, min = 0.001, max = 60 }
+schema.ttl = { type = "duration", default = 300, min = 0.001 }
+schema.negative_ttl = { type = "duration", default = 10, min = 0.001 }
+schema.consumer_claim = { type = "string", default = "sub", min = 1 }
+schema.require_consumer = { type = "boolean", default = false }
+schema.allow_http = { type = "boolean", default = false }
+
+return {
+    name = "oauth2_introspection",
+
+    schema = schema,
+
+    check_conf = function(conf)
+        if find(conf.url, "^https://[^/]") then
+            return true
+        end
+        if find(conf.url, "^http://[^/]") then
+            if conf.allow_http then return true end
+            return nil, "url: http:// sends tokens and credentials in clear: use https://, or " ..
+                "allow_http: true for a server on the same host"
+        end
+        return nil, "url: must be an https:// URL"
+    end,
+
+    access = function(view)
+        local conf = options(view)
+        local identified = ctx().consumer ~= nil
+        bearer.strip(conf, identified)
+        local token = bearer.read(conf)
+        if token == nil then
+            if identified then return end
+            if conf.anonymous then return bearer.anonymous(conf) end
+            return bearer.missing(conf)
+        end
+        local addr = pgw.req.get_client_addr()
+        local key = pgw.crypto.hex(pgw.crypto.sha256(conf.url .. "\0" .. token))
+        local now = pgw.time.now()
+        local text = cache.get(key)
+        local claims
+        if text == INACTIVE then
+            log.info("oauth2: refused ", addr, ": token inactive (cached)")
+            return bearer.invalid(conf)
+        elseif text then
+            claims = json.decode(text)
+        else
+            local doc, err
+            text, doc = introspect(conf, token)
+            if text == nil then
+                log.err("oauth2: introspection at ", conf.url, " failed: ", doc)
+                return bearer.unavailable("token introspection unavailable")
+            end
+            if text == false then
+                cache.set(key, INACTIVE, conf.negative_ttl)
+                log.info("oauth2: refused ", addr, ": token inactive")
+                return bearer.invalid(conf)
+            end
+            claims = doc
+            local ttl = conf.ttl
+            if type(doc.exp) == "number" then ttl = min(ttl, doc.exp - now) end
+            if ttl > 0 then
+                local ok
+                ok, err = cache.set(key, text, ttl)
+                if not ok then log.info("oauth2: answer not cached: ", err) end
+            end
+        end
+        if type(claims.exp) == "number" and claims.exp <= now then
+            log.info("oauth2: refused ", addr, ": token expired")
+            return bearer.invalid(conf)
+        end
+        local ok, err = bearer.identify(conf, claims, conf.consumer_claim, conf.require_consumer)
+        if not ok then
+            log.info("oauth2: refused ", addr, ": ", err)
+            return bearer.invalid(conf)
+        end
+        ctx()["oauth2.claims"] = claims
+        if not bearer.has_scopes(ctx()["auth.scopes"], conf.required_scopes) then
+            log.info("oauth2: refused ", addr, ": missing scope")
+            return bearer.insufficient_scope(conf)
+        end
+    end,
+}
