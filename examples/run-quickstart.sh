@@ -32,6 +32,13 @@ certificate of examples/tls/) and 127.0.0.1:9080 (internal). Try:
   curl -i -H 'apikey: demo-key-0000000001' http://127.0.0.1:8080/api/orders/1  # 200 (5 per 10 s)
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' \
       -H 'apikey: demo-key-0000000001' http://127.0.0.1:8080/api/orders/1; done   # ... 429
+  curl -i http://127.0.0.1:8080/api/reports/q1        # 401: the jwt policy wants a bearer token
+  curl -i -H "Authorization: Bearer $(cat examples/jwt/reader.token)" \
+      http://127.0.0.1:8080/api/reports/q1            # 200: verified RS256 token, X-Consumer: demo
+  curl -i -H "Authorization: Bearer $(cat examples/jwt/noscope.token)" \
+      http://127.0.0.1:8080/api/reports/q1            # 403: the token lacks the reports:read scope
+  curl -i -H "Authorization: Bearer $(cat examples/jwt/expired.token)" \
+      http://127.0.0.1:8080/api/reports/q1            # 401 invalid_token (the log says: expired)
   ./passerelle keys add --consumer demo -c examples/quickstart.yaml   # a new key, shown once
   curl -i http://127.0.0.1:9080/healthz               # liveness, internal listener only
   tail -f logs/access.log                             # one JSON line per request

@@ -149,3 +149,17 @@ def test_quickstart_promises(quickstart):
     assert len(first) == 1, entries
     assert first[0]["route"] == "user" and first[0]["status"] == 200, first
     assert first[0]["listener"] == "public" and first[0]["path"] == "/api/users/42", first
+
+    # the built-in jwt policy on /api/reports/ with the demo tokens of examples/jwt/
+    def bearer(name):
+        return "Authorization: Bearer %s\r\n" % (EXAMPLES / "jwt" / name).read_text().strip()
+    r = get(public, "/api/reports/q1")
+    assert r.status == 401 and r.header("www-authenticate") == 'Bearer realm="passerelle"', r
+    r = get(public, "/api/reports/q1", headers=bearer("reader.token") + "X-Consumer: forged\r\n")
+    assert r.status == 200, r
+    seen = json.loads(r.body)["headers"]
+    assert seen["X-Consumer"] == "demo" and seen["X-Scopes"] == "reports:read", seen
+    r = get(public, "/api/reports/q1", headers=bearer("noscope.token"))
+    assert r.status == 403 and 'error="insufficient_scope"' in r.header("www-authenticate"), r
+    r = get(public, "/api/reports/q1", headers=bearer("expired.token"))
+    assert r.status == 401 and 'error="invalid_token"' in r.header("www-authenticate"), r
