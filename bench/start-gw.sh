@@ -8,6 +8,14 @@
 # PGW_BENCH_CHAIN=lua runs bench/policies/bench_keyauth.lua instead (keys in the config, counters
 # in the per-worker pgw.cache): the same work as the nginx-lua anchor's script. $PGW_PORT_TLS is the
 # bare proxy behind TLS with the rig's certificate ($PGW_CERT, $PGW_KEY), as nginx-tls.
+# PGW_BENCH_JWT=1 adds four listeners, from $PGW_PORT_JWT (default $PGW_PORT_POLICY + 10), each the
+# policy chain with the built-in jwt policy in place of key_auth (same rate_limit and headers; the
+# token's `sub`, key-0042, is the consumer and goes upstream as X-Consumer): +0 RS256 (RSA 2048),
+# +1 ES256 (P-256), both with the provider's verified-token cache (default size), +2 RS256 and
+# +3 ES256 with `cache: 0` (every request verified). Keys and tokens (11 claims, exp ten years
+# ahead) are minted here with /usr/bin/python3 (python3-jwt); the tokens are left in
+# $PGW_WORKDIR/jwt-rs.token and jwt-es.token for the load client (`Authorization: Bearer <token>`).
+# The shared rig has no case for these ports: `bench/jwt-verify.sh rig` runs it with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PGW_BENCH_BARE=1: no policy anywhere (no Lua state at all), to measure what merely having
@@ -15,6 +23,54 @@ cd "$(dirname "$0")/.."
 conf="$PGW_WORKDIR/bench.yaml"
 budget=100ms
 [ "${PGW_UNDER_VALGRIND:-0}" = 1 ] && budget=10s
+jwt_listeners="" jwt_section="" jwt_routes=""
+if [ "${PGW_BENCH_JWT:-0}" = 1 ]; then
+    [ "${PGW_BENCH_BARE:-0}" = 1 ] && { echo "start-gw.sh: PGW_BENCH_JWT and PGW_BENCH_BARE exclude each other" >&2; exit 2; }
+    jport=${PGW_PORT_JWT:-$((PGW_PORT_POLICY + 10))}
+    /usr/bin/python3 - "$PGW_WORKDIR" <<'PY'
+import sys, time, jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+d, now = sys.argv[1], int(time.time())
+claims = {"iss": "https://idp.example.com/", "sub": "key-0042", "aud": "orders-api",
+          "exp": now + 10 * 365 * 86400, "nbf": now - 60, "iat": now - 60,
+          "jti": "5f0c8a0e-6c1f-4b7e-9a55-3f1d2b9c7e41", "scope": "orders:read orders:write profile email",
+          "client_id": "mobile-app-ios", "email": "jane.doe@example.com", "name": "Jane Doe"}
+for name, alg, key in (("rs", "RS256", rsa.generate_private_key(65537, 2048)),
+                       ("es", "ES256", ec.generate_private_key(ec.SECP256R1()))):
+    with open(f"{d}/jwt-{name}.pub.pem", "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    tok = jwt.encode(claims, key, algorithm=alg, headers={"kid": f"bench-{name}", "typ": "JWT"})
+    with open(f"{d}/jwt-{name}.token", "w") as f:
+        f.write(tok)
+PY
+    chmod a+r "$PGW_WORKDIR"/jwt-*.token "$PGW_WORKDIR"/jwt-*.pub.pem
+    i=0
+    for v in rs es rs_nocache es_nocache; do
+        alg=RS256; cache=""
+        case $v in es*) alg=ES256 ;; esac
+        case $v in *_nocache) cache=", cache: 0" ;; esac
+        jwt_listeners="$jwt_listeners
+  - { name: jwt_$v, address: \"127.0.0.1:$((jport + i))\" }"
+        jwt_section="$jwt_section
+    bench_$v:
+      issuer: \"https://idp.example.com/\"
+      audiences: [orders-api]
+      keys: [ { kid: bench-${v%%_*}, alg: $alg, file: \"$PGW_WORKDIR/jwt-${v%%_*}.pub.pem\" } ]$cache"
+        jwt_routes="$jwt_routes
+  - name: jwt_$v
+    listeners: [jwt_$v]
+    match: { path: / }
+    upstream: origin
+    policies:
+      - jwt: { provider: bench_$v }
+      - rate_limit: { by: consumer, limit: ${PGW_RATE_LIMIT:-1000000000}, window: ${PGW_RATE_WINDOW:-60} }"
+        i=$((i + 1))
+    done
+    jwt_section="jwt:
+  providers:$jwt_section"
+fi
 keys=$(awk '{ printf "%s            \"%s\": \"%s\"\n", (NR==1 ? "\n" : ""), $1, $1 }' \
        "${PGW_KEYS_FILE:-/dev/null}")
 cat > "$conf" <<YAML
@@ -23,7 +79,7 @@ listeners:
   - { name: policy, address: "127.0.0.1:$PGW_PORT_POLICY" }
   - name: tls
     address: "127.0.0.1:$PGW_PORT_TLS"
-    tls: { certificates: [ { cert: "$PGW_CERT", key: "$PGW_KEY" } ] }
+    tls: { certificates: [ { cert: "$PGW_CERT", key: "$PGW_KEY" } ] }$jwt_listeners
 workers: $PGW_WORKERS
 control: { socket: "$PGW_WORKDIR/control.sock" }
 limits: { max_connections: 100000 }
@@ -48,7 +104,8 @@ else cat <<CHAIN
       - key_auth: { header: apikey, headers: { consumer: X-Consumer } }
       - rate_limit: { by: consumer, limit: ${PGW_RATE_LIMIT:-1000000000}, window: ${PGW_RATE_WINDOW:-60} }
 CHAIN
-fi)
+fi)$jwt_routes
+$jwt_section
 access_log: off
 error_log: { path: "$PGW_WORKDIR/error.log", level: warn }
 YAML

@@ -72,18 +72,19 @@ const char *pgw_jwt_alg_name(int alg)
 
 int pgw_jwt_alg_is_hmac(int alg) { return alg > 0 && alg < PGW_JWT_ALG_END && ALGS[alg].family == 'H'; }
 
+/* The digest of <alg>, fetched once per process: OpenSSL 3 would look EVP_sha256() up in its
+ * provider store on every EVP_DigestVerifyInit otherwise. NULL for EdDSA, which hashes itself. */
 static const EVP_MD *alg_md(int alg)
 {
-    switch (ALGS[alg].bits) {
-    case 256:
-        return EVP_sha256();
-    case 384:
-        return EVP_sha384();
-    case 512:
-        return EVP_sha512();
-    default:
-        return NULL; /* EdDSA hashes by itself */
-    }
+    static EVP_MD *mds[3]; /* process lifetime */
+    static const char *const names[3] = {"SHA256", "SHA384", "SHA512"};
+    int i = ALGS[alg].bits == 256 ? 0 : ALGS[alg].bits == 384 ? 1 : ALGS[alg].bits == 512 ? 2 : -1;
+    if (i < 0)
+        return NULL;
+    if (mds[i] == NULL)
+        mds[i] = EVP_MD_fetch(NULL, names[i], NULL);
+    pgw_assert(mds[i] != NULL);
+    return mds[i];
 }
 
 /* ---- Keys ---- */
