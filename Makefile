@@ -53,6 +53,10 @@ TEST_LIBS   := $(LDLIBS)
 UNIT_TESTS  := $(patsubst spec/unit/%_test.c,build/test/%_test,$(wildcard spec/unit/*_test.c))
 
 # Extra sources each unit test links besides the module it #includes (default: util.c).
+# The configuration loader and what its sections use; genfiles.c with what it validates.
+CONFIG_SRCS := gateway/config.c gateway/config_tls.c gateway/config_jwt.c gateway/jwt.c \
+               gateway/json.c gateway/addr.c gateway/route.c gateway/yamltree.c
+GENFILES_SRCS := gateway/genfiles.c gateway/tls.c gateway/io.c gateway/jwt_provider.c
 TEST_DEPS_http     := gateway/util.c
 TEST_DEPS_addr     := gateway/util.c
 TEST_DEPS_route    := gateway/util.c
@@ -63,13 +67,10 @@ TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c
 TEST_DEPS_store := gateway/util.c gateway/log.c
 TEST_DEPS_keys := gateway/util.c gateway/log.c gateway/store.c
-TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/config.c gateway/config_tls.c \
-                 gateway/addr.c gateway/route.c gateway/yamltree.c gateway/genfiles.c \
-                 gateway/config_jwt.c gateway/jwt.c gateway/jwt_provider.c gateway/json.c
+TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/genfiles.c \
+                 gateway/jwt_provider.c $(CONFIG_SRCS)
 TEST_DEPS_json := gateway/util.c
-TEST_DEPS_jwt := gateway/util.c gateway/json.c gateway/jwt_provider.c gateway/genfiles.c \
-                 gateway/tls.c gateway/log.c gateway/io.c gateway/config.c gateway/config_tls.c \
-                 gateway/config_jwt.c gateway/addr.c gateway/route.c gateway/yamltree.c
+TEST_DEPS_jwt := gateway/util.c gateway/log.c $(GENFILES_SRCS) $(filter-out gateway/jwt.c,$(CONFIG_SRCS))
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)
@@ -149,8 +150,7 @@ TEST_DEPS_lua_ip := gateway/util.c gateway/log.c gateway/lua.c gateway/lua_patte
                     build/gen/lua_sdk.c
 build/test/lua_ip_test: build/gen/lua_sdk.c
 TEST_DEPS_lua_http := gateway/lua_http.c gateway/http.c gateway/lua.c gateway/lua_pattern.c gateway/util.c \
-                      gateway/log.c gateway/tls.c gateway/io.c gateway/config.c gateway/config_tls.c \
-                      gateway/addr.c gateway/route.c gateway/yamltree.c build/gen/lua_sdk.c
+                      gateway/log.c $(GENFILES_SRCS) $(CONFIG_SRCS) build/gen/lua_sdk.c
 build/test/lua_http_test: build/gen/lua_sdk.c
 
 # The cost of running policies with the JIT off (numbers in docs/lua.md); not part of `make test`.
