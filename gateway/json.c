@@ -258,11 +258,17 @@ static int same_name(const struct pgw_json *a, const struct pgw_json *b)
         return 1;
     if (memchr(a->p, '\\', a->len) == NULL && memchr(b->p, '\\', b->len) == NULL)
         return 0;
-    char x[512], y[512];
-    size_t xl, yl;
-    if (pgw_json_str(a, x, sizeof(x), &xl) != PGW_OK || pgw_json_str(b, y, sizeof(y), &yl) != PGW_OK)
-        return a->len == b->len && memcmp(a->p, b->p, a->len) == 0; /* long: raw bytes */
-    return xl == yl && memcmp(x, y, xl) == 0;
+    char sx[512], sy[512]; /* decoded text is never longer than its JSON */
+    char *x = a->len <= sizeof(sx) ? sx : pgw_malloc(a->len);
+    char *y = b->len <= sizeof(sy) ? sy : pgw_malloc(b->len);
+    size_t xl = 0, yl = 0;
+    int same = pgw_json_str(a, x, a->len, &xl) == PGW_OK && pgw_json_str(b, y, b->len, &yl) == PGW_OK &&
+               xl == yl && memcmp(x, y, xl) == 0;
+    if (x != sx)
+        free(x);
+    if (y != sy)
+        free(y);
+    return same;
 }
 
 static int check_unique(const struct pgw_json *obj, const char **reason)
