@@ -19,16 +19,6 @@ static const struct field provider_fields[] = {
     FIELD(F_COUNT, struct pgw_config_jwt_provider, cache, 0, 1000000),
 };
 
-static int is_provider_name(const char *s, size_t n)
-{
-    if (n == 0 || n > 64 || !(s[0] >= 'a' && s[0] <= 'z'))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
-            return 0;
-    return 1;
-}
-
 /* A list of non-empty strings. */
 static void read_strs(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                       const char *key, char ***out, size_t *n)
@@ -160,7 +150,7 @@ static void load_provider(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *k,
     snprintf(where, sizeof(where), "jwt.providers.%.64s", k->str);
     p->name = pgw_strndup(k->str, k->len);
     p->line = k->line;
-    if (!is_provider_name(k->str, k->len))
+    if (!pgw_is_lower_name(k->str, k->len))
         pgw_cfg_err(x, k->line, "jwt.providers", NULL,
                     "invalid provider name %s: [a-z][a-z0-9_]*, at most 64 characters",
                     pgw_errs_quote(q, k->str, k->len));

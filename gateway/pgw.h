@@ -57,6 +57,9 @@ static inline int pgw_lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c;
 /* Case-insensitive comparison of <a,alen> with <b,blen>. */
 int pgw_str_ieq(const char *a, size_t alen, const char *b, size_t blen);
 #define PGW_IEQ_LIT(p, n, lit) pgw_str_ieq((p), (n), (lit), sizeof(lit) - 1)
+/* Whether <s,n> is a lower-case identifier [a-z][a-z0-9_]* of at most 64 bytes (policy and JWT
+ * provider names). */
+int pgw_is_lower_name(const char *s, size_t n);
 
 /* Errors passed to async completions, compared by address. */
 extern const char pgw_err_timeout[];

@@ -47,16 +47,6 @@ static void errs_add(struct errs *e, const char *fmt, ...)
 
 /* ---- Bundles ---- */
 
-static int is_policy_name(const char *s, size_t n)
-{
-    if (n == 0 || n > 64 || !(s[0] >= 'a' && s[0] <= 'z'))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
-            return 0;
-    return 1;
-}
-
 static int cmp_src(const void *a, const void *b)
 {
     return strcmp(((const struct pgw_policy_src *)a)->name, ((const struct pgw_policy_src *)b)->name);
@@ -95,7 +85,7 @@ static int bundle_add(struct pgw_policy_bundle *b, size_t *cap, const char *dir,
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
         return PGW_OK;
-    if (!is_policy_name(fname, fl - 4)) {
+    if (!pgw_is_lower_name(fname, fl - 4)) {
         errs_add(e, "%s: not a policy name (lower-case letters, digits and _, starting with a "
                     "letter, at most 64)", path);
         return PGW_ERR;

@@ -66,3 +66,13 @@ int pgw_str_ieq(const char *a, size_t alen, const char *b, size_t blen)
             return 0;
     return 1;
 }
+
+int pgw_is_lower_name(const char *s, size_t n)
+{
+    if (n == 0 || n > 64 || !(s[0] >= 'a' && s[0] <= 'z'))
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return 0;
+    return 1;
+}

@@ -206,6 +206,27 @@ function M.anonymous(conf)
     set_consumer(conf, conf.anonymous, consumer_record(conf.anonymous))
 end
 
+-- pgw.bearer.token(opts)
+-- Syntax: local token = pgw.bearer.token(opts); if not token then return end
+-- Stages: rewrite, access. Yields: no.
+-- The prologue of a bearer policy: strips the headers it sets (strip), reads the token (read),
+-- and when there is none settles the request: passes it when an earlier policy identified the
+-- caller, runs it as opts.anonymous, or answers 401 (missing). Returns the token, or nil when
+-- the request is settled and the stage function should return.
+function M.token(opts)
+    local identified = pgw.ctx().consumer ~= nil
+    M.strip(opts, identified)
+    local token = M.read(opts)
+    if token == nil and not identified then
+        if opts.anonymous then
+            M.anonymous(opts)
+        else
+            M.missing(opts)
+        end
+    end
+    return token
+end
+
 -- pgw.bearer.identify(conf, claims, consumer_claim, require_consumer)
 -- Stages: rewrite, access. Yields: no.
 -- Returns: true after setting pgw.ctx().consumer (the claim's value), the consumer's plan and

@@ -123,14 +123,8 @@ return {
 
     access = function(view)
         local conf = options(view)
-        local identified = ctx().consumer ~= nil
-        bearer.strip(conf, identified)
-        local token = bearer.read(conf)
-        if token == nil then
-            if identified then return end
-            if conf.anonymous then return bearer.anonymous(conf) end
-            return bearer.missing(conf)
-        end
+        local token = bearer.token(conf)
+        if token == nil then return end
         local name = conf.provider
         local claims, why, code = verify(name, token)
         if not claims and (code == "unknown_kid" or code == "no_keys") and provider(name).jwks

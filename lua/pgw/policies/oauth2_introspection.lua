@@ -120,14 +120,8 @@ return {
 
     access = function(view)
         local conf = options(view)
-        local identified = ctx().consumer ~= nil
-        bearer.strip(conf, identified)
-        local token = bearer.read(conf)
-        if token == nil then
-            if identified then return end
-            if conf.anonymous then return bearer.anonymous(conf) end
-            return bearer.missing(conf)
-        end
+        local token = bearer.token(conf)
+        if token == nil then return end
         local addr = pgw.req.get_client_addr()
         local key = pgw.crypto.hex(pgw.crypto.sha256(conf.url .. "\0" .. token))
         local now = pgw.time.now()
