@@ -151,22 +151,20 @@ local function clean(s)
     return type(s) == "string" and s ~= "" and #s <= 4096 and not find(s, "[%z\1-\31\127]")
 end
 
+-- A claim as a header value: a string or number as is, an array of strings joined with ", ",
+-- anything else as JSON.
 local function header_value(v)
     local t = type(v)
     if t == "string" then return v end
     if t == "number" or t == "boolean" then return tostring(v) end
-    if t == "table" then
-        local parts = {}
-        for i, x in ipairs(v) do
-            if type(x) ~= "string" and type(x) ~= "number" then
-                return pgw.json.encode(v)
-            end
-            parts[i] = tostring(x)
-        end
-        if #parts > 0 then return concat(parts, ", ") end
-        return pgw.json.encode(v)
+    if t ~= "table" then return nil end
+    local parts = {}
+    for i, x in ipairs(v) do
+        if type(x) ~= "string" then return pgw.json.encode(v) end
+        parts[i] = x
     end
-    return nil
+    if #parts > 0 then return concat(parts, ", ") end
+    return pgw.json.encode(v)
 end
 
 -- pgw.bearer.strip(conf, identified)
@@ -231,18 +229,22 @@ end
 -- Stages: rewrite, access. Yields: no.
 -- Returns: true after setting pgw.ctx().consumer (the claim's value), the consumer's plan and
 -- groups when the store knows it, `auth.scopes`, the consumer header and the claims_to_headers
--- headers; or nil and the reason (for the log) when the claim is absent or not a clean string,
--- or when require_consumer is set and the store does not know the consumer.
+-- headers; or nil and the reason (for the log) when the claim is not a string without control
+-- characters (1 to 256 bytes), or when require_consumer is set and the claim is absent or the
+-- store does not know the consumer. Without the claim (and without require_consumer) the
+-- request goes on with no consumer.
 function M.identify(conf, claims, consumer_claim, require_consumer)
     local name = claims[consumer_claim]
-    if not clean(name) or #name > 256 then
-        return nil, "no usable consumer claim " .. consumer_claim
+    if name ~= nil or require_consumer then
+        if not clean(name) or #name > 256 then
+            return nil, "no usable consumer claim " .. consumer_claim
+        end
+        local rec = consumer_record(name)
+        if require_consumer and not rec then
+            return nil, "unknown consumer"
+        end
+        set_consumer(conf, name, rec)
     end
-    local rec = consumer_record(name)
-    if require_consumer and not rec then
-        return nil, "unknown consumer"
-    end
-    set_consumer(conf, name, rec)
     pgw.ctx()["auth.scopes"] = M.scopes(claims)
     local set = pgw.req.set_header
     for claim, header in pairs(conf.claims_to_headers) do

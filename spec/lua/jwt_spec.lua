@@ -59,7 +59,7 @@ local function reset()
                                timeout = 5 },
                       jwks_version = 0, keys = 0, jwks_keys = 1 }
     script = {
-        good = { { sub = "alice", scope = "read write", n = 42, list = { "a", "b" },
+        good = { { sub = "alice", scope = "read write", n = 42, list = { "a", "b" }, nums = { 1, 2 },
                    obj = { x = 1 }, bad = "x\r\ny" } },
         expired = { nil, "token expired", "invalid" },
         rotated = { nil, "unknown kid", "unknown_kid" },
@@ -118,7 +118,7 @@ describe("tokens", function()
 
     it("identifies the consumer and maps claims to headers, client copies removed", function()
         local r = run({ provider = "corp", claims_to_headers = { scope = "X-Scope", n = "X-N",
-                        list = "X-List", obj = "X-Obj", bad = "X-Bad", absent = "X-Absent" } },
+                        list = "X-List", nums = "X-Nums", obj = "X-Obj", bad = "X-Bad", absent = "X-Absent" } },
                       { Authorization = "bearer good", ["X-Consumer"] = "mallory",
                         ["X-Absent"] = "forged", ["X-N"] = "7" })
         assert.equal(nil, r.exited)
@@ -126,6 +126,7 @@ describe("tokens", function()
         assert.equal("read write", H(r.headers, "X-Scope"))
         assert.equal("42", H(r.headers, "X-N"))
         assert.equal("a, b", H(r.headers, "X-List"))
+        assert.equal("[1,2]", H(r.headers, "X-Nums"))
         assert.equal('{"x":1}', H(r.headers, "X-Obj"))
         assert.equal(nil, H(r.headers, "X-Bad"))     -- a CR/LF value is not sent
         assert.equal(nil, H(r.headers, "X-Absent"))  -- removed even though the claim is absent
@@ -147,8 +148,17 @@ describe("tokens", function()
         assert.truthy(fake.logs[#fake.logs][2]:find("unknown consumer", 1, true))
     end)
 
-    it("refuses a token without the consumer claim", function()
-        local r = run({ provider = "corp" }, { Authorization = "Bearer nosub" })
+    it("serves a token without the consumer claim with no consumer, unless required", function()
+        local r = run({ provider = "corp" }, { Authorization = "Bearer nosub", ["X-Consumer"] = "x" })
+        assert.equal(nil, r.exited)
+        assert.equal(nil, r.ctx.consumer)
+        assert.equal(nil, H(r.headers, "X-Consumer"))
+        provider_conf.require_consumer = true
+        r = run({ provider = "corp" }, { Authorization = "Bearer nosub" })
+        assert.equal(401, r.exited.status)
+        script.nosub[1].sub = { "not", "a", "string" }
+        provider_conf.require_consumer = false
+        r = run({ provider = "corp" }, { Authorization = "Bearer nosub" })
         assert.equal(401, r.exited.status)
     end)
 
