@@ -417,11 +417,12 @@ static int jwk_add(struct pgw_jwt_keyset *ks, const struct pgw_json *jwk, unsign
 }
 
 struct pgw_jwt_keyset *pgw_jwt_keyset_from_jwks(const char *json, size_t len, unsigned algs,
-                                                size_t *skipped, char *err, size_t errlen)
+                                                size_t *taken, size_t *skipped, char *err,
+                                                size_t errlen)
 {
     struct pgw_json root, keys, jwk;
     const char *reason;
-    *skipped = 0;
+    *skipped = *taken = 0;
     if (pgw_json_parse(json, len, PGW_JWT_MAX_DEPTH, 0, &root, &reason) != PGW_OK) {
         set_err(err, errlen, "invalid JSON: %s", reason);
         return NULL;
@@ -431,13 +432,13 @@ struct pgw_jwt_keyset *pgw_jwt_keyset_from_jwks(const char *json, size_t len, un
         return NULL;
     }
     struct pgw_jwt_keyset *ks = pgw_jwt_keyset_new();
-    size_t pos = 0, taken = 0;
+    size_t pos = 0;
     while (pgw_json_next(&keys, &pos, NULL, &jwk) == PGW_OK) {
-        if (taken >= PGW_JWT_MAX_JWKS_KEYS || jwk.type != PGW_JSON_OBJECT ||
+        if (*taken >= PGW_JWT_MAX_JWKS_KEYS || jwk.type != PGW_JSON_OBJECT ||
             jwk_add(ks, &jwk, algs) != PGW_OK)
             (*skipped)++;
         else
-            taken++;
+            (*taken)++;
     }
     return ks;
 }

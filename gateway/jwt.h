@@ -64,10 +64,12 @@ struct pgw_jwt_keyset *pgw_jwt_keyset_new(void);
 void pgw_jwt_keyset_add(struct pgw_jwt_keyset *ks, struct pgw_jwt_key *k);
 /* The keys of a JWKS document: at most PGW_JWT_MAX_JWKS_KEYS, of the algorithms in <algs> (a mask
  * of PGW_JWT_ALG_BIT). A key whose type, curve, `use` or `alg` is not usable is skipped and counted
- * in *skipped; a JWK without `alg` gives one key per allowed algorithm that fits it. `oct` keys
+ * in *skipped, the others in *taken; a JWK without `alg` gives one key per allowed algorithm that
+ * fits it (so the set may hold more keys than *taken). `oct` keys
  * are always skipped. NULL with <err> when the document is not a JSON object with a `keys` array. */
 struct pgw_jwt_keyset *pgw_jwt_keyset_from_jwks(const char *json, size_t len, unsigned algs,
-                                                size_t *skipped, char *err, size_t errlen);
+                                                size_t *taken, size_t *skipped, char *err,
+                                                size_t errlen);
 size_t pgw_jwt_keyset_count(const struct pgw_jwt_keyset *ks);
 struct pgw_jwt_keyset *pgw_jwt_keyset_ref(struct pgw_jwt_keyset *ks);
 void pgw_jwt_keyset_unref(struct pgw_jwt_keyset *ks);

@@ -80,6 +80,7 @@ static void cache_put(struct pgw_jwt_cache *c, const unsigned char *digest,
 /* ---- Building ---- */
 
 struct build {
+    const char *file; /* the configuration's, for "FILE:LINE: " */
     const char *blob;
     size_t len;
     char *err;
@@ -107,7 +108,8 @@ static struct pgw_jwt_key *build_key(struct build *b, const struct pgw_config_jw
     size_t dlen = k->secret != NULL ? strlen(k->secret) : 0;
     char e[256];
     if (path != NULL && pgw_genfiles_find(b->blob, b->len, path, &data, &dlen) != PGW_OK) {
-        build_err(b, "jwt.providers.%s.keys[%zu]: %s was not read\n", cp->name, i, path);
+        build_err(b, "%s:%u: jwt.providers.%s.keys[%zu]: %s was not read\n", b->file, k->line,
+                  cp->name, i, path);
         return NULL;
     }
     struct pgw_jwt_key *key;
@@ -119,8 +121,8 @@ static struct pgw_jwt_key *build_key(struct build *b, const struct pgw_config_jw
         key = pgw_jwt_key_secret(k->alg, k->kid, (const unsigned char *)data, dlen, e, sizeof(e));
     }
     if (key == NULL)
-        build_err(b, "jwt.providers.%s.keys[%zu]: %s%s%s\n", cp->name, i, path ? path : "",
-                  path ? ": " : "", e);
+        build_err(b, "%s:%u: jwt.providers.%s.keys[%zu]: %s%s%s\n", b->file, k->line, cp->name, i,
+                  path ? path : "", path ? ": " : "", e);
     return key;
 }
 
@@ -151,7 +153,7 @@ static void provider_init(struct build *b, struct pgw_jwt_provider *p,
 struct pgw_jwt_gen *pgw_jwt_gen_new(const struct pgw_config *c, const char *blob, size_t len,
                                     char *err, size_t errlen)
 {
-    struct build b = {.blob = blob, .len = len, .err = err, .errlen = errlen};
+    struct build b = {.file = c->file, .blob = blob, .len = len, .err = err, .errlen = errlen};
     if (errlen > 0)
         err[0] = '\0';
     struct pgw_jwt_gen *g = pgw_calloc(1, sizeof(*g));
@@ -190,6 +192,7 @@ void pgw_jwt_gen_adopt(struct pgw_jwt_gen *g, const struct pgw_jwt_gen *old)
             o->conf->jwks_algorithms != p->conf->jwks_algorithms)
             continue;
         p->jwks = pgw_jwt_keyset_ref(o->jwks);
+        p->jwks_taken = o->jwks_taken;
         p->jwks_attempt = o->jwks_attempt;
     }
 }
@@ -276,12 +279,14 @@ long pgw_jwt_provider_jwks_done(struct pgw_jwt_provider *p, const char *json, si
         snprintf(err, errlen, "fetch failed");
         return -1;
     }
+    size_t taken;
     struct pgw_jwt_keyset *ks =
-        pgw_jwt_keyset_from_jwks(json, len, p->conf->jwks_algorithms, skipped, err, errlen);
+        pgw_jwt_keyset_from_jwks(json, len, p->conf->jwks_algorithms, &taken, skipped, err, errlen);
     if (ks == NULL)
         return -1;
     pgw_jwt_keyset_unref(p->jwks);
     p->jwks = ks;
+    p->jwks_taken = taken;
     cache_clear(p->cache); /* a key may have gone: tokens are verified again */
-    return (long)pgw_jwt_keyset_count(ks);
+    return (long)taken;
 }

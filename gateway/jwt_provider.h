@@ -22,6 +22,7 @@ struct pgw_jwt_provider {
     struct pgw_jwt_rules rules;
     struct pgw_jwt_keyset *keys;  /* static keys (may be empty) */
     struct pgw_jwt_keyset *jwks;  /* the last key set fetched, NULL until one was */
+    size_t jwks_taken;            /* the JWKs it came from */
     uint64_t jwks_version;        /* fetches finished (good or not), for waiters */
     double jwks_attempt;          /* monotonic seconds when the last fetch started */
     double jwks_busy_until;       /* a fetch is in flight until then (0: none) */

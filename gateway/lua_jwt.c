@@ -135,7 +135,7 @@ static int l_jwt_provider(lua_State *L)
     struct pgw_jwt_provider *p = run->gen != NULL ? pgw_jwt_gen_find(run->gen->jwt, name, len) : NULL;
     if (p != NULL) {
         set_num(L, "keys", (double)pgw_jwt_keyset_count(p->keys));
-        set_num(L, "jwks_keys", (double)pgw_jwt_keyset_count(p->jwks));
+        set_num(L, "jwks_keys", (double)p->jwks_taken);
         set_num(L, "jwks_version", (double)p->jwks_version);
         set_num(L, "jwks_age", p->jwks_attempt > 0 ? mono_now() - p->jwks_attempt : -1);
     }

@@ -58,13 +58,14 @@ static int cmd_check(const char *path)
     struct pgw_config *c = pgw_config_load(path, err, sizeof(err));
     if (c == NULL)
         return print_errors(path, err);
-    if (pgw_policy_validate(c, NULL, NULL, err, sizeof(err)) != PGW_OK) {
-        pgw_config_unref(c);
-        return print_errors(path, err);
-    }
+    /* policies, then files (certificates, keys): every error of both is printed */
+    int bad = pgw_policy_validate(c, NULL, NULL, err, sizeof(err)) != PGW_OK;
+    size_t used = bad ? strlen(err) : 0;
     char *files = NULL;
     size_t files_len = 0;
-    if (pgw_genfiles_prepare(c, 1, &files, &files_len, err, sizeof(err)) != PGW_OK) {
+    bad |= pgw_genfiles_prepare(c, 1, &files, &files_len, err + used, sizeof(err) - used) != PGW_OK;
+    if (bad) {
+        free(files);
         pgw_config_unref(c);
         return print_errors(path, err);
     }
