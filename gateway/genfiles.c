@@ -44,18 +44,20 @@ int pgw_genfiles_find(const char *blob, size_t len, const char *path, const char
 /* A file the configuration names, and where ("listeners.public.tls.certificates[0].key"). */
 struct config_file {
     const char *path;
+    unsigned line; /* of the setting in the configuration; 0 when unknown */
     char where[160];
 };
 
-/* Every file name the TLS settings of <c> use, in a fixed order, into <out> (at most <cap>).
+/* Every file name the settings of <c> use (TLS, JWT keys), in a fixed order, into <out> (at most <cap>).
 Returns how many there are: config_files(c, NULL, 0) counts them. */
 static size_t config_files(const struct pgw_config *c, struct config_file *out, size_t cap)
 {
     size_t n = 0;
-#define ADD(p, ...)                                                                                \
+#define ADD(p, line_, ...)                                                                         \
     do {                                                                                           \
         if ((p) != NULL && n++ < cap) {                                                            \
             out[n - 1].path = (p);                                                                 \
+            out[n - 1].line = (line_);                                                             \
             snprintf(out[n - 1].where, sizeof(out[0].where), __VA_ARGS__);                         \
         }                                                                                          \
     } while (0)
@@ -63,27 +65,27 @@ static size_t config_files(const struct pgw_config *c, struct config_file *out, 
         const struct pgw_config_listener_tls *t = c->listeners[i].tls;
         const char *ln = c->listeners[i].name;
         for (size_t j = 0; t != NULL && j < t->num_certs; j++) {
-            ADD(t->certs[j].cert, "listeners.%s.tls.certificates[%zu].cert", ln, j);
-            ADD(t->certs[j].key, "listeners.%s.tls.certificates[%zu].key", ln, j);
+            ADD(t->certs[j].cert, t->certs[j].line, "listeners.%s.tls.certificates[%zu].cert", ln, j);
+            ADD(t->certs[j].key, t->certs[j].line, "listeners.%s.tls.certificates[%zu].key", ln, j);
         }
         if (t != NULL)
-            ADD(t->client_ca, "listeners.%s.tls.client_ca", ln);
+            ADD(t->client_ca, t->line, "listeners.%s.tls.client_ca", ln);
     }
     for (size_t i = 0; i < c->num_upstreams; i++) {
         const struct pgw_config_upstream_tls *t = c->upstreams[i].tls;
         const char *un = c->upstreams[i].name;
         if (t != NULL) {
-            ADD(t->ca, "upstreams.%s.tls.ca", un);
-            ADD(t->cert, "upstreams.%s.tls.cert", un);
-            ADD(t->key, "upstreams.%s.tls.key", un);
+            ADD(t->ca, t->line, "upstreams.%s.tls.ca", un);
+            ADD(t->cert, t->line, "upstreams.%s.tls.cert", un);
+            ADD(t->key, t->line, "upstreams.%s.tls.key", un);
         }
     }
-    ADD(c->http_ca, "policies.http_ca");
+    ADD(c->http_ca, 0, "policies.http_ca");
     for (size_t i = 0; i < c->num_jwt_providers; i++) {
         const struct pgw_config_jwt_provider *p = &c->jwt_providers[i];
         for (size_t j = 0; j < p->num_keys; j++) {
-            ADD(p->keys[j].file, "jwt.providers.%s.keys[%zu].file", p->name, j);
-            ADD(p->keys[j].secret_file, "jwt.providers.%s.keys[%zu].secret_file", p->name, j);
+            ADD(p->keys[j].file, p->keys[j].line, "jwt.providers.%s.keys[%zu].file", p->name, j);
+            ADD(p->keys[j].secret_file, p->keys[j].line, "jwt.providers.%s.keys[%zu].secret_file", p->name, j);
         }
     }
 #undef ADD
@@ -111,7 +113,10 @@ int pgw_genfiles_prepare(const struct pgw_config *c, int warn, char **blob, size
         size_t len = 0;
         char *data = pgw_config_read_file(files[i].path, &len, e, sizeof(e));
         if (data == NULL) { /* e: "PATH: cannot read: reason\n" */
-            int k = snprintf(err + used, errlen - used, "%s: %s", files[i].where, e);
+            char at[300] = "";
+            if (files[i].line > 0)
+                snprintf(at, sizeof(at), "%s:%u: ", c->file, files[i].line);
+            int k = snprintf(err + used, errlen - used, "%s%s: %s", at, files[i].where, e);
             used = k > 0 ? PGW_MIN(used + (size_t)k, errlen - 1) : used;
             continue;
         }

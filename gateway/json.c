@@ -419,10 +419,13 @@ int pgw_json_str_eq(const struct pgw_json *v, const char *s, size_t n)
         return 0;
     if (memchr(v->p, '\\', v->len) == NULL) /* the common case: no escape */
         return v->len == n + 2 && memcmp(v->p + 1, s, n) == 0;
-    char buf[1024];
+    char stack[1024]; /* decoded text is never longer than its JSON */
+    char *buf = v->len <= sizeof(stack) ? stack : pgw_malloc(v->len);
     size_t l;
-    return n <= sizeof(buf) && pgw_json_str(v, buf, sizeof(buf), &l) == PGW_OK && l == n &&
-           memcmp(buf, s, n) == 0;
+    int eq = pgw_json_str(v, buf, v->len, &l) == PGW_OK && l == n && memcmp(buf, s, n) == 0;
+    if (buf != stack)
+        free(buf);
+    return eq;
 }
 
 int pgw_json_num(const struct pgw_json *v, double *out)

@@ -53,7 +53,8 @@ int pgw_json_str(const struct pgw_json *v, char *out, size_t cap, size_t *len);
 /* Whether <v> is a string whose decoded text equals <s,n> (byte for byte). */
 int pgw_json_str_eq(const struct pgw_json *v, const char *s, size_t n);
 
-/* The value of number <v>. PGW_ERR when <v> is not a number. */
+/* The value of number <v>. PGW_ERR when <v> is not a number, or is written with 512 characters
+ * or more (no claim or key needs that many). */
 int pgw_json_num(const struct pgw_json *v, double *out);
 
 #endif

@@ -245,7 +245,9 @@ void pgw_jwt_keyset_unref(struct pgw_jwt_keyset *ks)
 long pgw_jwt_b64url_decode(unsigned char *out, const char *in, size_t n)
 {
     static signed char map[256];
-    if (map['A'] == 0) {
+    static int ready;
+    if (!ready) {
+        ready = 1;
         memset(map, -1, sizeof(map));
         for (int i = 0; i < 64; i++)
             map[(unsigned char)"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[i]] =
@@ -655,8 +657,9 @@ static int get_time(const struct pgw_json *payload, const char *name, double *v,
 static int check_aud(const struct pgw_jwt_rules *r, const struct pgw_json *payload)
 {
     struct pgw_json aud, item;
-    if (pgw_json_get(payload, "aud", &aud) != PGW_OK)
-        return PGW_ERR;
+    if (pgw_json_get(payload, "aud", &aud) != PGW_OK ||
+        (aud.type != PGW_JSON_STRING && aud.type != PGW_JSON_ARRAY))
+        return PGW_ERR; /* RFC 7519 §4.1.3: a string or an array of strings */
     size_t pos = 0;
     int single = aud.type == PGW_JSON_STRING;
     while (single || pgw_json_next(&aud, &pos, NULL, &item) == PGW_OK) {

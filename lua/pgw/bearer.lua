@@ -5,7 +5,8 @@
 
 local pgw = require "pgw"
 
-local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local type, pairs, ipairs, next, tostring, pcall = type, pairs, ipairs, next, tostring, pcall
+local floor, format = math.floor, string.format
 local find, gmatch, lower, concat = string.find, string.gmatch, string.lower, table.concat
 
 local M = {}
@@ -151,13 +152,22 @@ local function clean(s)
     return type(s) == "string" and s ~= "" and #s <= 4096 and not find(s, "[%z\1-\31\127]")
 end
 
--- A claim as a header value: a string or number as is, an array of strings joined with ", ",
--- anything else as JSON.
+-- A claim as a header value: a string as is, a number in decimal (integers without exponent), an
+-- array of strings joined with ", ", an empty array or object not at all, anything else as JSON.
+local function number_text(v)
+    if v == floor(v) and v >= -2^53 and v <= 2^53 then
+        return format("%d", v) -- 1234567890123456, not 1.2345678901235e+15
+    end
+    return format("%.17g", v)
+end
+
 local function header_value(v)
     local t = type(v)
     if t == "string" then return v end
-    if t == "number" or t == "boolean" then return tostring(v) end
+    if t == "number" then return number_text(v) end
+    if t == "boolean" then return tostring(v) end
     if t ~= "table" then return nil end
+    if next(v) == nil then return nil end -- [] or {}: nothing to send
     local parts = {}
     for i, x in ipairs(v) do
         if type(x) ~= "string" then return pgw.json.encode(v) end

@@ -40,6 +40,25 @@ local function urlencode(s)
     return (gsub(s, "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
 end
 
+-- "http(s)://host[:port][/path]" -> scheme, host, port (nil without); nil when malformed: a host
+-- name, an IPv4 address or a bracketed IPv6 address, then a path of visible ASCII without "#".
+local function url_parts(url)
+    local scheme, rest = url:match("^(https?)://(.+)$")
+    if not scheme then return nil end
+    local authority, path = rest:match("^([^/]+)(.*)$")
+    if not authority or path:find("[^\33-\126]") or path:find("#", 1, true) then return nil end
+    local host, port = authority:match("^(%[[%x:.]+%])(.*)$")
+    if not host then host, port = authority:match("^([%w.-]+)(.*)$") end
+    if not host then return nil end
+    if port ~= "" then
+        port = port:match("^:(%d+)$")
+        if not port then return nil end
+    else
+        port = nil
+    end
+    return scheme, host, port
+end
+
 local opts_of = setmetatable({}, { __mode = "k" })
 
 local function options(conf)
@@ -107,15 +126,18 @@ return {
     schema = schema,
 
     check_conf = function(conf)
-        if find(conf.url, "^https://[^/]") then
-            return true
+        local scheme, host, port = url_parts(conf.url)
+        if not scheme then
+            return nil, "url: not an http(s)://host[:port]/path URL: " .. conf.url
         end
-        if find(conf.url, "^http://[^/]") then
-            if conf.allow_http then return true end
+        if port and (tonumber(port) < 1 or tonumber(port) > 65535) then
+            return nil, "url: port out of range: " .. port
+        end
+        if scheme == "http" and not conf.allow_http then
             return nil, "url: http:// sends tokens and credentials in clear: use https://, or " ..
                 "allow_http: true for a server on the same host"
         end
-        return nil, "url: must be an https:// URL"
+        return host ~= nil
     end,
 
     access = function(view)
@@ -123,7 +145,9 @@ return {
         local token = bearer.token(conf)
         if token == nil then return end
         local addr = pgw.req.get_client_addr()
-        local key = pgw.crypto.hex(pgw.crypto.sha256(conf.url .. "\0" .. token))
+        -- the answer depends on who asks (the server may scope introspection per client)
+        local key = pgw.crypto.hex(pgw.crypto.sha256(conf.url .. "\0" .. conf.client_id .. "\0" ..
+                                                     token))
         local now = pgw.time.now()
         local text = cache.get(key)
         local claims
