@@ -7,15 +7,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* A data length that marks a file the master could not read (already reported): only in the
+ * master's blob of a refused configuration, never sent to a worker. */
+#define UNREADABLE UINT32_MAX
+
+/* Adds <path> and its bytes (<data> NULL: the UNREADABLE marker). */
 static void blob_add(char **blob, size_t *len, const char *path, const char *data, size_t dlen)
 {
-    uint32_t pl = (uint32_t)strlen(path), dl = (uint32_t)dlen;
+    uint32_t pl = (uint32_t)strlen(path), dl = data != NULL ? (uint32_t)dlen : UNREADABLE;
+    if (data == NULL)
+        dlen = 0;
     *blob = pgw_realloc(*blob, *len + 8 + pl + dlen);
     char *p = *blob + *len;
     memcpy(p, &pl, 4);
     memcpy(p + 4, path, pl);
     memcpy(p + 4 + pl, &dl, 4);
-    memcpy(p + 8 + pl, data, dlen);
+    if (dlen > 0)
+        memcpy(p + 8 + pl, data, dlen);
     *len += 8 + pl + dlen;
 }
 
@@ -29,14 +37,15 @@ int pgw_genfiles_find(const char *blob, size_t len, const char *path, const char
         if (off + 8 + pl > len)
             break;
         memcpy(&dl, blob + off + 4 + pl, 4);
-        if (off + 8 + pl + dl > len)
+        size_t bytes = dl == UNREADABLE ? 0 : dl;
+        if (off + 8 + pl + bytes > len)
             break;
         if (pl == want && memcmp(blob + off + 4, path, pl) == 0) {
             *data = blob + off + 8 + pl;
-            *dlen = dl;
-            return PGW_OK;
+            *dlen = bytes;
+            return dl == UNREADABLE ? PGW_DECLINED : PGW_OK;
         }
-        off += 8 + pl + dl;
+        off += 8 + pl + bytes;
     }
     return PGW_ERR;
 }
@@ -107,7 +116,7 @@ int pgw_genfiles_prepare(const struct pgw_config *c, int warn, char **blob, size
     for (size_t i = 0; i < n; i++) {
         const char *d;
         size_t dl;
-        if (pgw_genfiles_find(*blob, *blob_len, files[i].path, &d, &dl) == PGW_OK)
+        if (pgw_genfiles_find(*blob, *blob_len, files[i].path, &d, &dl) != PGW_ERR)
             continue; /* the same file twice */
         char e[512];
         size_t len = 0;
@@ -118,6 +127,7 @@ int pgw_genfiles_prepare(const struct pgw_config *c, int warn, char **blob, size
                 snprintf(at, sizeof(at), "%s:%u: ", c->file, files[i].line);
             int k = snprintf(err + used, errlen - used, "%s%s: %s", at, files[i].where, e);
             used = k > 0 ? PGW_MIN(used + (size_t)k, errlen - 1) : used;
+            blob_add(blob, blob_len, files[i].path, NULL, 0); /* its users stay quiet about it */
             continue;
         }
         blob_add(blob, blob_len, files[i].path, data, len);
@@ -125,8 +135,12 @@ int pgw_genfiles_prepare(const struct pgw_config *c, int warn, char **blob, size
         free(data);
     }
     free(files);
-    if (used == 0 && pgw_tls_check(c, *blob, *blob_len, warn, err, errlen) == PGW_OK &&
-        pgw_jwt_check(c, *blob, *blob_len, err, errlen) == PGW_OK)
+    /* what is built from the files is checked even after a read error, for its other errors */
+    int ok = used == 0;
+    ok &= pgw_tls_check(c, *blob, *blob_len, warn, err + used, errlen - used) == PGW_OK;
+    used += strlen(err + used);
+    ok &= pgw_jwt_check(c, *blob, *blob_len, err + used, errlen - used) == PGW_OK;
+    if (ok)
         return PGW_OK;
     if (*blob != NULL)
         OPENSSL_cleanse(*blob, *blob_len);

@@ -19,8 +19,9 @@
 int pgw_genfiles_prepare(const struct pgw_config *c, int warn, char **blob, size_t *len, char *err,
                          size_t errlen);
 
-/* The bytes of <path> in <blob>: PGW_OK with *data (pointing into the blob) and *dlen, or
- * PGW_ERR when it is not there. */
+/* The bytes of <path> in <blob>: PGW_OK with *data (pointing into the blob) and *dlen, PGW_ERR
+ * when it is not there, or PGW_DECLINED when the master could not read it (already reported:
+ * the caller adds no error of its own). */
 int pgw_genfiles_find(const char *blob, size_t len, const char *path, const char **data,
                       size_t *dlen);
 

@@ -85,6 +85,7 @@ struct build {
     size_t len;
     char *err;
     size_t errlen, used;
+    unsigned quiet_failures; /* unreadable files: reported by genfiles.c */
 };
 
 static void PGW_PRINTF(2, 3) build_err(struct build *b, const char *fmt, ...)
@@ -107,11 +108,14 @@ static struct pgw_jwt_key *build_key(struct build *b, const struct pgw_config_jw
     const char *data = k->secret;
     size_t dlen = k->secret != NULL ? strlen(k->secret) : 0;
     char e[256];
-    if (path != NULL && pgw_genfiles_find(b->blob, b->len, path, &data, &dlen) != PGW_OK) {
+    int r = path != NULL ? pgw_genfiles_find(b->blob, b->len, path, &data, &dlen) : PGW_OK;
+    if (r == PGW_DECLINED)
+        b->quiet_failures++;
+    else if (r != PGW_OK)
         build_err(b, "%s:%u: jwt.providers.%s.keys[%zu]: %s was not read\n", b->file, k->line,
                   cp->name, i, path);
+    if (r != PGW_OK)
         return NULL;
-    }
     struct pgw_jwt_key *key;
     if (k->file != NULL) {
         key = pgw_jwt_key_pem(k->alg, k->kid, data, dlen, e, sizeof(e));
@@ -161,7 +165,7 @@ struct pgw_jwt_gen *pgw_jwt_gen_new(const struct pgw_config *c, const char *blob
     g->n = c->num_jwt_providers;
     for (size_t i = 0; i < g->n; i++)
         provider_init(&b, &g->v[i], &c->jwt_providers[i]);
-    if (b.used > 0) {
+    if (b.used > 0 || b.quiet_failures > 0) {
         pgw_jwt_gen_free(g);
         return NULL;
     }

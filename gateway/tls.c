@@ -61,6 +61,7 @@ struct build {
     char *err; /* "where: reason\n" lines */
     size_t errlen, used;
     int warn;
+    unsigned quiet_failures; /* failures whose error was reported elsewhere */
 };
 
 static void PGW_PRINTF(3, 4) build_err(struct build *b, const char *where, const char *fmt, ...)
@@ -91,8 +92,12 @@ static BIO *file_bio(struct build *b, const char *where, const char *path)
 {
     const char *data;
     size_t len;
-    if (pgw_genfiles_find(b->blob, b->blob_len, path, &data, &len) != PGW_OK) {
-        build_err(b, where, "%s was not read", path);
+    int r = pgw_genfiles_find(b->blob, b->blob_len, path, &data, &len);
+    if (r != PGW_OK) {
+        if (r == PGW_ERR)
+            build_err(b, where, "%s was not read", path);
+        else
+            b->quiet_failures++; /* unreadable: reported by genfiles.c */
         return NULL;
     }
     BIO *bio = BIO_new_mem_buf(data, (int)len);
@@ -577,7 +582,7 @@ static struct pgw_tls_gen *gen_build(const struct pgw_config *c, const char *blo
                          where);
     }
     tg->http = client_ctx_new(&b, "policies.http_ca", 1, c->http_ca, NULL, NULL);
-    if (b.used > 0) {
+    if (b.used > 0 || b.quiet_failures > 0) {
         pgw_tls_gen_free(tg);
         return NULL;
     }

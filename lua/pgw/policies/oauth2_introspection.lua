@@ -107,6 +107,22 @@ local function introspect(conf, token)
     return res.body, doc
 end
 
+-- One error line per URL per second at most while the server fails (an outage would otherwise
+-- log every request); the line counts the failures it stands for.
+local failures = {} -- url -> { at = monotonic seconds of the last line, n = failures since }
+
+local function log_failure(url, reason)
+    local f = failures[url] or { at = -1, n = 0 }
+    failures[url] = f
+    f.n = f.n + 1
+    local now = pgw.time.monotonic()
+    if now - f.at >= 1 then
+        log.err("oauth2: introspection at ", url, " failed: ", reason,
+                f.n > 1 and (" (" .. f.n .. " failures since the last line)") or "")
+        f.at, f.n = now, 0
+    end
+end
+
 local schema = bearer.schema()
 schema.url = { type = "string", required = true, min = 1 }
 schema.client_id = { type = "string", required = true, min = 1 }
@@ -160,7 +176,7 @@ return {
             local doc, err
             text, doc = introspect(conf, token)
             if text == nil then
-                log.err("oauth2: introspection at ", conf.url, " failed: ", doc)
+                log_failure(conf.url, doc)
                 return bearer.unavailable("token introspection unavailable")
             end
             if text == false then
