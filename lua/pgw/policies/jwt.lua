@@ -51,8 +51,9 @@ local function fetch(name)
     if body and not n then
         log.err("jwt: provider ", name, ": JWKS from ", url, " refused: ", skipped)
     elseif n then
-        log.info("jwt: provider ", name, ": ", n, " key(s) from the JWKS",
-                 skipped > 0 and (", " .. skipped .. " skipped") or "")
+        local level = n > 0 and log.info or log.warn
+        level("jwt: provider ", name, ": ", n, " key(s) from the JWKS",
+              skipped > 0 and (", " .. skipped .. " skipped") or "")
     end
     return n ~= nil
 end
@@ -134,7 +135,8 @@ return {
         local addr = pgw.req.get_client_addr()
         if not claims then
             if code == "no_keys" then
-                log.err("jwt: ", addr, ": provider ", name, " has no keys (JWKS not fetched)")
+                log.err("jwt: ", addr, ": provider ", name, " has no usable key (no JWKS fetched ",
+                        "yet, or none of its keys is usable)")
                 return bearer.unavailable("token keys unavailable")
             end
             log.info("jwt: refused ", addr, ": provider ", name, ": ", why)
