@@ -11,19 +11,26 @@ local find, gmatch, lower, concat = string.find, string.gmatch, string.lower, ta
 
 local M = {}
 
+local copies = setmetatable({}, { __mode = "k" }) -- conf view -> its plain copy
+
 -- pgw.bearer.options(conf, pairs)
 -- Syntax: local opts = pgw.bearer.options(conf, pairs)
 -- Returns: a plain copy of the policy's conf (a read-only view), made with the `pairs` of the
--- calling policy (the one that sees through views): the other functions here take it. Make it
--- once per conf (cache it in a weak table keyed by conf).
+-- calling policy (the one that sees through views): the other functions here take it. The copy
+-- is made once per conf and then returned again (the policy may add derived fields to it).
 function M.options(conf, view_pairs)
-    local function copy(v)
-        if type(v) ~= "table" then return v end
-        local t = {}
-        for k, x in view_pairs(v) do t[k] = copy(x) end
-        return t
+    local o = copies[conf]
+    if o == nil then
+        local function copy(v)
+            if type(v) ~= "table" then return v end
+            local t = {}
+            for k, x in view_pairs(v) do t[k] = copy(x) end
+            return t
+        end
+        o = copy(conf)
+        copies[conf] = o
     end
-    return copy(conf)
+    return o
 end
 
 -- pgw.bearer.schema()

@@ -76,18 +76,6 @@ local function refresh(name)
     return true
 end
 
--- conf (a read-only view) -> its plain copy for pgw.bearer
-local opts_of = setmetatable({}, { __mode = "k" })
-
-local function options(conf)
-    local o = opts_of[conf]
-    if o == nil then
-        o = bearer.options(conf, pairs)
-        opts_of[conf] = o
-    end
-    return o
-end
-
 local function on_timer(premature, name, first)
     if premature then return end
     if first and (provider(name).jwks_keys or 0) > 0 then
@@ -123,7 +111,7 @@ return {
     end,
 
     access = function(view)
-        local conf = options(view)
+        local conf = bearer.options(view, pairs)
         local token = bearer.token(conf)
         if token == nil then return end
         local name = conf.provider

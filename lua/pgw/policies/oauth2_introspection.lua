@@ -59,17 +59,11 @@ local function url_parts(url)
     return scheme, host, port
 end
 
-local opts_of = setmetatable({}, { __mode = "k" })
-
-local function options(conf)
-    local o = opts_of[conf]
-    if o == nil then
-        o = bearer.options(conf, pairs)
-        if o.auth_method == "basic" then
-            o.basic = "Basic " .. pgw.base64.encode(urlencode(o.client_id) .. ":" ..
-                                                    urlencode(o.client_secret))
-        end
-        opts_of[conf] = o
+local function options(view)
+    local o = bearer.options(view, pairs)
+    if o.auth_method == "basic" and o.basic == nil then
+        o.basic = "Basic " .. pgw.base64.encode(urlencode(o.client_id) .. ":" ..
+                                                urlencode(o.client_secret))
     end
     return o
 end
