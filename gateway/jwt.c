@@ -87,6 +87,17 @@ static const EVP_MD *alg_md(int alg)
     return mds[i];
 }
 
+void pgw_jwt_sha256(const void *data, size_t len, unsigned char out[32])
+{
+    static EVP_MD_CTX *ctx; /* process lifetime: one context reused, no allocation per call */
+    if (ctx == NULL)
+        ctx = EVP_MD_CTX_new();
+    pgw_assert(ctx != NULL);
+    int ok = EVP_DigestInit_ex2(ctx, alg_md(PGW_JWT_HS256), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, data, len) == 1 && EVP_DigestFinal_ex(ctx, out, NULL) == 1;
+    pgw_assert(ok);
+}
+
 /* ---- Keys ---- */
 
 static void set_err(char *err, size_t errlen, const char *fmt, const char *arg)

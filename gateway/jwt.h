@@ -113,6 +113,9 @@ int pgw_jwt_verify(const struct pgw_jwt_rules *r, struct pgw_jwt_keyset *const *
 int pgw_jwt_check_times(const struct pgw_jwt_rules *r, const struct pgw_jwt_result *res, double now,
                         const char **why);
 
+/* SHA-256 of <data,len> into <out> (the verified-token cache's key). */
+void pgw_jwt_sha256(const void *data, size_t len, unsigned char out[32]);
+
 /* base64url without padding (RFC 7515 §2), canonical (unused bits zero). Returns the decoded
  * length, or -1. <out> has room for n * 3 / 4 bytes. */
 long pgw_jwt_b64url_decode(unsigned char *out, const char *in, size_t n);

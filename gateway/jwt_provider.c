@@ -234,7 +234,7 @@ int pgw_jwt_provider_verify(struct pgw_jwt_provider *p, const char *token, size_
     struct pgw_jwt_result res;
     *code = 0;
     if (p->cache != NULL && len <= p->rules.max_size) {
-        EVP_Digest(token, len, digest, NULL, EVP_sha256(), NULL);
+        pgw_jwt_sha256(token, len, digest);
         e = cache_slot(p->cache, digest);
         if (e->payload != NULL && CRYPTO_memcmp(e->digest, digest, 32) == 0) {
             if (pgw_jwt_check_times(&p->rules, &e->res, now, why) != PGW_OK) {

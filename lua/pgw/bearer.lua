@@ -7,7 +7,8 @@ local pgw = require "pgw"
 
 local type, pairs, ipairs, next, tostring, pcall = type, pairs, ipairs, next, tostring, pcall
 local floor, format = math.floor, string.format
-local find, gmatch, lower, concat = string.find, string.gmatch, string.lower, table.concat
+local find, gmatch, lower, sub, byte, concat = string.find, string.gmatch, string.lower,
+    string.sub, string.byte, table.concat
 
 local M = {}
 
@@ -68,12 +69,24 @@ end
 -- scheme matched without regard to case), the query argument conf.query, the cookie
 -- conf.cookie; nil when none carries one. With conf.hide_credentials the header or query
 -- argument is removed from the request.
+-- "Bearer <token>" -> the token, or nil. Plain searches only: the value may be kilobytes long,
+-- and the gateway already removed the spaces around it.
+local function parse_bearer(v)
+    local sp = find(v, " ", 1, true)
+    if sp ~= 7 or lower(sub(v, 1, 6)) ~= "bearer" then return nil end
+    local i = 8
+    while byte(v, i) == 32 do i = i + 1 end
+    local token = sub(v, i)
+    if token == "" or find(token, " ", 1, true) or find(token, "\t", 1, true) then return nil end
+    return token
+end
+
 function M.read(conf)
     local req = pgw.req
     local v = req.get_header(conf.header)
     if v then
-        local scheme, token = v:match("^%s*(%S+)%s+(%S+)%s*$")
-        if scheme and lower(scheme) == "bearer" then
+        local token = parse_bearer(v)
+        if token then
             if conf.hide_credentials then req.clear_header(conf.header) end
             return token
         end

@@ -61,7 +61,7 @@ end
 -- After an unknown kid: fetch now, or wait for the fetch in flight. Returns whether the keys may
 -- have changed.
 local function refresh(name)
-    local go, busy = claim(name, true)
+    local go, busy = claim(name, true) -- never for a provider without a JWKS URL
     if go then
         return fetch(name)
     end
@@ -116,8 +116,7 @@ return {
         if token == nil then return end
         local name = conf.provider
         local claims, why, code = verify(name, token)
-        if not claims and (code == "unknown_kid" or code == "no_keys") and provider(name).jwks
-            and refresh(name) then
+        if not claims and (code == "unknown_kid" or code == "no_keys") and refresh(name) then
             claims, why, code = verify(name, token)
         end
         local addr = pgw.req.get_client_addr()
@@ -130,7 +129,11 @@ return {
             log.info("jwt: refused ", addr, ": provider ", name, ": ", why)
             return bearer.invalid(conf)
         end
-        local p = provider(name)
+        local p = conf.provider_settings -- fixed for the generation, like conf
+        if p == nil then
+            p = provider(name)
+            conf.provider_settings = p
+        end
         local ok, err = bearer.identify(conf, claims, p.consumer_claim, p.require_consumer)
         if not ok then
             log.info("jwt: refused ", addr, ": provider ", name, ": ", err)
