@@ -71,6 +71,7 @@ TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/genfiles.c \
                  gateway/jwt_provider.c $(CONFIG_SRCS)
 TEST_DEPS_json := gateway/util.c
 TEST_DEPS_jwt := gateway/util.c gateway/log.c $(GENFILES_SRCS) $(filter-out gateway/jwt.c,$(CONFIG_SRCS))
+build/test/jwt_test: TEST_LIBS += -ljwt
 
 build/test/%_test: spec/unit/%_test.c $(HDRS) $(SRCS) spec/support/test.h | build/test
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(or $(TEST_DEPS_$*),gateway/util.c) $(TEST_LIBS)

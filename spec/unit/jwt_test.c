@@ -9,6 +9,8 @@
 #include "../../gateway/jwt_provider.h"
 #include "../support/test.h"
 
+#include <jwt.h> /* libjwt, the oracle of test_libjwt_oracle */
+
 #include <openssl/ecdsa.h>
 #include <openssl/rsa.h>
 #include <stdarg.h>
@@ -529,6 +531,49 @@ static void test_every_alg(void)
         struct signer s = signer_for(alg);
         check_alg(alg, &s, ks);
     }
+}
+
+/* ---- libjwt as an oracle ---- */
+
+/* libjwt 1.10 (the library the design first named) on the same tokens: it agrees with us on
+ * genuine and tampered HS/RS/ES tokens, and accepts the key-confusion token we refuse when it
+ * is given the RSA public key's PEM, which is why every key here is pinned to one algorithm. */
+static int libjwt_accepts(const char *token, const unsigned char *key, size_t klen, jwt_alg_t *alg)
+{
+    jwt_t *j = NULL;
+    int r = jwt_decode(&j, token, key, (int)klen);
+    if (r == 0 && alg != NULL)
+        *alg = jwt_get_alg(j);
+    jwt_free(j);
+    return r == 0;
+}
+
+static void test_libjwt_oracle(void)
+{
+    static const int algs[] = {PGW_JWT_HS256, PGW_JWT_RS256, PGW_JWT_ES256, PGW_JWT_ES384};
+    for (size_t i = 0; i < PGW_ARRAY_LEN(algs); i++) {
+        int a = algs[i];
+        EVP_PKEY *pk = pkey_for(a);
+        const unsigned char *key = a == PGW_JWT_HS256 ? SECRET : (const unsigned char *)pub_pem(pk);
+        size_t klen = a == PGW_JWT_HS256 ? SECRET_LEN : strlen((const char *)key);
+        struct pgw_jwt_keyset *ks = ks_of(a, NULL, a == PGW_JWT_HS256 ? NULL : pk,
+                                          a == PGW_JWT_HS256 ? SECRET : NULL);
+        char *good = tok_for(a);
+        char *bad = keep(pgw_strndup(good, strlen(good)));
+        char *last = bad + strlen(bad) - 2; /* a signature byte, not the last character */
+        *last = *last == 'A' ? 'B' : 'A';
+        CHECK(libjwt_accepts(good, key, klen, NULL));
+        EXPECT_OK(vfy(ks, good));
+        CHECK(!libjwt_accepts(bad, key, klen, NULL));
+        EXPECT_REFUSED(vfy(ks, bad), PGW_JWT_INVALID);
+    }
+    const char *pem = pub_pem(rsa_a);
+    struct signer evil = {.alg = PGW_JWT_HS256, .secret = (const unsigned char *)pem, .slen = strlen(pem)};
+    char *confused = tok(&evil, hdr(PGW_JWT_HS256), pl_default());
+    jwt_alg_t got = JWT_ALG_NONE;
+    CHECK(libjwt_accepts(confused, (const unsigned char *)pem, strlen(pem), &got)); /* the pitfall */
+    CHECK(got == JWT_ALG_HS256);
+    EXPECT_REFUSED(vfy(ks_of(PGW_JWT_RS256, NULL, rsa_a, NULL), confused), PGW_JWT_INVALID);
 }
 
 /* ---- Algorithm pinning ---- */
@@ -2168,6 +2213,7 @@ int main(void)
     T(test_b64url);
     T(test_every_alg);
     T(test_alg_pinning);
+    T(test_libjwt_oracle);
     T(test_header_alg);
     T(test_header_typ);
     T(test_header_key_urls_ignored);
