@@ -8,7 +8,6 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -23,6 +22,7 @@ struct pgw_jwt_key {
     EVP_PKEY *pkey;         /* asymmetric algorithms */
     unsigned char *secret;  /* HS*: owned, cleansed on free */
     size_t secret_len;
+    EVP_MAC_CTX *mac;       /* HS*: HMAC keyed with secret, duplicated per verification */
 };
 
 struct pgw_jwt_keyset {
@@ -153,6 +153,7 @@ static void key_free(struct pgw_jwt_key *k)
     if (k == NULL)
         return;
     EVP_PKEY_free(k->pkey);
+    EVP_MAC_CTX_free(k->mac);
     if (k->secret != NULL)
         OPENSSL_cleanse(k->secret, k->secret_len);
     free(k->secret);
@@ -214,6 +215,15 @@ struct pgw_jwt_key *pgw_jwt_key_secret(int alg, const char *kid, const unsigned 
     k->secret = pgw_malloc(len);
     memcpy(k->secret, secret, len);
     k->secret_len = len;
+    /* keyed once: a verification duplicates the keyed state instead of hashing the key again */
+    EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    k->mac = hmac != NULL ? EVP_MAC_CTX_new(hmac) : NULL;
+    EVP_MAC_free(hmac);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)EVP_MD_get0_name(alg_md(alg)), 0),
+        OSSL_PARAM_construct_end(),
+    };
+    pgw_assert(k->mac != NULL && EVP_MAC_init(k->mac, k->secret, len, params) == 1);
     return k;
 }
 
@@ -485,9 +495,12 @@ static int verify_hmac(const struct pgw_jwt_key *k, const char *data, size_t len
                        const unsigned char *sig, size_t sig_len)
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned mac_len = 0;
-    if (HMAC(alg_md(k->alg), k->secret, (int)k->secret_len, (const unsigned char *)data, len, mac,
-             &mac_len) == NULL)
+    size_t mac_len = 0;
+    EVP_MAC_CTX *c = EVP_MAC_CTX_dup(k->mac);
+    int done = c != NULL && EVP_MAC_update(c, (const unsigned char *)data, len) == 1 &&
+               EVP_MAC_final(c, mac, &mac_len, sizeof(mac)) == 1;
+    EVP_MAC_CTX_free(c);
+    if (!done)
         return PGW_ERR;
     int ok = sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0; /* constant time */
     OPENSSL_cleanse(mac, sizeof(mac));

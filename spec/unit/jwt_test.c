@@ -12,6 +12,7 @@
 #include <jwt.h> /* libjwt, the oracle of test_libjwt_oracle */
 
 #include <openssl/ecdsa.h>
+#include <openssl/hmac.h>
 #include <openssl/rsa.h>
 #include <stdarg.h>
 #include <sys/stat.h>
