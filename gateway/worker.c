@@ -355,10 +355,10 @@ static int gen_policies(struct pgw_gen *g, const struct pgw_policy_bundle *b, ch
  * generation. */
 static void gen_install(const struct pgw_msg *m)
 {
-    /* "<file name>\0", u32 YAML length, YAML, u32 TLS files length, TLS files, bundle */
+    /* "<file name>\0", u32 YAML length, YAML, u32 files length, files (genfiles.h), bundle */
     const char *nul = memchr(m->payload, '\0', m->len);
-    const char *yaml = NULL, *tls = NULL;
-    uint32_t tl = 0, sl = 0;
+    const char *yaml = NULL, *files = NULL;
+    uint32_t tl = 0, fl = 0;
     size_t left = nul ? m->len - (size_t)(nul + 1 - m->payload) : 0;
     if (nul != NULL && left >= 4) {
         memcpy(&tl, nul + 1, 4);
@@ -366,13 +366,13 @@ static void gen_install(const struct pgw_msg *m)
         left -= 4;
     }
     if (yaml != NULL && left >= (size_t)tl + 4) {
-        memcpy(&sl, yaml + tl, 4);
-        tls = yaml + tl + 4;
+        memcpy(&fl, yaml + tl, 4);
+        files = yaml + tl + 4;
         left -= (size_t)tl + 4;
     }
     struct pgw_policy_bundle bundle;
-    if (tls == NULL || left < sl ||
-        pgw_policy_bundle_decode(tls + sl, left - sl, &bundle) != PGW_OK) {
+    if (files == NULL || left < fl ||
+        pgw_policy_bundle_decode(files + fl, left - fl, &bundle) != PGW_OK) {
         gen_refuse(m->arg, "malformed generation message", m->fds, m->nfds);
         return;
     }
@@ -392,8 +392,8 @@ static void gen_install(const struct pgw_msg *m)
     if (g != NULL && pgw_log_open(g->config) != PGW_OK)
         pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
     if (g != NULL &&
-        ((g->tls = pgw_tls_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL ||
-         (g->jwt = pgw_jwt_gen_new(g->config, tls, sl, errbuf, sizeof(errbuf))) == NULL)) {
+        ((g->tls = pgw_tls_gen_new(g->config, files, fl, errbuf, sizeof(errbuf))) == NULL ||
+         (g->jwt = pgw_jwt_gen_new(g->config, files, fl, errbuf, sizeof(errbuf))) == NULL)) {
         err = errbuf;
         pgw_gen_unref(g);
         g = NULL;

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import serialization
 from gw import BINARY, ERROR_LINE_RE, REPO, Client, config, listener, to_yaml, wait_for
 from harness import module_env
 from jwtfix import b64u, claims, encode_part, mint, raw_token, sign
-from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
+from policyfix import LUA_COPY, no_worker_crash, route, track, write_policies  # noqa: F401
 
 INVALID = 'Bearer realm="passerelle", error="invalid_token"'
 NO_TOKEN = 'Bearer realm="passerelle"'
@@ -69,18 +69,10 @@ JF_MIN_REFRESH = 2
 
 # ---- policies used by the suite ----
 
-COPY_LUA = """
-local function copy(v)
-    if type(v) ~= "table" then return v end
-    local out = {}
-    for k, x in pairs(v) do out[k] = copy(x) end
-    return out
-end
-"""
 
 CTXECHO = """
 local pgw = require "pgw"
-""" + COPY_LUA + """
+""" + LUA_COPY + """
 return {
     access = function(conf, req)
         local c = pgw.ctx()
@@ -95,7 +87,7 @@ return {
 
 JWTLUA = """
 local pgw = require "pgw"
-""" + COPY_LUA + """
+""" + LUA_COPY + """
 return {
     access = function(conf, req)
         local h = pgw.req.get_header

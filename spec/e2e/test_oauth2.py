@@ -45,7 +45,7 @@ import tlsfix
 from gw import BINARY, REPO, Client, Gateway, config, listener, to_yaml, wait_for
 from harness import ModuleEnv, stop_checked
 from introspect_stub import INACTIVE, HTTPSIntrospectStub, IntrospectStub, active
-from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
+from policyfix import LUA_COPY, no_worker_crash, route, track, write_policies  # noqa: F401
 from stubs import RefusingPort, Upstream
 
 RUN = secrets.token_hex(4)
@@ -67,13 +67,7 @@ TOKENS = []
 
 SHOWCTX = """
 local pgw = require "pgw"
-local function copy(v)
-    if type(v) ~= "table" then return v end
-    local out = {}
-    for k, x in pairs(v) do out[k] = copy(x) end
-    return out
-end
-return {
+""" + LUA_COPY + """return {
     access = function(conf, req)
         local c = pgw.ctx()
         pgw.req.set_header("X-Ctx", pgw.json.encode({

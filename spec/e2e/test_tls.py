@@ -35,7 +35,7 @@ import pytest
 import tlsfix
 from gw import BINARY, REPO, Client, config, listener, socket_owner, to_yaml, wait_for
 from httpio import Closed, pattern_body
-from policyfix import no_worker_crash, track, write_policies  # noqa: F401
+from policyfix import LUA_COPY, no_worker_crash, track, write_policies  # noqa: F401
 from tlsfix import TLSClient, handshake_error, https_get, s_client
 
 API = "api.example.com"
@@ -1100,13 +1100,7 @@ def test_pgw_http_over_https(make_gateway, make_stub, https_stub, certs, tmp_pat
 
 TLSINFO = """
 local pgw = require "pgw"
-local function copy(v)
-    if type(v) ~= "table" then return v end
-    local out = {}
-    for k, x in pairs(v) do out[k] = copy(x) end
-    return out
-end
-return {
+""" + LUA_COPY + """return {
     access = function(conf, req)
         local t = pgw.req.get_tls()
         if t then t = copy(t) else t = { none = true } end

@@ -19,6 +19,18 @@ CRASH_RE = re.compile(
 _tracked = []   # (gateway, error-log line count when tracked) of the current test
 
 
+# A Lua function for test policies that hand SDK tables back as JSON: a deep copy that sees
+# through read-only views (the policy's own pairs).
+LUA_COPY = """
+local function copy(v)
+    if type(v) ~= "table" then return v end
+    local out = {}
+    for k, x in pairs(v) do out[k] = copy(x) end
+    return out
+end
+"""
+
+
 def track(g):
     _tracked.append((g, len(g.error_lines())))
     return g
