@@ -4,6 +4,7 @@
  * generation's: a request, and a timer, use those of the generation its policy set belongs to.
  */
 #include "jwt_provider.h"
+#include "log.h"
 #include "lua.h"
 #include "lua_bridge.h"
 #include "policy.h"
@@ -15,12 +16,8 @@
 #define STAGES_VERIFY (PGW_STAGES_REQUEST | PGW_STAGE_TIMER)
 #define STAGES_JWKS (PGW_STAGES_REQUEST | PGW_STAGE_TIMER | PGW_STAGE_INIT_WORKER)
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+/* Monotonic seconds, from the clock the rest of the gateway uses. */
+static double mono_now(void) { return (double)pgw_now_us() / 1e6; }
 
 static double wall_now(void)
 {
