@@ -54,14 +54,15 @@ UNIT_TESTS  := $(patsubst spec/unit/%_test.c,build/test/%_test,$(wildcard spec/u
 
 # Extra sources each unit test links besides the module it #includes (default: util.c).
 # The configuration loader and what its sections use; genfiles.c with what it validates.
-CONFIG_SRCS := gateway/config.c gateway/config_tls.c gateway/config_jwt.c gateway/jwt.c \
+CONFIG_SRCS := gateway/config.c gateway/config_tls.c gateway/config_jwt.c gateway/config_ws.c gateway/jwt.c \
                gateway/json.c gateway/addr.c gateway/route.c gateway/yamltree.c
 GENFILES_SRCS := gateway/genfiles.c gateway/tls.c gateway/io.c gateway/jwt_provider.c
 TEST_DEPS_http     := gateway/util.c
 TEST_DEPS_addr     := gateway/util.c
 TEST_DEPS_route    := gateway/util.c
 TEST_DEPS_config   := gateway/util.c gateway/addr.c gateway/route.c gateway/yamltree.c \
-                      gateway/config_tls.c gateway/config_jwt.c gateway/jwt.c gateway/json.c
+                      gateway/config_tls.c gateway/config_jwt.c gateway/config_ws.c gateway/jwt.c \
+                      gateway/json.c
 TEST_DEPS_yamltree := gateway/util.c
 TEST_DEPS_pool     := gateway/util.c
 TEST_DEPS_control := gateway/util.c gateway/log.c

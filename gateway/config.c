@@ -789,6 +789,7 @@ static const struct field limit_fields[] = {
     FIELD(F_COUNT, struct pgw_config_limits, header_fields, 1, 10000),
     FIELD(F_SIZE, struct pgw_config_limits, body, 0, UINT64_MAX),
     FIELD(F_COUNT, struct pgw_config_limits, max_connections, 1, 1000000),
+    FIELD(F_SIZE, struct pgw_config_limits, websocket_buffer, 64 * KIB, 1ull << 40),
 };
 
 static void load_limits(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
@@ -1051,7 +1052,8 @@ static void load_route_listeners(struct pgw_cfg_ctx *x, const struct pgw_yaml_no
 static void load_route_target(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, const char *where,
                               struct pgw_config_route *r)
 {
-    static const char *const proxy_only[] = {"upstream", "preserve_host", "strip_prefix", NULL};
+    static const char *const proxy_only[] = {"upstream", "preserve_host", "strip_prefix",
+                                             "websocket", NULL};
     const struct pgw_yaml_node *v;
 
     if (r->type == PGW_ROUTE_STATUS) {
@@ -1067,6 +1069,8 @@ static void load_route_target(struct pgw_cfg_ctx *x, const struct pgw_yaml_node 
             pgw_cfg_err(x, r->line, where, "upstream", "route \"%s\": unknown upstream \"%s\"",
                  r->name ? r->name : "?", r->upstream);
     }
+    if ((v = pgw_cfg_map_get(n, "websocket")) != NULL)
+        pgw_cfg_load_route_websocket(x, v, where, r);
     if (r->strip_prefix && r->path != NULL && r->path_kind != PGW_PATH_PREFIX) {
         v = pgw_cfg_map_get(n, "strip_prefix");
         pgw_cfg_err(x, v->line, where, "strip_prefix",
@@ -1076,8 +1080,8 @@ static void load_route_target(struct pgw_cfg_ctx *x, const struct pgw_yaml_node 
 
 static void load_route(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, size_t i)
 {
-    static const char *const extras[] = {"name",     "type",     "listeners",
-                                         "match",    "upstream", "policies", NULL};
+    static const char *const extras[] = {"name",     "type",     "listeners", "match",
+                                         "upstream", "policies", "websocket", NULL};
     static const char *const types[] = {"proxy", "status", NULL};
     char where[32];
     const struct pgw_yaml_node *v;
@@ -1306,6 +1310,7 @@ static void set_defaults(struct pgw_config *c)
         .header_fields = 100,
         .body = 10 * KIB * KIB,
         .max_connections = 10000,
+        .websocket_buffer = 64 * KIB * KIB,
     };
     c->timeouts = (struct pgw_config_timeouts){
         .header = 10 * SEC, .body = 30 * SEC, .keepalive = 60 * SEC, .send = 30 * SEC,
@@ -1360,6 +1365,7 @@ static void config_free(struct pgw_config *c)
         free_strv(r->methods, r->num_methods);
         free(r->upstream);
         free_policies(&r->policies);
+        pgw_cfg_free_route_websocket(r);
     }
     free(c->routes);
     for (size_t i = 0; i < c->resolver.num_nameservers; i++)

@@ -91,6 +91,7 @@ struct pgw_config_limits {
     size_t header_fields;  /* default 100 */
     uint64_t body;         /* default 10m; 0 means no body allowed */
     size_t max_connections; /* per worker, default 10000 */
+    uint64_t websocket_buffer; /* per worker: WebSocket messages being assembled, default 64m */
 };
 
 /* all durations in milliseconds */
@@ -131,6 +132,15 @@ enum pgw_path_kind { PGW_PATH_EXACT = 0, PGW_PATH_TEMPLATE, PGW_PATH_PREFIX };
 
 enum pgw_route_type { PGW_ROUTE_PROXY = 0, PGW_ROUTE_STATUS };
 
+/* A route's `websocket:` (docs/websocket.md): `true` or a map of these. */
+struct pgw_config_websocket {
+    char **allowed_origins;    /* lower-cased origins; NULL: any Origin */
+    size_t num_allowed_origins;
+    uint64_t max_message;      /* bytes of one message, default 1m */
+    uint64_t idle_timeout;     /* ms without a frame either way, default 5m */
+    uint64_t close_timeout;    /* ms to wait for the other side's close, default 5s */
+};
+
 struct pgw_config_route {
     char *name;
     enum pgw_route_type type;  /* "proxy" (default) or "status" (liveness answer) */
@@ -148,6 +158,7 @@ struct pgw_config_route {
     int https_only;            /* plain requests: 308 to https (GET/HEAD) or 426 */
     int https_port;            /* the port of its first TLS listener (0: none), for the 308 */
     struct pgw_config_policies policies; /* in order, after the listener's */
+    struct pgw_config_websocket *websocket; /* NULL: not a WebSocket route */
     unsigned line;
 };
 

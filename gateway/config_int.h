@@ -71,4 +71,9 @@ void pgw_cfg_free_tls(struct pgw_config *c);
 void pgw_cfg_load_jwt_section(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n);
 void pgw_cfg_free_jwt(struct pgw_config *c);
 
+/* config_ws.c */
+void pgw_cfg_load_route_websocket(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v,
+                                  const char *where, struct pgw_config_route *r);
+void pgw_cfg_free_route_websocket(struct pgw_config_route *r);
+
 #endif

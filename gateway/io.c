@@ -100,6 +100,19 @@ void pgw_io_init(struct pgw_io *io, struct event_base *base, evutil_socket_t fd,
     pgw_assert(io->rev && io->wev && io->tev && io->in && io->out);
 }
 
+void pgw_io_rebind(struct pgw_io *io, event_callback_fn on_read, event_callback_fn on_write,
+                   event_callback_fn on_timer, void *arg)
+{
+    io->on_read = on_read;
+    io->on_write = on_write;
+    io->arg = arg;
+    struct event_base *base = event_get_base(io->tev);
+    event_del(io->tev);
+    event_assign(io->tev, base, -1, 0, on_timer, arg);
+    io->timer_at = 0;
+    pgw_io_timer_sync(io);
+}
+
 void pgw_io_clear(struct pgw_io *io)
 {
     int owns_fd = io->rev != NULL && io->fd >= 0; /* a zeroed io has fd 0 but owns nothing */

@@ -68,6 +68,9 @@ struct pgw_io {
 void pgw_io_init(struct pgw_io *io, struct event_base *base, evutil_socket_t fd,
                  event_callback_fn on_read, event_callback_fn on_write, event_callback_fn on_timer,
                  void *arg);
+/* Gives <io> other callbacks and argument (a connection changing owner); deadlines are kept. */
+void pgw_io_rebind(struct pgw_io *io, event_callback_fn on_read, event_callback_fn on_write,
+                   event_callback_fn on_timer, void *arg);
 /* Frees the events and buffers and closes the socket. Safe on a zeroed or cleared io. */
 void pgw_io_clear(struct pgw_io *io);
 

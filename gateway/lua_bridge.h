@@ -19,14 +19,22 @@
 #define PGW_STAGE_INIT_WORKER (1 << 6)
 #define PGW_STAGE_TIMER (1 << 7)
 #define PGW_STAGE_LOAD (1 << 8)
+/* WebSocket connections (docs/websocket.md): after the 101, per message, at the end. */
+#define PGW_STAGE_WS_CONNECT (1 << 9)
+#define PGW_STAGE_WS_MESSAGE (1 << 10)
+#define PGW_STAGE_WS_CLOSE (1 << 11)
+#define PGW_STAGES_WS (PGW_STAGE_WS_CONNECT | PGW_STAGE_WS_MESSAGE | PGW_STAGE_WS_CLOSE)
 
 #define PGW_STAGES_REQUEST                                                                         \
     (PGW_STAGE_REWRITE | PGW_STAGE_ACCESS | PGW_STAGE_HEADER_FILTER | PGW_STAGE_BODY_FILTER |     \
      PGW_STAGE_LOG)
 #define PGW_STAGES_ANY                                                                             \
-    (PGW_STAGES_REQUEST | PGW_STAGE_INIT_WORKER | PGW_STAGE_TIMER | PGW_STAGE_LOAD)
+    (PGW_STAGES_REQUEST | PGW_STAGE_INIT_WORKER | PGW_STAGE_TIMER | PGW_STAGE_LOAD |              \
+     PGW_STAGES_WS)
 /* Where a bridge function may wait (yield). */
-#define PGW_STAGES_WAIT (PGW_STAGE_REWRITE | PGW_STAGE_ACCESS | PGW_STAGE_TIMER)
+#define PGW_STAGES_WAIT                                                                            \
+    (PGW_STAGE_REWRITE | PGW_STAGE_ACCESS | PGW_STAGE_TIMER | PGW_STAGE_WS_CONNECT |              \
+     PGW_STAGE_WS_MESSAGE)
 
 struct pgw_req;
 struct pgw_task;
@@ -111,6 +119,7 @@ void pgw_lua_open_http(lua_State *L);  /* lua_http.c: http */
 void pgw_lua_open_store(lua_State *L); /* lua_store.c: store */
 void pgw_lua_open_ip(lua_State *L);    /* lua_ip.c: ip */
 void pgw_lua_open_jwt(lua_State *L);   /* lua_jwt.c: jwt */
+void pgw_lua_open_ws(lua_State *L);    /* lua_ws.c: ws */
 
 /* Pushes the value of the JSON text <s,len> as pgw.json.decode would (PGW_OK), or pushes nothing
  * (PGW_ERR) when it is not valid JSON. May raise (memory, the CPU guard). */

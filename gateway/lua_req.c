@@ -831,8 +831,11 @@ static int l_exit(lua_State *L)
 
 static int l_ctx(lua_State *L)
 {
-    struct pgw_req *req = cur_req(L, "pgw.ctx", REQ_READ);
-    struct pgw_task *t = req->lua;
+    struct pgw_task *t;
+    if (pgw_bridge_check(L, "pgw.ctx", REQ_READ | PGW_STAGES_WS) & PGW_STAGES_WS)
+        t = pgw_bridge_current()->task; /* the WebSocket connection's */
+    else
+        t = cur_req(L, "pgw.ctx", REQ_READ)->lua;
     if (t->ctx_ref == LUA_NOREF) {
         lua_newtable(L);
         lua_pushvalue(L, -1);

@@ -4,6 +4,8 @@
 #include "lua_task.h"
 #include "log.h"
 #include "server.h"
+#include "ws.h"
+#include "wsproxy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,9 @@ const char *pgw_bridge_stage_name(unsigned stage)
     case PGW_STAGE_INIT_WORKER: return "init_worker";
     case PGW_STAGE_TIMER: return "timer";
     case PGW_STAGE_LOAD: return "load";
+    case PGW_STAGE_WS_CONNECT: return "ws_connect";
+    case PGW_STAGE_WS_MESSAGE: return "ws_message";
+    case PGW_STAGE_WS_CLOSE: return "ws_close";
     case 0: return "none";
     default: return pgw_stage_name((enum pgw_stage)stage);
     }
@@ -69,6 +74,7 @@ static int open_core(lua_State *L)
     pgw_lua_open_store(L);
     pgw_lua_open_ip(L);
     pgw_lua_open_jwt(L);
+    pgw_lua_open_ws(L);
     lua_setfield(L, -2, "pgw.core");
     return 0;
 }
@@ -174,9 +180,9 @@ void pgw_bridge_wake(struct pgw_wait *w, int nres)
 
 /* ---- Tasks ---- */
 
-static const unsigned stage_bits[PGW_PS_COUNT] = {PGW_STAGE_REWRITE, PGW_STAGE_ACCESS,
-                                                  PGW_STAGE_HEADER_FILTER,
-                                                  PGW_STAGE_BODY_FILTER, PGW_STAGE_LOG};
+static const unsigned stage_bits[PGW_PS_COUNT] = {
+    PGW_STAGE_REWRITE,    PGW_STAGE_ACCESS,     PGW_STAGE_HEADER_FILTER, PGW_STAGE_BODY_FILTER,
+    PGW_STAGE_LOG,        PGW_STAGE_WS_CONNECT, PGW_STAGE_WS_MESSAGE,    PGW_STAGE_WS_CLOSE};
 
 static int stage_index(unsigned stage)
 {
@@ -287,8 +293,16 @@ static int push_next(struct pgw_task *t)
         lua_settop(co, 0);
         lua_rawgeti(co, LUA_REGISTRYINDEX, fn);
         lua_rawgeti(co, LUA_REGISTRYINDEX, en->conf);
-        pgw_task_push_handle(t, co);
         int nargs = 2;
+        if (t->stage_idx >= PGW_PS_WS_CONNECT) { /* (conf), (conf, msg), (conf, info) */
+            nargs = 1;
+            if (t->stage_idx != PGW_PS_WS_CONNECT) {
+                lua_rawgeti(co, LUA_REGISTRYINDEX, t->chunk_ref);
+                nargs = 2;
+            }
+        } else {
+            pgw_task_push_handle(t, co);
+        }
         if (t->stage_idx == PGW_PS_BODY_FILTER) {
             lua_rawgeti(co, LUA_REGISTRYINDEX, t->chunk_ref);
             lua_pushboolean(co, t->run.stage_eof);
@@ -329,11 +343,13 @@ static int task_step(struct pgw_task *t, int nres)
         }
         nres = -1;
         int rc = task_resume(t, nargs);
-        if (rc == PGW_ERR && t->stage_idx == PGW_PS_LOG)
+        if (rc == PGW_ERR && (t->stage_idx == PGW_PS_LOG || t->stage_idx == PGW_PS_WS_CLOSE))
             continue; /* logged; the other policies still log */
         if (rc != PGW_OK)
             return rc;
         take_results(t);
+        if (t->ws_stop)
+            return PGW_DONE; /* pgw.ws.drop / pgw.ws.close: the chain stops here */
     }
 }
 
@@ -544,6 +560,192 @@ void pgw_task_free(struct pgw_task *t)
         t->wait = NULL;
         w->cancel(w);
     }
+    task_drop_co(t);
+    free(t);
+}
+
+/* ---- WebSocket tasks ---- */
+
+static void ws_task_done(struct pgw_task *t, int rc) { pgw_ws_task_done(t->ws, rc); }
+
+struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunnel)
+{
+    const struct pgw_policy_chain *chains[2];
+    size_t n = pgw_task_chains(req, PGW_STAGES_WS, chains);
+    if (n == 0)
+        return NULL;
+    struct pgw_task *t = pgw_calloc(1, sizeof(*t));
+    t->lua = req->gen->policies->lua;
+    t->co_ref = t->ctx_ref = t->handle_ref = t->chunk_ref = LUA_NOREF;
+    t->ws = tunnel;
+    t->done = ws_task_done;
+    memcpy(t->ws_chains, chains, sizeof(chains));
+    t->ws_num_chains = n;
+    t->run.task = t;
+    t->run.gen = req->gen;
+    t->run.set = req->gen->policies;
+    if (req->lua != NULL) { /* pgw.ctx() of the handshake becomes the connection's */
+        t->ctx_ref = req->lua->ctx_ref;
+        req->lua->ctx_ref = LUA_NOREF;
+    }
+    return t;
+}
+
+int pgw_task_ws_has(const struct pgw_task *t, unsigned stage)
+{
+    for (size_t i = 0; i < t->ws_num_chains; i++)
+        if (t->ws_chains[i]->stages & stage)
+            return 1;
+    return 0;
+}
+
+/* Runs the chains' functions of <stage> (the argument table, if any, in t->chunk_ref). */
+static int ws_run(struct pgw_task *t, unsigned stage)
+{
+    t->num_chains = 0;
+    for (size_t i = 0; i < t->ws_num_chains; i++)
+        if (t->ws_chains[i]->stages & stage)
+            t->chains[t->num_chains++] = t->ws_chains[i];
+    if (t->num_chains == 0)
+        return PGW_OK;
+    t->ci = t->ei = 0;
+    t->stage_idx = stage_index(stage);
+    t->run.stage = stage;
+    t->ws_stop = 0;
+    return task_step(t, -1);
+}
+
+int pgw_task_ws_connect(struct pgw_task *t) { return ws_run(t, PGW_STAGE_WS_CONNECT); }
+
+struct ws_msg_args {
+    int inbound;
+    unsigned opcode;
+    const char *data;
+    size_t len;
+    int ref;
+};
+
+static int ws_msg_table(lua_State *L)
+{
+    struct ws_msg_args *a = lua_touserdata(L, 1);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, a->inbound ? "inbound" : "outbound");
+    lua_setfield(L, -2, "direction");
+    lua_pushstring(L, a->opcode == PGW_WS_OP_BINARY ? "binary" : "text");
+    lua_setfield(L, -2, "opcode");
+    lua_pushlstring(L, a->data, a->len);
+    lua_setfield(L, -2, "data");
+    a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const char *data,
+                        size_t len)
+{
+    lua_State *L = pgw_lua_state(t->lua);
+    struct ws_msg_args a = {inbound, opcode, data, len, LUA_NOREF};
+    if (lua_cpcall(L, ws_msg_table, &a) != 0) {
+        lua_settop(L, 0);
+        pgw_log_error("websocket: ws_message: a %zu-byte message does not fit in the Lua "
+                      "memory cap", len);
+        return PGW_ERR;
+    }
+    pgw_lua_unref(t->lua, t->chunk_ref);
+    t->chunk_ref = a.ref;
+    t->ws_inbound = inbound ? 1 : 0;
+    return ws_run(t, PGW_STAGE_WS_MESSAGE);
+}
+
+int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, size_t *len)
+{
+    lua_State *L = pgw_lua_state(t->lua);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->chunk_ref);
+    lua_getfield(L, -1, "opcode");
+    const char *op = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    int binary = strcmp(op, "binary") == 0;
+    int ok = binary || strcmp(op, "text") == 0;
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "data");
+    ok = ok && lua_type(L, -1) == LUA_TSTRING;
+    *data = ok ? lua_tolstring(L, -1, len) : NULL; /* kept alive by the table's ref */
+    lua_pop(L, 2);
+    if (!ok) {
+        pgw_log_error("websocket: ws_message: msg.opcode must be \"text\" or \"binary\" and "
+                      "msg.data a string");
+        return PGW_ERR;
+    }
+    *opcode = binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT;
+    struct pgw_utf8 u;
+    pgw_utf8_init(&u);
+    if (!binary && (pgw_utf8_feed(&u, (const uint8_t *)*data, *len) != PGW_OK ||
+                    !pgw_utf8_complete(&u))) {
+        pgw_log_error("websocket: ws_message: a text message set by a policy is not UTF-8");
+        return PGW_ERR;
+    }
+    return PGW_OK;
+}
+
+static int ws_info_table(lua_State *L)
+{
+    const struct pgw_ws_close_info *in = lua_touserdata(L, 1);
+    lua_createtable(L, 0, 9);
+    lua_pushinteger(L, in->code);
+    lua_setfield(L, -2, "code");
+    lua_pushlstring(L, in->reason, in->reason_len);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, in->by);
+    lua_setfield(L, -2, "by");
+    lua_pushnumber(L, in->duration);
+    lua_setfield(L, -2, "duration");
+    lua_pushnumber(L, (lua_Number)in->messages_in);
+    lua_setfield(L, -2, "messages_in");
+    lua_pushnumber(L, (lua_Number)in->messages_out);
+    lua_setfield(L, -2, "messages_out");
+    lua_pushnumber(L, (lua_Number)in->bytes_in);
+    lua_setfield(L, -2, "bytes_in");
+    lua_pushnumber(L, (lua_Number)in->bytes_out);
+    lua_setfield(L, -2, "bytes_out");
+    lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+    return 1;
+}
+
+void pgw_task_ws_close(struct pgw_task *t, const struct pgw_ws_close_info *info)
+{
+    if (t->wait != NULL) { /* a run that waited will never be resumed */
+        struct pgw_wait *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
+    }
+    if (!pgw_task_ws_has(t, PGW_STAGE_WS_CLOSE))
+        return;
+    lua_State *L = pgw_lua_state(t->lua);
+    lua_pushcfunction(L, ws_info_table);
+    lua_pushlightuserdata(L, (void *)info);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        lua_settop(L, 0);
+        pgw_log_error("websocket: ws_close: out of Lua memory");
+        return;
+    }
+    int ref = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    pgw_lua_unref(t->lua, t->chunk_ref);
+    t->chunk_ref = ref;
+    if (ws_run(t, PGW_STAGE_WS_CLOSE) == PGW_AGAIN) /* cannot happen: nothing waits there */
+        pgw_log_error("websocket: ws_close: a policy waited");
+}
+
+void pgw_task_ws_free(struct pgw_task *t)
+{
+    if (t == NULL)
+        return;
+    if (t->wait != NULL) {
+        struct pgw_wait *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
+    }
+    pgw_lua_unref(t->lua, t->ctx_ref);
+    pgw_lua_unref(t->lua, t->chunk_ref);
+    task_release_co(t);
     task_drop_co(t);
     free(t);
 }

@@ -13,6 +13,7 @@
 #include "policy.h"
 
 struct pgw_http_header;
+struct pgw_ws_tunnel;
 
 /* What pgw.exit() decided. */
 struct pgw_exit {
@@ -44,6 +45,12 @@ struct pgw_task {
     int chunk_changed;
     /* timers */
     struct pgw_timer *timer;
+    /* WebSocket connections: the tunnel, the chains of its connection, the current message */
+    struct pgw_ws_tunnel *ws;
+    const struct pgw_policy_chain *ws_chains[2];
+    size_t ws_num_chains;
+    unsigned ws_stop : 1;         /* pgw.ws.drop or pgw.ws.close: the chain stops */
+    unsigned ws_inbound : 1;      /* the message being run comes from the client */
 };
 
 /* The Lua state of this worker (NULL before the first generation with policies). */
@@ -86,5 +93,35 @@ void pgw_task_free(struct pgw_task *t);
 /* Resumes <t> with the function and <nargs> arguments already on t->co. Returns like
  * pgw_lua_resume; an error is logged with the task's policy and stage. */
 int pgw_task_start(struct pgw_task *t, int nargs);
+
+/* ---- WebSocket connections (wsproxy.c) ----
+ * A connection's task is heap-allocated at the upgrade and owned by its tunnel: it takes over
+ * the handshake request's pgw.ctx table and runs ws_connect, ws_message and ws_close of the
+ * listener's and the route's chains. Runs return like request stages: PGW_OK, PGW_DONE (the
+ * chain stopped: pgw.ws.drop or pgw.ws.close), PGW_AGAIN (it waits: pgw_ws_task_done() follows),
+ * PGW_ERR (a policy failed; logged). */
+
+struct pgw_ws_close_info {
+    int code;                /* 1005: no code given; 1006: a side dropped */
+    const char *by;          /* "client", "upstream" or "gateway" */
+    const char *reason;
+    size_t reason_len;
+    double duration;         /* seconds */
+    uint64_t messages_in, messages_out, bytes_in, bytes_out;
+};
+
+/* NULL when no chain of the connection has a ws_* stage (nothing to run). */
+struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunnel);
+int pgw_task_ws_has(const struct pgw_task *t, unsigned stage);
+int pgw_task_ws_connect(struct pgw_task *t);
+/* <opcode>: PGW_WS_OP_TEXT or BINARY; <data> is copied. */
+int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const char *data,
+                        size_t len);
+/* The message after the chain (msg.opcode, msg.data); <data> lives until the next run. PGW_ERR
+ * (logged) when the policies left something that cannot be sent. */
+int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, size_t *len);
+/* ws_close: errors are logged only; it cannot wait. */
+void pgw_task_ws_close(struct pgw_task *t, const struct pgw_ws_close_info *info);
+void pgw_task_ws_free(struct pgw_task *t);
 
 #endif

@@ -414,9 +414,9 @@ static void load_bundle(struct build *b, const struct pgw_policy_bundle *bundle)
 
 static unsigned stage_bit(int i)
 {
-    static const unsigned bits[PGW_PS_COUNT] = {PGW_STAGE_REWRITE, PGW_STAGE_ACCESS,
-                                                PGW_STAGE_HEADER_FILTER, PGW_STAGE_BODY_FILTER,
-                                                PGW_STAGE_LOG};
+    static const unsigned bits[PGW_PS_COUNT] = {
+        PGW_STAGE_REWRITE,    PGW_STAGE_ACCESS,     PGW_STAGE_HEADER_FILTER, PGW_STAGE_BODY_FILTER,
+        PGW_STAGE_LOG,        PGW_STAGE_WS_CONNECT, PGW_STAGE_WS_MESSAGE,    PGW_STAGE_WS_CLOSE};
     return bits[i];
 }
 

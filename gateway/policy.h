@@ -51,6 +51,9 @@ enum pgw_policy_stage_idx {
     PGW_PS_HEADER_FILTER,
     PGW_PS_BODY_FILTER,
     PGW_PS_LOG,
+    PGW_PS_WS_CONNECT,
+    PGW_PS_WS_MESSAGE,
+    PGW_PS_WS_CLOSE,
     PGW_PS_COUNT
 };
 

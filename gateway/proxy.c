@@ -13,6 +13,7 @@
 #include "log.h"
 #include "out.h"
 #include "tls.h"
+#include "wsproxy.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -625,6 +626,8 @@ static int drop_request_field(const struct pgw_http_header *f, int keep_forwarde
     if (!keep_forwarded &&
         (PGW_IEQ_LIT(n, l, "x-forwarded-proto") || PGW_IEQ_LIT(n, l, "x-forwarded-host")))
         return 1;
+    if (pgw_ws_drop_request_field(n, l))
+        return 1; /* no extension is negotiated: the gateway reads every frame */
     return pgw_http_conn_names_has(cn, n, l);
 }
 
@@ -736,7 +739,9 @@ static void build_head(struct pgw_proxy *px)
     } else if (req->h.body == PGW_HTTP_BODY_CHUNKED) {
         PGW_OUT_LIT(&w, "Transfer-Encoding: chunked\r\n");
     }
-    if (uconf->keepalive == 0)
+    if (req->ws_handshake)
+        pgw_ws_handshake_fields(&w);
+    else if (uconf->keepalive == 0)
         PGW_OUT_LIT(&w, "Connection: close\r\n");
     PGW_OUT_LIT(&w, "\r\n");
     px->head = buf;
@@ -876,6 +881,26 @@ static int relay_body(struct pgw_proxy *px)
     }
 }
 
+/* A 101: a WebSocket tunnel opens when it answers the handshake properly, else 502. */
+static int upgrade(struct pgw_proxy *px, size_t head_len)
+{
+    struct pgw_req *req = px->req;
+    const char *why = pgw_ws_upgrade_check(req, &px->resp);
+    if (why != NULL) {
+        px->reusable = 0;
+        attempt_failed(px, FAIL_PROTOCOL, why);
+        return PGW_DONE;
+    }
+    struct pgw_upstream_conn *uc = px->uc;
+    req->upstream_status = 101;
+    req->upstream_us = pgw_now_us() - px->attempt_start_us;
+    target_succeeded(px->t);
+    px->uc = NULL; /* the tunnel's now */
+    uc->px = NULL;
+    pgw_ws_tunnel_open(req, &px->resp, head_len, uc, &uc->io); /* req and px are gone after */
+    return PGW_DONE;
+}
+
 /* Parses the response head. Returns PGW_OK when the head was relayed, PGW_AGAIN for more
  * input, PGW_DONE when the request ended. */
 static int handle_head(struct pgw_proxy *px)
@@ -895,10 +920,8 @@ static int handle_head(struct pgw_proxy *px)
             return PGW_DONE;
         }
         if (px->resp.status >= 100 && px->resp.status < 200) {
-            if (px->resp.status == 101) {
-                attempt_failed(px, FAIL_PROTOCOL, "101 Switching Protocols on a plain route");
-                return PGW_DONE;
-            }
+            if (px->resp.status == 101)
+                return upgrade(px, (size_t)r);
             evbuffer_drain(in, (size_t)r); /* interim answers are ours to absorb */
             continue;
         }
@@ -1146,6 +1169,24 @@ static void attempt_failed(struct pgw_proxy *px, enum fail_kind kind, const char
 }
 
 /* ---- Start ---- */
+
+/* ---- Upstream connections handed to a WebSocket tunnel ---- */
+
+void pgw_proxy_upstream_adopt(struct pgw_upstream_conn *uc, event_callback_fn on_read,
+                              event_callback_fn on_write, event_callback_fn on_timer, void *arg)
+{
+    pgw_io_rebind(&uc->io, on_read, on_write, on_timer, arg);
+}
+
+void pgw_proxy_upstream_free(struct pgw_upstream_conn *uc)
+{
+    uc_free(uc);
+}
+
+const char *pgw_proxy_upstream_label(const struct pgw_upstream_conn *uc)
+{
+    return uc->t->label;
+}
 
 void pgw_proxy_start(struct pgw_req *req)
 {

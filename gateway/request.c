@@ -9,6 +9,7 @@
 #include "proxy.h"
 #include "server.h"
 #include "tls.h"
+#include "wsproxy.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -336,7 +337,7 @@ static int req_route(struct pgw_req *req)
         respond_https_only(req);
         return 0;
     }
-    return 1;
+    return pgw_ws_handshake_check(req);
 }
 
 static void respond_status(struct pgw_req *req);
@@ -424,7 +425,8 @@ static void respond(struct pgw_req *req, int status, const char *body, size_t bo
     req_finish(req);
 }
 
-void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close)
+static void respond_error(struct pgw_req *req, int status, const char *termination, int close,
+                          const char *extra, size_t extra_len)
 {
     if (req->resp_started) { /* too late for an answer: the client sees a cut response */
         pgw_req_abort(req, termination);
@@ -434,7 +436,18 @@ void pgw_req_respond_error(struct pgw_req *req, int status, const char *terminat
     char body[160];
     int n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
                      status, pgw_http_reason(status), req->id);
-    respond(req, status, body, (size_t)n, close, NULL, 0);
+    respond(req, status, body, (size_t)n, close, extra, extra_len);
+}
+
+void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close)
+{
+    respond_error(req, status, termination, close, NULL, 0);
+}
+
+void pgw_req_respond_error_extra(struct pgw_req *req, int status, const char *termination,
+                                 const char *extra, size_t extra_len)
+{
+    respond_error(req, status, termination, 1, extra, extra_len);
 }
 
 /* The answer pgw.exit() decided: header_filter and body_filter of every policy run on it. */
@@ -901,6 +914,15 @@ void pgw_req_send_end(struct pgw_req *req)
     req_finish(req);
 }
 
+void pgw_req_finish_upgraded(struct pgw_req *req)
+{
+    req->status = 101;
+    req->termination = "upgraded";
+    req->resp_started = req->resp_done = 1;
+    req->keep_alive = 0;
+    req_finish(req);
+}
+
 void pgw_req_abort(struct pgw_req *req, const char *termination)
 {
     if (req->finished)
@@ -955,6 +977,12 @@ static void req_finish(struct pgw_req *req)
     if (req->gen->policies != NULL)
         pgw_task_run_request_stage(req, PGW_STAGE_LOG, 0, 0); /* errors are logged only */
     access_log_write(req);
+    if (c->ws != NULL) { /* upgraded: the connection now carries the tunnel */
+        c->req = NULL;
+        pgw_pool_clear(c->pool);
+        c->state = PGW_CONN_WS;
+        return;
+    }
     int keep = req->keep_alive && req->body_done && req->resp_done && !c->client_eof &&
                !pgw_worker.stopping;
     /* Unread input (a body we did not read, pipelined bytes behind an error) must be read and

@@ -7,6 +7,7 @@
 #include "proxy.h"
 #include "tls.h"
 #include "jwt_provider.h"
+#include "wsproxy.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -76,6 +77,7 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg);
 
 static void conn_free(struct pgw_conn *c)
 {
+    pgw_ws_tunnel_free(c->ws); /* before the generation goes: it runs on its policies */
     pgw_pool_free(c->pool); /* runs the request's cleanups: upstream lease, timers */
     pgw_io_clear(&c->io);
     pgw_gen_unref(c->gen);
@@ -483,6 +485,10 @@ static void on_client_read(evutil_socket_t fd, short what, void *arg)
     struct pgw_conn *c = arg;
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
+    if (c->ws != NULL) {
+        pgw_ws_on_client_read(c->ws);
+        return;
+    }
     pgw_conn_enter(c);
     conn_read(c);
     pgw_conn_leave(c);
@@ -493,6 +499,10 @@ static void on_client_write(evutil_socket_t fd, short what, void *arg)
     struct pgw_conn *c = arg;
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
+    if (c->ws != NULL) {
+        pgw_ws_on_client_write(c->ws);
+        return;
+    }
     pgw_conn_enter(c);
     if (conn_in_tls_start(c)) {
         conn_tls_step(c);
@@ -516,6 +526,10 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
     struct pgw_conn *c = arg;
     PGW_UNUSED(fd);
     PGW_UNUSED(what);
+    if (c->ws != NULL) {
+        pgw_ws_on_client_timer(c->ws);
+        return;
+    }
     int expired = pgw_io_timer_fired(&c->io);
     if (expired == 0)
         return;
@@ -563,6 +577,21 @@ void pgw_conns_follow_gen(void)
             pgw_conn_close(c, NULL);
         c = next;
     }
+}
+
+size_t pgw_conns_ws_shutdown(void)
+{
+    size_t n = 0;
+    for (struct pgw_conn *c = pgw_worker.conns; c != NULL; c = c->next)
+        n += c->ws != NULL;
+    struct pgw_conn *c = pgw_worker.conns;
+    while (c != NULL) { /* a tunnel may end at once and free its connection: walk ahead */
+        struct pgw_conn *next = c->next;
+        if (c->ws != NULL)
+            pgw_ws_tunnel_shutdown(c->ws);
+        c = next;
+    }
+    return n;
 }
 
 void pgw_conns_close_all(const char *termination)

@@ -31,6 +31,7 @@ struct pgw_policy_set;
 struct pgw_task;
 struct pgw_tls_gen;
 struct pgw_jwt_gen;
+struct pgw_ws_tunnel;
 
 /* "host:port" of an upstream target: a 253-byte name, brackets, ":65535" and the NUL. */
 #define PGW_UPSTREAM_LABEL_MAX 264
@@ -94,7 +95,8 @@ enum pgw_conn_state {
     PGW_CONN_IDLE,               /* keep-alive, between requests */
     PGW_CONN_HEAD,               /* a request head is arriving */
     PGW_CONN_ACTIVE,             /* a request is being handled */
-    PGW_CONN_CLOSING             /* flushing a last response, then close */
+    PGW_CONN_CLOSING,            /* flushing a last response, then close */
+    PGW_CONN_WS                  /* a WebSocket tunnel (c->ws, wsproxy.c) */
 };
 
 struct pgw_conn {
@@ -109,6 +111,7 @@ struct pgw_conn {
     char client_str[PGW_ADDR_STRLEN];
     struct pgw_pool *pool; /* the current request's; reused across keep-alive requests */
     struct pgw_req *req;   /* in flight, or NULL */
+    struct pgw_ws_tunnel *ws; /* state WS: the tunnel, owned (wsproxy.h) */
     unsigned requests;
     unsigned in_handler;       /* callback nesting: defer the free */
     unsigned peer_trusted : 1; /* peer is in real_ip.trusted */
@@ -137,6 +140,7 @@ struct pgw_req {
     char id[33];
     size_t id_len;
     unsigned id_from_client : 1;
+    unsigned ws_handshake : 1;        /* a valid WebSocket handshake on a WebSocket route */
     /* client body */
     uint64_t body_left;               /* Content-Length bytes still to read */
     struct pgw_http_chunked chunked;  /* chunked request body decoder */
@@ -189,6 +193,12 @@ struct pgw_req {
  * goes to the access log. Closes the connection after the answer when <close> is set (parse
  * errors, timeouts, requests whose body was not read). The request finishes. */
 void pgw_req_respond_error(struct pgw_req *req, int status, const char *termination, int close);
+/* Same, closing, with <extra> ("Name: value\r\n" lines) in the head. */
+void pgw_req_respond_error_extra(struct pgw_req *req, int status, const char *termination,
+                                 const char *extra, size_t extra_len);
+/* wsproxy.c: the 101 was queued and c->ws is set: the handshake request finishes (log stage,
+ * access log) and the connection becomes a tunnel. */
+void pgw_req_finish_upgraded(struct pgw_req *req);
 
 /* Queues the response head for <resp> (from the upstream) to the client, after removing
  * hop-by-hop fields, running the header_filter policies and adding the gateway's fields. <body>
@@ -274,6 +284,8 @@ void pgw_conns_close_idle(void);
 /* server.c: after a generation swap: idle keep-alive connections move to the new generation at
  * once (the others do between requests), and those whose listener is gone are closed. */
 void pgw_conns_follow_gen(void);
+/* server.c: graceful stop at its deadline: open WebSockets get close 1001. Returns how many. */
+size_t pgw_conns_ws_shutdown(void);
 /* server.c: closes every connection, aborting requests in flight. */
 void pgw_conns_close_all(const char *termination);
 

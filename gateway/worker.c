@@ -479,6 +479,9 @@ static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
 
 static struct event *stop_timer;
 static uint64_t stop_deadline;
+static int ws_shut; /* open WebSockets were sent close 1001 at the drain deadline */
+
+#define WS_SHUTDOWN_GRACE_MS 1000 /* for their close handshakes after that */
 
 static void on_stop_check(evutil_socket_t fd, short what, void *arg)
 {
@@ -487,6 +490,11 @@ static void on_stop_check(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(arg);
     /* Requests that end meanwhile close their connection (stopping forbids keep-alive). */
     pgw_conns_close_idle();
+    if (!ws_shut && pgw_worker.num_conns > 0 && pgw_now_ms() >= stop_deadline) {
+        ws_shut = 1;
+        if (pgw_conns_ws_shutdown() > 0)
+            stop_deadline = pgw_now_ms() + WS_SHUTDOWN_GRACE_MS;
+    }
     if (pgw_worker.num_conns == 0 || pgw_now_ms() >= stop_deadline) {
         if (pgw_worker.num_conns > 0)
             pgw_log_warn("worker %d: drain time over, closing %zu connection(s)", (int)getpid(),

@@ -29,7 +29,7 @@ end
 local query = require "pgw.internal.query"
 
 for _, name in ipairs({ "resp", "log", "json", "time", "base64", "crypto", "cache", "timer",
-                        "http", "store", "keys", "ip", "jwt" }) do
+                        "http", "store", "keys", "ip", "jwt", "ws" }) do
     pgw[name] = core[name]
 end
 pgw.exit, pgw.ctx, pgw.const_eq, pgw.sleep = core.exit, core.ctx, core.const_eq, core.sleep

@@ -25,7 +25,8 @@ local M = {}
 -- Stages: all. Yields: no.
 -- Returns: the stage names, in pipeline order, that a policy table may define.
 -- Example: for _, s in ipairs(pgw.policy.STAGES) do ... end
-M.STAGES = { "init_worker", "rewrite", "access", "header_filter", "body_filter", "log" }
+M.STAGES = { "init_worker", "rewrite", "access", "header_filter", "body_filter", "log",
+             "ws_connect", "ws_message", "ws_close" }
 
 -- pgw.policy.check(tbl)
 -- Syntax: ok, err = pgw.policy.check(tbl)

@@ -89,11 +89,13 @@ function M.plans(json_text, readonly)
     return readonly(out)
 end
 
--- stages(tbl) -> rewrite, access, header_filter, body_filter, log, init_worker (functions or
--- nil), read raw so that no metamethod of the policy runs.
+-- stages(tbl) -> rewrite, access, header_filter, body_filter, log, ws_connect, ws_message,
+-- ws_close, init_worker (functions or nil; the order of enum pgw_policy_stage_idx), read raw so
+-- that no metamethod of the policy runs.
 function M.stages(tbl)
     return rawget(tbl, "rewrite"), rawget(tbl, "access"), rawget(tbl, "header_filter"),
-        rawget(tbl, "body_filter"), rawget(tbl, "log"), rawget(tbl, "init_worker")
+        rawget(tbl, "body_filter"), rawget(tbl, "log"), rawget(tbl, "ws_connect"),
+        rawget(tbl, "ws_message"), rawget(tbl, "ws_close"), rawget(tbl, "init_worker")
 end
 
 return M
