@@ -977,9 +977,10 @@ static void req_finish(struct pgw_req *req)
     if (req->gen->policies != NULL)
         pgw_task_run_request_stage(req, PGW_STAGE_LOG, 0, 0); /* errors are logged only */
     access_log_write(req);
-    if (c->ws != NULL) { /* upgraded: the connection now carries the tunnel */
+    if (c->ws != NULL) { /* upgraded: the connection now carries the tunnel, and no request */
         c->req = NULL;
-        pgw_pool_clear(c->pool);
+        pgw_pool_free(c->pool); /* 4 KiB less per open WebSocket */
+        c->pool = NULL;
         c->state = PGW_CONN_WS;
         return;
     }

@@ -37,6 +37,7 @@ struct side {
     unsigned close_rcvd : 1;   /* its close frame arrived (or it cannot send one any more) */
     unsigned close_sent : 1;   /* we queued a close frame to it */
     unsigned gone : 1;         /* its TCP connection ended */
+    unsigned eof : 1;          /* it closed its half: gone once what it sent before is parsed */
     unsigned budget_wait : 1;  /* paused: the worker's message budget is spent */
     struct evbuffer *msg;      /* with a ws_message policy: the message being assembled */
     unsigned msg_opcode;
@@ -77,6 +78,7 @@ static struct event *budget_ev;
 static uint64_t mask_state;                 /* xorshift64* state for masking keys */
 
 static void side_process(struct pgw_ws_tunnel *t, struct side *s);
+static void side_pump(struct pgw_ws_tunnel *t, struct side *s);
 static void tun_update_reading(struct pgw_ws_tunnel *t);
 
 /* ---- Handshake: the client's request ---- */
@@ -482,9 +484,9 @@ static void on_budget(evutil_socket_t fd, short what, void *arg)
             return; /* still spent: wait for the next release */
         budget_unwait(t);
         tun_enter(t);
-        side_process(t, &t->cl);
+        side_pump(t, &t->cl);
         if (!t->finished)
-            side_process(t, &t->up);
+            side_pump(t, &t->up);
         tun_update_reading(t);
         tun_leave(t);
     }
@@ -584,9 +586,9 @@ void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc)
     else
         connect_done(t, rc);
     if (!t->finished) {
-        side_process(t, &t->cl);
+        side_pump(t, &t->cl);
         if (!t->finished)
-            side_process(t, &t->up);
+            side_pump(t, &t->up);
     }
     flush_side(t, &t->cl);
     flush_side(t, &t->up);
@@ -707,6 +709,15 @@ static void side_process(struct pgw_ws_tunnel *t, struct side *s)
         evbuffer_drain(in, evbuffer_get_length(in));
 }
 
+/* Parses what <s> sent, then takes its EOF into account once nothing it sent before is left. */
+static void side_pump(struct pgw_ws_tunnel *t, struct side *s)
+{
+    side_process(t, s);
+    if (!t->finished && s->eof && !s->gone &&
+        (s->close_rcvd || evbuffer_get_length(s->io->in) == 0))
+        side_gone(t, s, "closed the connection");
+}
+
 /* ---- I/O ---- */
 
 static void flush_side(struct pgw_ws_tunnel *t, struct side *s)
@@ -723,7 +734,7 @@ static void tun_update_reading(struct pgw_ws_tunnel *t)
         return;
     for (int i = 0; i < 2; i++) {
         struct side *s = i ? &t->up : &t->cl;
-        if (s->gone)
+        if (s->gone || s->eof)
             continue;
         int on = s->close_rcvd || side_can_run(t, s);
         if (on && evbuffer_get_length(s->io->in) >= WS_READ_MAX)
@@ -735,14 +746,18 @@ static void tun_update_reading(struct pgw_ws_tunnel *t)
 static void side_read(struct pgw_ws_tunnel *t, struct side *s)
 {
     size_t have = evbuffer_get_length(s->io->in);
-    if (have < WS_READ_MAX) {
+    if (have < WS_READ_MAX && !s->eof) {
         ssize_t n = pgw_io_read(s->io, WS_READ_MAX - have);
-        if (n == 0 || n == PGW_ERR) {
-            side_gone(t, s, n == 0 ? "closed the connection" : strerror(s->io->err_no));
+        if (n == PGW_ERR) {
+            side_gone(t, s, strerror(s->io->err_no));
             return;
         }
+        if (n == 0) {
+            s->eof = 1;
+            pgw_io_want_read(s->io, 0);
+        }
     }
-    side_process(t, s);
+    side_pump(t, s);
     if (t->finished)
         return;
     flush_side(t, &t->cl);
@@ -758,7 +773,7 @@ static void side_write(struct pgw_ws_tunnel *t, struct side *s)
         return;
     if (evbuffer_get_length(s->io->out) < PGW_OUTPUT_LOW) {
         struct side *o = peer_of(t, s);
-        side_process(t, o);
+        side_pump(t, o);
         flush_side(t, s);
     }
     tun_update_reading(t);
@@ -831,6 +846,7 @@ void pgw_ws_on_client_timer(struct pgw_ws_tunnel *t)
         flush_side(t, &t->cl);
         flush_side(t, &t->up);
         tun_update_reading(t);
+        pgw_io_kick(&c->io); /* TLS may hold records read with the handshake */
     }
     tun_leave(t);
 }
@@ -955,14 +971,15 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
             connect_done(t, rc);
     }
     if (!t->finished && !t->lua_busy) {
-        side_process(t, &t->cl); /* frames that came right behind the handshake */
+        side_pump(t, &t->cl); /* frames that came right behind the handshake */
         if (!t->finished)
-            side_process(t, &t->up);
+            side_pump(t, &t->up);
     }
     if (!t->finished) {
         flush_side(t, &t->cl);
         flush_side(t, &t->up);
         tun_update_reading(t);
+        pgw_io_kick(&c->io); /* TLS may hold records read with the handshake */
     }
     tun_leave(t);
 }
