@@ -846,7 +846,6 @@ void pgw_ws_on_client_timer(struct pgw_ws_tunnel *t)
         flush_side(t, &t->cl);
         flush_side(t, &t->up);
         tun_update_reading(t);
-        pgw_io_kick(&c->io); /* TLS may hold records read with the handshake */
     }
     tun_leave(t);
 }
