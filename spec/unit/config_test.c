@@ -526,7 +526,7 @@ static void test_unknown_keys(void)
                  "listeners[0]: unknown key \"bakclog\" (allowed: name, address, policies, tls, backlog)");
     EXPECT_ERROR(BASE "limits: { bdy: 1 }\n", 3, "limits: unknown key \"bdy\" (allowed: "
                                                  "request_line, header_section, header_fields, "
-                                                 "body, max_connections)");
+                                                 "body, max_connections, websocket_buffer)");
     EXPECT_ERROR(BASE "timeouts: { idle: 1 }\n", 3, "(allowed: header, body, keepalive, send, drain, watchdog)");
     EXPECT_ERROR(BASE "upstreams:\n  u:\n    targets: [\"h:1\"]\n    retry: 2\n", 6,
                  "upstreams.u: unknown key \"retry\" (allowed: targets, tls, connect_timeout");
@@ -536,7 +536,7 @@ static void test_unknown_keys(void)
     EXPECT_ERROR(BASE "routes:\n  - name: r\n    type: status\n    listeners: [public]\n"
                       "    match: { path: / }\n    timeout: 1s\n",
                  8, "routes[0]: unknown key \"timeout\" (allowed: name, type, listeners, match, "
-                    "upstream, policies, preserve_host, strip_prefix, https_only)");
+                    "upstream, policies, websocket, preserve_host, strip_prefix, https_only)");
     EXPECT_ERROR(BASE "real_ip: { from: proxy_protocol, trusted: [\"::1\"], via: x }\n", 3,
                  "real_ip: unknown key \"via\" (allowed: trusted, from)");
     EXPECT_ERROR(BASE "access_log: { path: a, rotate: 1 }\n", 3, "(allowed: path, format)");
@@ -810,6 +810,56 @@ static void test_route_types(void)
     EXPECT_ERROR(ROUTES "  - { name: r, listeners: [public], match: { path: / }, upstream: u,"
                         " preserve_host: on }\n",
                  5, "routes[0].preserve_host: expected true or false, got \"on\"");
+}
+
+/* websocket: true | false | { allowed_origins, max_message, idle_timeout, close_timeout } */
+static void test_route_websocket(void)
+{
+#define WS(v) ROUTES "  - name: r\n    listeners: [public]\n    upstream: u\n" \
+                    "    match: { path: /ws }\n    websocket: " v "\n"
+    struct pgw_config *c = EXPECT_OK(WS("true"));
+    if (c != NULL) {
+        const struct pgw_config_websocket *ws = c->routes[0].websocket;
+        CHECK(ws != NULL);
+        CHECK(ws->max_message == 1024 * 1024 && ws->idle_timeout == 300000 &&
+              ws->close_timeout == 5000 && ws->num_allowed_origins == 0);
+        CHECK(c->limits.websocket_buffer == 64ull << 20);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(WS("false"));
+    if (c != NULL) {
+        CHECK(c->routes[0].websocket == NULL);
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(WS("{ allowed_origins: [\"https://App.Example.com\", \"http://[::1]:8080\"], "
+                     "max_message: 64k, idle_timeout: 2s, close_timeout: 250ms }"));
+    if (c != NULL) {
+        const struct pgw_config_websocket *ws = c->routes[0].websocket;
+        CHECK(ws != NULL && ws->num_allowed_origins == 2);
+        if (ws != NULL && ws->num_allowed_origins == 2) {
+            CHECK(strcmp(ws->allowed_origins[0], "https://app.example.com") == 0);
+            CHECK(strcmp(ws->allowed_origins[1], "http://[::1]:8080") == 0);
+        }
+        CHECK(ws != NULL && ws->max_message == 65536 && ws->idle_timeout == 2000 &&
+              ws->close_timeout == 250);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(WS("yes"), 9, "routes[0].websocket: expected true or false");
+    EXPECT_ERROR(WS("[1]"), 9, "routes[0].websocket: expected a map, got a list");
+    EXPECT_ERROR(WS("{ max_mesage: 1k }"), 9, "routes[0].websocket: unknown key \"max_mesage\"");
+    EXPECT_ERROR(WS("{ max_message: 0 }"), 9, "routes[0].websocket.max_message: \"0\" is below");
+    EXPECT_ERROR(WS("{ max_message: 2g }"), 9, "routes[0].websocket.max_message");
+    EXPECT_ERROR(WS("{ allowed_origins: [] }"), 9, "allowed_origins: must not be empty");
+    EXPECT_ERROR(WS("{ allowed_origins: [app.example.com] }"), 9,
+                 "\"app.example.com\" is not an origin");
+    EXPECT_ERROR(WS("{ allowed_origins: [\"https://a.example.com/path\"] }"), 9,
+                 "is not an origin");
+    EXPECT_ERROR(WS("{ allowed_origins: [\"https://\"] }"), 9, "is not an origin");
+    EXPECT_ERROR(ROUTES "  - name: h\n    type: status\n    listeners: [public]\n"
+                        "    match: { path: /h }\n    websocket: true\n",
+                 9, "routes[0].websocket: not allowed on a status route");
+    EXPECT_ERROR(BASE "limits: { websocket_buffer: 1k }\n", 3, "limits.websocket_buffer");
+#undef WS
 }
 
 static void test_route_match(void)
@@ -1184,6 +1234,7 @@ int main(void)
     RUN(test_upstream_fields);
     RUN(test_route_references);
     RUN(test_route_types);
+    RUN(test_route_websocket);
     RUN(test_route_match);
     RUN(test_logs);
     RUN(test_resolver);
