@@ -20,7 +20,7 @@ HDRS    := $(wildcard gateway/*.h)
 # Debian's other LuaJIT dev package conflicts with it and would remove nginx's Lua module.
 DEB_PKGS := gcc make libc6-dev pkg-config libevent-dev libssl-dev libyaml-dev liblmdb-dev \
             libjwt-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev python3 python3-pytest curl \
-            openssl sslscan python3-cryptography python3-jwt
+            openssl sslscan python3-cryptography python3-jwt python3-websockets python3-autobahn
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTHON  := /usr/bin/python3
@@ -71,6 +71,7 @@ TEST_DEPS_keys := gateway/util.c gateway/log.c gateway/store.c
 TEST_DEPS_tls := gateway/util.c gateway/log.c gateway/io.c gateway/genfiles.c \
                  gateway/jwt_provider.c $(CONFIG_SRCS)
 TEST_DEPS_json := gateway/util.c
+TEST_DEPS_ws := gateway/util.c
 TEST_DEPS_jwt := gateway/util.c gateway/log.c $(GENFILES_SRCS) $(filter-out gateway/jwt.c,$(CONFIG_SRCS))
 build/test/jwt_test: TEST_LIBS += -ljwt
 

@@ -361,7 +361,7 @@ static void send_close(struct pgw_ws_tunnel *t, struct side *to, int code, const
     uint8_t payload[PGW_WS_CONTROL_MAX];
     size_t n = 0;
     if (code != PGW_WS_CLOSE_NO_STATUS && code != PGW_WS_CLOSE_ABNORMAL)
-        n = pgw_ws_close_payload(payload, code, reason, reason_len);
+        n = pgw_ws_close_payload(payload, code, reason ? reason : "", reason ? reason_len : 0);
     send_frame(to, PGW_WS_OP_CLOSE, 1, payload, n);
     to->close_sent = 1;
     if (!t->ending) {
@@ -378,8 +378,9 @@ static void note_close(struct pgw_ws_tunnel *t, int code, const char *by, const 
         return;
     t->close_code = code;
     t->close_by = by;
-    t->close_reason_len = PGW_MIN(len, sizeof(t->close_reason));
-    memcpy(t->close_reason, reason, t->close_reason_len);
+    t->close_reason_len = reason != NULL ? PGW_MIN(len, sizeof(t->close_reason)) : 0;
+    if (t->close_reason_len > 0)
+        memcpy(t->close_reason, reason, t->close_reason_len);
 }
 
 static void flush_side(struct pgw_ws_tunnel *t, struct side *s);
@@ -748,10 +749,8 @@ static void side_read(struct pgw_ws_tunnel *t, struct side *s)
     size_t have = evbuffer_get_length(s->io->in);
     if (have < WS_READ_MAX && !s->eof) {
         ssize_t n = pgw_io_read(s->io, WS_READ_MAX - have);
-        if (n == PGW_ERR) {
-            side_gone(t, s, strerror(s->io->err_no));
-            return;
-        }
+        if (n == PGW_ERR)
+            side_gone(t, s, strerror(s->io->err_no)); /* the other side is told below */
         if (n == 0) {
             s->eof = 1;
             pgw_io_want_read(s->io, 0);
