@@ -566,7 +566,11 @@ void pgw_task_free(struct pgw_task *t)
 
 /* ---- WebSocket tasks ---- */
 
-static void ws_task_done(struct pgw_task *t, int rc) { pgw_ws_task_done(t->ws, rc); }
+static void ws_task_done(struct pgw_task *t, int rc)
+{
+    task_release_co(t);
+    pgw_ws_task_done(t->ws, rc);
+}
 
 struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunnel)
 {
@@ -612,7 +616,10 @@ static int ws_run(struct pgw_task *t, unsigned stage)
     t->stage_idx = stage_index(stage);
     t->run.stage = stage;
     t->ws_stop = 0;
-    return task_step(t, -1);
+    int rc = task_step(t, -1);
+    if (rc != PGW_AGAIN)
+        task_release_co(t); /* an idle connection holds no coroutine */
+    return rc;
 }
 
 int pgw_task_ws_connect(struct pgw_task *t) { return ws_run(t, PGW_STAGE_WS_CONNECT); }

@@ -13,8 +13,10 @@
 -- Stage functions are called as fn(conf, req); `conf` is the route's validated, read-only
 -- configuration. Stages run in pipeline order, and within a stage in the route's list order:
 --   rewrite -> access -> [proxy] -> header_filter -> body_filter -> log
--- plus init_worker, called once per worker after load. Stage functions and everything they
--- call from the policy run with the JIT off and under the CPU budget (docs/lua.md).
+-- plus init_worker, called once per worker after load, and, on a WebSocket route, once the
+-- upgrade succeeded: ws_connect(conf) -> ws_message(conf, msg) for each message -> ws_close(conf,
+-- info) (docs/sdk.md, docs/websocket.md). Stage functions and everything they call from the
+-- policy run with the JIT off and under the CPU budget (docs/lua.md).
 
 local schema = require "pgw.schema"
 

@@ -1,6 +1,7 @@
 """The quick start stays true: examples/quickstart.yaml with examples/demo-upstream.py answers what
-the README and `make run` promise (ports moved to free ones), and every example config passes
-`passerelle check`."""
+the README and `make run` promise (ports moved to free ones), including the WebSocket route /chat
+(key_auth on the handshake, allowed origins, the chat_filter policy over the demo echo server),
+and every example config passes `passerelle check`."""
 import json
 import socket
 import ssl
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import wsfix
 from gw import BINARY, REPO, Client, free_port
 
 EXAMPLES = REPO / "examples"
@@ -25,18 +27,20 @@ def test_examples_are_valid(path):
 @pytest.fixture
 def quickstart(tmp_path, make_gateway):
     public, internal, demo_port, tls_port = free_port(), free_port(), free_port(), free_port()
+    ws_port = free_port()
     text = (EXAMPLES / "quickstart.yaml").read_text()
     for old, new in (("127.0.0.1:8080", "127.0.0.1:%d" % public),
                      ("127.0.0.1:9080", "127.0.0.1:%d" % internal),
                      ("127.0.0.1:8443", "127.0.0.1:%d" % tls_port),
                      ("127.0.0.1:9001", "127.0.0.1:%d" % demo_port),
+                     ("127.0.0.1:9002", "127.0.0.1:%d" % ws_port),
                      ("logs/access.log", str(tmp_path / "access.log")),
                      ("store: { dir: data }", "store: { dir: %s }" % (tmp_path / "data")),
                      ('path: "-"', 'path: "%s"' % (tmp_path / "error.log"))):
         assert old in text, old
         text = text.replace(old, new)
     demo = subprocess.Popen(["/usr/bin/python3", str(EXAMPLES / "demo-upstream.py"),
-                             str(demo_port)])
+                             str(demo_port), str(ws_port)])
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -163,3 +167,32 @@ def test_quickstart_promises(quickstart):
     assert r.status == 403 and 'error="insufficient_scope"' in r.header("www-authenticate"), r
     r = get(public, "/api/reports/q1", headers=bearer("expired.token"))
     assert r.status == 401 and 'error="invalid_token"' in r.header("www-authenticate"), r
+
+
+def test_quickstart_websocket(quickstart):
+    g, public, internal, tmp, tls_port = quickstart
+    key = [("apikey", "demo-key-0000000001")]
+    # key_auth runs on the handshake like on any request
+    status, fields, _ = wsfix.handshake(public, "/chat")
+    assert status == 401, (status, fields)
+    assert dict((n.lower(), v) for n, v in fields)["www-authenticate"].startswith("ApiKey"), fields
+    # an Origin not in allowed_origins: 403 before any policy; listed ones (any case) pass
+    status, fields, _ = wsfix.handshake(public, "/chat", headers=key, origin="http://evil.example")
+    assert status == 403, (status, fields)
+    with wsfix.connect(public, "/chat", headers=key, origin="http://LOCALHOST:8080") as ws:
+        ws.send_close(1000)
+        ws.expect_close(1000)
+
+    with wsfix.connect(public, "/chat", headers=key) as ws:  # no Origin: not a browser
+        ws.send_text("hello")
+        assert ws.recv_text() == "hello"             # echoed by the demo upstream
+        ws.send_binary(b"\x00\xff")
+        assert ws.recv_binary() == b"\x00\xff"
+        ws.send_text("darn it, darning is hard")       # chat_filter masks whole words
+        assert ws.recv_text() == "**** it, darning is hard"
+        ws.send_text("ping")                           # answered by the gateway...
+        assert ws.recv_text() == "pong"
+        ws.send_text("after")                          # ...and never echoed
+        assert ws.recv_text() == "after"
+        ws.send_close(1000, "bye")
+        ws.expect_close(1000)
