@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# examples/run-quickstart.sh: what `make run` does. Starts the demo upstream, then the gateway on
-# examples/quickstart.yaml in the foreground; Ctrl-C stops both.
+# examples/run-quickstart.sh: what `make run` does. Starts the demo upstream (HTTP on 9001, a
+# WebSocket echo on 9002: python3-websockets), then the gateway on examples/quickstart.yaml in the
+# foreground; Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./passerelle check -c examples/quickstart.yaml
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 ./passerelle consumers add demo -c examples/quickstart.yaml >/dev/null 2>&1 || true
 echo "demo-key-0000000001 demo" | ./passerelle keys import - -c examples/quickstart.yaml \
     >/dev/null 2>&1 || true
-/usr/bin/python3 examples/demo-upstream.py 9001 &
+/usr/bin/python3 examples/demo-upstream.py 9001 9002 &
 demo=$!
 trap 'kill $demo 2>/dev/null' EXIT INT TERM
 cat <<'TXT'
@@ -39,12 +40,26 @@ certificate of examples/tls/) and 127.0.0.1:9080 (internal). Try:
       http://127.0.0.1:8080/api/reports/q1            # 403: the token lacks the reports:read scope
   curl -i -H "Authorization: Bearer $(cat examples/jwt/expired.token)" \
       http://127.0.0.1:8080/api/reports/q1            # 401 invalid_token (the log says: expired)
+  export WS="-H Connection:Upgrade -H Upgrade:websocket -H Sec-WebSocket-Version:13 -H Sec-WebSocket-Key:dGhlIHNhbXBsZSBub25jZQ=="
+  curl -i $WS http://127.0.0.1:8080/chat              # 401: key_auth runs on the WebSocket handshake
+  curl -i $WS -H 'apikey: demo-key-0000000001' -H 'Origin: https://evil.example' \
+      http://127.0.0.1:8080/chat                      # 403: an Origin not in allowed_origins
   ./passerelle keys add --consumer demo -c examples/quickstart.yaml   # a new key, shown once
   curl -i http://127.0.0.1:9080/healthz               # liveness, internal listener only
   tail -f logs/access.log                             # one JSON line per request
   ./passerelle status -c examples/quickstart.yaml     # generation, workers, connections
   ./passerelle reload -c examples/quickstart.yaml     # after an edit: applied in place
   (saving a file in examples/policies/ reloads the policies by itself)
+
+WebSocket messages on /chat, with the demo key (examples/policies/chat_filter.lua masks "darn" and
+answers "ping" itself; `python3 -m websockets URL` cannot send the apikey header):
+
+/usr/bin/python3 -c 'import asyncio, websockets
+async def chat():
+    ws = await websockets.connect("ws://127.0.0.1:8080/chat", extra_headers={"apikey": "demo-key-0000000001"})
+    for m in ("hello", "darn it", "ping"): await ws.send(m); print(await ws.recv())
+    await ws.close()
+asyncio.run(chat())'     # hello, **** it, pong
 
 TXT
 ./passerelle -c examples/quickstart.yaml
