@@ -107,6 +107,12 @@ bench: passerelle
 icount: passerelle
 	GATEWAY_START='bench/start-gw.sh' CASES='$(BENCH_CASES)' ../shared/bench/icount.sh
 
+# WebSocket relay (messages/s, proxy CPU µs/message vs nginx's relay) and memory per idle
+# WebSocket (issue 9); runs ./passerelle as it is (build it first). See bench/ws-bench.sh.
+.PHONY: bench-ws
+bench-ws:
+	bench/ws-bench.sh
+
 clean:
 	rm -rf build passerelle
 

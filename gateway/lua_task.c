@@ -588,9 +588,14 @@ struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunn
     t->run.task = t;
     t->run.gen = req->gen;
     t->run.set = req->gen->policies;
-    if (req->lua != NULL) { /* pgw.ctx() of the handshake becomes the connection's */
-        t->ctx_ref = req->lua->ctx_ref;
-        req->lua->ctx_ref = LUA_NOREF;
+    if (req->lua != NULL && req->lua->ctx_ref != LUA_NOREF) {
+        /* pgw.ctx() of the handshake becomes the connection's: a reference of its own, since
+         * the handshake's log stage still reads it through the request's */
+        lua_State *L = pgw_lua_state(t->lua);
+        int saved = pgw_lua_reserve_open(t->lua);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, req->lua->ctx_ref);
+        t->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        pgw_lua_reserve_restore(t->lua, saved);
     }
     return t;
 }
