@@ -246,6 +246,9 @@ static void log_task_error(struct pgw_task *t, const char *err)
     if (t->req != NULL)
         pgw_log_error("policy %s: stage %s: request %s: %s", t->run.policy,
                       pgw_bridge_stage_name(t->run.stage), t->req->id, flat);
+    else if (t->ws != NULL)
+        pgw_log_error("policy %s: stage %s: websocket %s: %s", t->run.policy,
+                      pgw_bridge_stage_name(t->run.stage), pgw_ws_tunnel_id(t->ws), flat);
     else
         pgw_log_error("policy %s: stage %s: %s", t->run.policy,
                       pgw_bridge_stage_name(t->run.stage), flat);

@@ -72,6 +72,8 @@ struct pgw_ws_tunnel {
     struct pgw_ws_tunnel *wait_prev, *wait_next; /* budget waiters */
 };
 
+/* Clients decide how often these lines happen: one per second per kind at most. */
+static struct pgw_log_ratelimit hs_log, fail_log, drop_log, timeout_log;
 static uint64_t budget_used;                /* bytes of messages being assembled, this worker */
 static struct pgw_ws_tunnel *budget_waiters;
 static struct event *budget_ev;
@@ -166,7 +168,7 @@ int pgw_ws_handshake_check(struct pgw_req *req)
         return 1;
     const char *why = handshake_malformed(req);
     if (why != NULL) {
-        pgw_log_info("request %s from %s: WebSocket handshake refused: %s", req->id,
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: %s", req->id,
                      req->client_str, why);
         pgw_req_respond_error(req, 400, "bad_request", 1);
         return 0;
@@ -175,14 +177,14 @@ int pgw_ws_handshake_check(struct pgw_req *req)
     const struct pgw_http_header *ver = find_one(req, "sec-websocket-version", 21, &count);
     if (!PGW_IEQ_LIT(ver->value, ver->value_len, "13")) {
         static const char extra[] = "Sec-WebSocket-Version: 13\r\n";
-        pgw_log_info("request %s from %s: WebSocket handshake refused: version %.*s", req->id,
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: version %.*s", req->id,
                      req->client_str, (int)ver->value_len, ver->value);
         pgw_req_respond_error_extra(req, 426, "bad_request", extra, sizeof(extra) - 1);
         return 0;
     }
     const struct pgw_http_header *origin = find_one(req, "origin", 6, &count);
     if (ws->num_allowed_origins > 0 && origin != NULL && !origin_allowed(ws, origin)) {
-        pgw_log_info("request %s from %s: WebSocket handshake refused: origin %.*s not allowed",
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: origin %.*s not allowed",
                      req->id, req->client_str, (int)PGW_MIN(origin->value_len, 256),
                      origin->value);
         pgw_req_respond_error(req, 403, "origin_refused", 1);
@@ -418,7 +420,7 @@ static void close_both(struct pgw_ws_tunnel *t, int code, const char *reason)
 static void side_fail(struct pgw_ws_tunnel *t, struct side *s, int code, const char *why)
 {
     struct side *o = peer_of(t, s);
-    pgw_log_info("websocket %s from %s: %s sent %s: close %d", t->id, t->c->client_str, s->name,
+    pgw_log_limited(&fail_log, 1000, PGW_LOG_INFO, "websocket %s from %s: %s sent %s: close %d", t->id, t->c->client_str, s->name,
                  why, code);
     note_close(t, code, "gateway", why, strlen(why));
     send_close(t, s, code, why, strlen(why));
@@ -444,7 +446,7 @@ static void side_gone(struct pgw_ws_tunnel *t, struct side *s, const char *why)
     pgw_io_want_read(s->io, 0);
     pgw_io_want_write(s->io, 0);
     if (abrupt) {
-        pgw_log_info("websocket %s from %s: %s %s without a close frame", t->id,
+        pgw_log_limited(&drop_log, 1000, PGW_LOG_INFO, "websocket %s from %s: %s %s without a close frame", t->id,
                      t->c->client_str, s->name, why);
         note_close(t, PGW_WS_CLOSE_ABNORMAL, s->name, "", 0);
         if (s->is_client)
@@ -835,7 +837,7 @@ void pgw_ws_on_client_timer(struct pgw_ws_tunnel *t)
     if (expired & PGW_IO_WRITE_EXPIRED) {
         side_gone(t, &t->cl, "did not read for timeouts.send");
     } else if (t->ending) {
-        pgw_log_info("websocket %s from %s: close handshake not finished in time", t->id,
+        pgw_log_limited(&timeout_log, 1000, PGW_LOG_INFO, "websocket %s from %s: close handshake not finished in time", t->id,
                      t->c->client_str);
         tun_end(t);
     } else {
@@ -923,6 +925,8 @@ static void tun_leave(struct pgw_ws_tunnel *t)
     }
     pgw_conn_leave(c);
 }
+
+const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t) { return t->id; }
 
 void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
 {
