@@ -168,8 +168,9 @@ int pgw_ws_handshake_check(struct pgw_req *req)
         return 1;
     const char *why = handshake_malformed(req);
     if (why != NULL) {
-        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: %s", req->id,
-                     req->client_str, why);
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO,
+                        "request %s from %s: WebSocket handshake refused: %s", req->id,
+                        req->client_str, why);
         pgw_req_respond_error(req, 400, "bad_request", 1);
         return 0;
     }
@@ -177,16 +178,18 @@ int pgw_ws_handshake_check(struct pgw_req *req)
     const struct pgw_http_header *ver = find_one(req, "sec-websocket-version", 21, &count);
     if (!PGW_IEQ_LIT(ver->value, ver->value_len, "13")) {
         static const char extra[] = "Sec-WebSocket-Version: 13\r\n";
-        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: version %.*s", req->id,
-                     req->client_str, (int)ver->value_len, ver->value);
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO,
+                        "request %s from %s: WebSocket handshake refused: version %.*s", req->id,
+                        req->client_str, (int)ver->value_len, ver->value);
         pgw_req_respond_error_extra(req, 426, "bad_request", extra, sizeof(extra) - 1);
         return 0;
     }
     const struct pgw_http_header *origin = find_one(req, "origin", 6, &count);
     if (ws->num_allowed_origins > 0 && origin != NULL && !origin_allowed(ws, origin)) {
-        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO, "request %s from %s: WebSocket handshake refused: origin %.*s not allowed",
-                     req->id, req->client_str, (int)PGW_MIN(origin->value_len, 256),
-                     origin->value);
+        pgw_log_limited(&hs_log, 1000, PGW_LOG_INFO,
+                        "request %s from %s: WebSocket handshake refused: origin %.*s not allowed",
+                        req->id, req->client_str, (int)PGW_MIN(origin->value_len, 256),
+                        origin->value);
         pgw_req_respond_error(req, 403, "origin_refused", 1);
         return 0;
     }
@@ -420,8 +423,9 @@ static void close_both(struct pgw_ws_tunnel *t, int code, const char *reason)
 static void side_fail(struct pgw_ws_tunnel *t, struct side *s, int code, const char *why)
 {
     struct side *o = peer_of(t, s);
-    pgw_log_limited(&fail_log, 1000, PGW_LOG_INFO, "websocket %s from %s: %s sent %s: close %d", t->id, t->c->client_str, s->name,
-                 why, code);
+    pgw_log_limited(&fail_log, 1000, PGW_LOG_INFO,
+                    "websocket %s from %s: %s sent %s: close %d", t->id, t->c->client_str, s->name,
+                    why, code);
     note_close(t, code, "gateway", why, strlen(why));
     send_close(t, s, code, why, strlen(why));
     s->close_rcvd = 1; /* its answer is not awaited */
@@ -446,8 +450,9 @@ static void side_gone(struct pgw_ws_tunnel *t, struct side *s, const char *why)
     pgw_io_want_read(s->io, 0);
     pgw_io_want_write(s->io, 0);
     if (abrupt) {
-        pgw_log_limited(&drop_log, 1000, PGW_LOG_INFO, "websocket %s from %s: %s %s without a close frame", t->id,
-                     t->c->client_str, s->name, why);
+        pgw_log_limited(&drop_log, 1000, PGW_LOG_INFO,
+                        "websocket %s from %s: %s %s without a close frame", t->id,
+                        t->c->client_str, s->name, why);
         note_close(t, PGW_WS_CLOSE_ABNORMAL, s->name, "", 0);
         if (s->is_client)
             send_close(t, o, PGW_WS_CLOSE_GOING_AWAY, "client closed", 13);
@@ -837,8 +842,9 @@ void pgw_ws_on_client_timer(struct pgw_ws_tunnel *t)
     if (expired & PGW_IO_WRITE_EXPIRED) {
         side_gone(t, &t->cl, "did not read for timeouts.send");
     } else if (t->ending) {
-        pgw_log_limited(&timeout_log, 1000, PGW_LOG_INFO, "websocket %s from %s: close handshake not finished in time", t->id,
-                     t->c->client_str);
+        pgw_log_limited(&timeout_log, 1000, PGW_LOG_INFO,
+                        "websocket %s from %s: close handshake not finished in time", t->id,
+                        t->c->client_str);
         tun_end(t);
     } else {
         close_both(t, PGW_WS_CLOSE_GOING_AWAY, "idle timeout");
