@@ -661,8 +661,8 @@ int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const 
     struct ws_msg_args a = {inbound, opcode, data, len, LUA_NOREF};
     if (lua_cpcall(L, ws_msg_table, &a) != 0) {
         lua_settop(L, 0);
-        pgw_log_error("websocket: ws_message: a %zu-byte message does not fit in the Lua "
-                      "memory cap", len);
+        pgw_log_error("websocket %s: ws_message: a %zu-byte message does not fit in the Lua "
+                      "memory cap", pgw_ws_tunnel_id(t->ws), len);
         return PGW_ERR;
     }
     pgw_lua_unref(t->lua, t->chunk_ref);
@@ -685,8 +685,8 @@ int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, 
     *data = ok ? lua_tolstring(L, -1, len) : NULL; /* kept alive by the table's ref */
     lua_pop(L, 2);
     if (!ok) {
-        pgw_log_error("websocket: ws_message: msg.opcode must be \"text\" or \"binary\" and "
-                      "msg.data a string");
+        pgw_log_error("websocket %s: ws_message: msg.opcode must be \"text\" or \"binary\" "
+                      "and msg.data a string", pgw_ws_tunnel_id(t->ws));
         return PGW_ERR;
     }
     *opcode = binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT;
@@ -694,7 +694,8 @@ int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, 
     pgw_utf8_init(&u);
     if (!binary && (pgw_utf8_feed(&u, (const uint8_t *)*data, *len) != PGW_OK ||
                     !pgw_utf8_complete(&u))) {
-        pgw_log_error("websocket: ws_message: a text message set by a policy is not UTF-8");
+        pgw_log_error("websocket %s: ws_message: a text message set by a policy is not UTF-8",
+                      pgw_ws_tunnel_id(t->ws));
         return PGW_ERR;
     }
     return PGW_OK;
