@@ -81,7 +81,9 @@ static uint64_t mask_state;                 /* xorshift64* state for masking key
 
 static void side_process(struct pgw_ws_tunnel *t, struct side *s);
 static void side_pump(struct pgw_ws_tunnel *t, struct side *s);
+static void tun_pump_both(struct pgw_ws_tunnel *t);
 static void tun_update_reading(struct pgw_ws_tunnel *t);
+static void tun_settle(struct pgw_ws_tunnel *t);
 
 /* ---- Handshake: the client's request ---- */
 
@@ -492,9 +494,7 @@ static void on_budget(evutil_socket_t fd, short what, void *arg)
             return; /* still spent: wait for the next release */
         budget_unwait(t);
         tun_enter(t);
-        side_pump(t, &t->cl);
-        if (!t->finished)
-            side_pump(t, &t->up);
+        tun_pump_both(t);
         tun_update_reading(t);
         tun_leave(t);
     }
@@ -593,14 +593,9 @@ void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc)
         message_done(t, rc);
     else
         connect_done(t, rc);
-    if (!t->finished) {
-        side_pump(t, &t->cl);
-        if (!t->finished)
-            side_pump(t, &t->up);
-    }
-    flush_side(t, &t->cl);
-    flush_side(t, &t->up);
-    tun_update_reading(t);
+    if (!t->finished)
+        tun_pump_both(t);
+    tun_settle(t);
     tun_leave(t);
 }
 
@@ -717,6 +712,13 @@ static void side_process(struct pgw_ws_tunnel *t, struct side *s)
         evbuffer_drain(in, evbuffer_get_length(in));
 }
 
+static void tun_pump_both(struct pgw_ws_tunnel *t)
+{
+    side_pump(t, &t->cl);
+    if (!t->finished)
+        side_pump(t, &t->up);
+}
+
 /* Parses what <s> sent, then takes its EOF into account once nothing it sent before is left. */
 static void side_pump(struct pgw_ws_tunnel *t, struct side *s)
 {
@@ -751,6 +753,16 @@ static void tun_update_reading(struct pgw_ws_tunnel *t)
     }
 }
 
+/* Writes what is queued to both sides and sets which sides are read. */
+static void tun_settle(struct pgw_ws_tunnel *t)
+{
+    if (t->finished)
+        return;
+    flush_side(t, &t->cl);
+    flush_side(t, &t->up);
+    tun_update_reading(t);
+}
+
 static void side_read(struct pgw_ws_tunnel *t, struct side *s)
 {
     size_t have = evbuffer_get_length(s->io->in);
@@ -764,11 +776,7 @@ static void side_read(struct pgw_ws_tunnel *t, struct side *s)
         }
     }
     side_pump(t, s);
-    if (t->finished)
-        return;
-    flush_side(t, &t->cl);
-    flush_side(t, &t->up);
-    tun_update_reading(t);
+    tun_settle(t);
 }
 
 /* <s>'s output drained: the other side may go on. */
@@ -849,23 +857,16 @@ void pgw_ws_on_client_timer(struct pgw_ws_tunnel *t)
     } else {
         close_both(t, PGW_WS_CLOSE_GOING_AWAY, "idle timeout");
     }
-    if (!t->finished) {
-        flush_side(t, &t->cl);
-        flush_side(t, &t->up);
-        tun_update_reading(t);
-    }
+    tun_settle(t);
     tun_leave(t);
 }
 
 void pgw_ws_tunnel_shutdown(struct pgw_ws_tunnel *t)
 {
     tun_enter(t);
-    if (!t->finished) {
+    if (!t->finished)
         close_both(t, PGW_WS_CLOSE_GOING_AWAY, "gateway shutting down");
-        flush_side(t, &t->cl);
-        flush_side(t, &t->up);
-        tun_update_reading(t);
-    }
+    tun_settle(t);
     tun_leave(t);
 }
 
@@ -978,16 +979,10 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
         if (rc != PGW_AGAIN)
             connect_done(t, rc);
     }
-    if (!t->finished && !t->lua_busy) {
-        side_pump(t, &t->cl); /* frames that came right behind the handshake */
-        if (!t->finished)
-            side_pump(t, &t->up);
-    }
-    if (!t->finished) {
-        flush_side(t, &t->cl);
-        flush_side(t, &t->up);
-        tun_update_reading(t);
+    if (!t->finished && !t->lua_busy)
+        tun_pump_both(t); /* frames that came right behind the handshake */
+    tun_settle(t);
+    if (!t->finished)
         pgw_io_kick(&c->io); /* TLS may hold records read with the handshake */
-    }
     tun_leave(t);
 }
