@@ -1,18 +1,18 @@
 /* ws.c: RFC 6455 frames and handshake values (ws.h).
  *
  * The frame parser is a small state machine over struct pgw_ws_parser: it collects a header
- * (2 to 14 bytes) in p->hdr, checking each field as soon as the byte that carries it is in, so a
- * violation is reported by the call that fed the offending byte; then it hands out the payload
- * where it lies in the caller's buffer, unmasked in place. Only control payloads (at most 125
- * bytes, needed whole to be checked) are copied, into p->ctl. Text is validated by the
- * incremental UTF-8 checker below as it passes, so bad text fails before the rest of it arrives.
- * Masking and the ASCII run of the UTF-8 checker go 8 bytes at a time.
+ * (2 to 14 bytes) in p->hdr, checking each field as soon as its last byte is in (the first byte,
+ * the second, the extended length), so a violation is reported by the call that fed the byte
+ * that decided it, before any payload is read; then it hands out the payload where it lies in the
+ * caller's buffer, unmasked in place. Only control payloads (at most 125 bytes, needed whole to
+ * be checked) are copied, into p->ctl. Text is validated by the incremental UTF-8 checker below
+ * as it passes, so bad text fails before the rest of it arrives (close reasons, whole, at the
+ * end of their frame). Masking and the ASCII run of the UTF-8 checker go 8 bytes at a time.
  */
 #include "ws.h"
 
 #include <openssl/evp.h>
 
-#define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 
 static inline uint64_t load64(const uint8_t *p)
@@ -286,7 +286,7 @@ static int read_data(struct pgw_ws_parser *p, uint8_t *buf, size_t len, size_t *
                      struct pgw_ws_chunk *chunk)
 {
     if (p->frame_left > 0 && *i == len)
-        return PGW_AGAIN; /* the header ended this buffer */
+        return PGW_AGAIN; /* the header took the whole buffer: no payload byte to hand out */
     uint8_t *data = buf + *i;
     size_t n = take_payload(p, buf, len, i);
     int is_text = p->msg_opcode == PGW_WS_OP_TEXT;
