@@ -57,6 +57,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ws-common.h"
+
 #define SCRATCH (256 * 1024)
 #define NVAR 16         /* pre-masked copies of the message frame */
 #define HIST_MAX 200000 /* latency histogram: 1 µs buckets up to 200 ms, then one overflow */
@@ -217,27 +219,6 @@ static void *xmalloc(size_t n)
         exit(1);
     }
     return p;
-}
-
-static void b64(const unsigned char *in, size_t n, char *out)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t i, o = 0;
-    for (i = 0; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        out[o++] = t[v >> 18];
-        out[o++] = t[(v >> 12) & 63];
-        out[o++] = t[(v >> 6) & 63];
-        out[o++] = t[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0);
-        out[o++] = t[v >> 18];
-        out[o++] = t[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? t[(v >> 6) & 63] : '=';
-        out[o++] = '=';
-    }
-    out[o] = 0;
 }
 
 /* a masked frame (fin_op, payload p of n bytes) into out; returns its length */
@@ -548,30 +529,6 @@ static void hs_fail(struct conn *c, const char *why)
         fprintf(stderr, "ws-bench: handshake failed on connection %d to %s%s: %s\n", c->id,
                 hostport, path, why);
     conn_end(c, 0);
-}
-
-static int header(const char *head, const char *name, char *val, size_t vmax)
-{
-    size_t nl = strlen(name);
-    const char *p = strstr(head, "\r\n");
-    while (p && p[2] != '\r') {
-        p += 2;
-        const char *eol = strstr(p, "\r\n");
-        if (!eol) return 0;
-        if ((size_t)(eol - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (v < eol && (*v == ' ' || *v == '\t')) v++;
-            const char *e = eol;
-            while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
-            size_t n = (size_t)(e - v);
-            if (n >= vmax) n = vmax - 1;
-            memcpy(val, v, n);
-            val[n] = 0;
-            return 1;
-        }
-        p = eol;
-    }
-    return 0;
 }
 
 static void handshake_in(struct conn *c, const unsigned char *p, size_t len)

@@ -38,6 +38,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ws-common.h"
+
 #define SCRATCH (256 * 1024)
 #define HEAD_MAX 8192
 #define FRAME_MAX (64u << 20)
@@ -183,31 +185,6 @@ static int flush(struct conn *c)
     return 0;
 }
 
-/* case-insensitive search for a header's value in a request head; copies it (trimmed) */
-static int header(const char *head, const char *name, char *val, size_t vmax)
-{
-    size_t nl = strlen(name);
-    const char *p = strstr(head, "\r\n");
-    while (p && p[2] != '\r') {
-        p += 2;
-        const char *eol = strstr(p, "\r\n");
-        if (!eol) return 0;
-        if ((size_t)(eol - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (v < eol && (*v == ' ' || *v == '\t')) v++;
-            const char *e = eol;
-            while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
-            size_t n = (size_t)(e - v);
-            if (n >= vmax) n = vmax - 1;
-            memcpy(val, v, n);
-            val[n] = 0;
-            return 1;
-        }
-        p = eol;
-    }
-    return 0;
-}
-
 static int has_token(const char *list, const char *tok)
 {
     size_t tl = strlen(tok);
@@ -221,27 +198,6 @@ static int has_token(const char *list, const char *tok)
         if ((size_t)(e - s) == tl && strncasecmp(s, tok, tl) == 0) return 1;
     }
     return 0;
-}
-
-static void b64(const unsigned char *in, size_t n, char *out)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t i, o = 0;
-    for (i = 0; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        out[o++] = t[v >> 18];
-        out[o++] = t[(v >> 12) & 63];
-        out[o++] = t[(v >> 6) & 63];
-        out[o++] = t[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0);
-        out[o++] = t[v >> 18];
-        out[o++] = t[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? t[(v >> 6) & 63] : '=';
-        out[o++] = '=';
-    }
-    out[o] = 0;
 }
 
 /* Handles a complete request head (NUL-terminated at its blank line). 0: upgraded; -1: refused. */

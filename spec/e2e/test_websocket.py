@@ -1142,26 +1142,18 @@ def test_upstream_violation(e, case):
 
 
 @pytest.mark.parametrize("how", ["fin", "rst"])
-def test_upstream_drops_without_close(e, how):
+@pytest.mark.parametrize("dropper", ["upstream", "client"])
+def test_side_drops_without_close(e, dropper, how):
+    """A side that drops its TCP connection (FIN or RST) after a message: the other side gets
+    close 1001 and its TCP connection is closed; no socket stays open."""
     base = len(sockets_of(e.gw))
     c, conn, _ = raw_tunnel(e)
-    c.send_text(b"hello")
-    assert conn.recv_message() == (OP_TEXT, b"hello")
-    conn.close() if how == "fin" else conn.abort()
-    c.expect_close(1001)
-    c.close()
-    fds_back(e.gw, base)
-
-
-@pytest.mark.parametrize("how", ["fin", "rst"])
-def test_client_drops_without_close(e, how):
-    base = len(sockets_of(e.gw))
-    c, conn, _ = raw_tunnel(e)
-    conn.send_text(b"hello")
-    assert c.recv_message() == (OP_TEXT, b"hello")
-    c.close() if how == "fin" else c.abort()
-    conn.expect_close(1001)
-    conn.close()
+    sender, dropping = (c, conn) if dropper == "upstream" else (conn, c)
+    sender.send_text(b"hello")
+    assert dropping.recv_message() == (OP_TEXT, b"hello")
+    dropping.close() if how == "fin" else dropping.abort()
+    sender.expect_close(1001)
+    sender.close()
     fds_back(e.gw, base)
 
 
