@@ -112,6 +112,7 @@ icount: passerelle
 .PHONY: bench-ws
 bench-ws:
 	bench/ws-bench.sh
+bench-ws-icount: ; bench/ws-icount.sh
 
 clean:
 	rm -rf build passerelle
