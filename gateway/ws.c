@@ -59,6 +59,9 @@ static int utf8_lead(struct pgw_utf8 *u, uint8_t c)
 static size_t skip_ascii(const uint8_t *p, size_t len)
 {
     size_t i = 0;
+    while (i + 32 <= len && ((load64(p + i) | load64(p + i + 8) | load64(p + i + 16) |
+                              load64(p + i + 24)) & HIGHS) == 0)
+        i += 32;
     while (i + 8 <= len && (load64(p + i) & HIGHS) == 0)
         i += 8;
     return i;
@@ -94,25 +97,44 @@ int pgw_utf8_complete(const struct pgw_utf8 *u) { return !u->bad && u->need == 0
 
 /* ---- Masking ---- */
 
-unsigned pgw_ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off)
+/* XORs <src,len> with <mask> from key position <off> into <dst>, which may be <src> itself. */
+static unsigned mask_into(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t mask[4],
+                          unsigned off)
 {
     size_t i = 0;
     off &= 3;
     if (len >= 8) {
         /* The key rotated to start at <off>, twice: byte order does not matter, the word is built
-         * and applied through memory. Each step is 8 bytes, so the rotation stays right. */
+         * and applied through memory. Each step is a multiple of 8 bytes, so the rotation stays
+         * right. */
         uint8_t k[8];
         for (unsigned j = 0; j < 8; j++)
             k[j] = mask[(off + j) & 3];
         uint64_t key = load64(k);
+        for (; i + 32 <= len; i += 32) {
+            uint64_t x[4] = {load64(src + i) ^ key, load64(src + i + 8) ^ key,
+                             load64(src + i + 16) ^ key, load64(src + i + 24) ^ key};
+            memcpy(dst + i, x, sizeof(x));
+        }
         for (; i + 8 <= len; i += 8) {
-            uint64_t x = load64(p + i) ^ key;
-            memcpy(p + i, &x, sizeof(x));
+            uint64_t x = load64(src + i) ^ key;
+            memcpy(dst + i, &x, sizeof(x));
         }
     }
     for (; i < len; i++)
-        p[i] ^= mask[(off + i) & 3];
+        dst[i] = src[i] ^ mask[(off + i) & 3];
     return (unsigned)((off + len) & 3);
+}
+
+unsigned pgw_ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off)
+{
+    return mask_into(p, p, len, mask, off);
+}
+
+unsigned pgw_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t mask[4],
+                          unsigned off)
+{
+    return mask_into(dst, src, len, mask, off);
 }
 
 /* ---- Frame parser: header ---- */

@@ -127,6 +127,9 @@ size_t pgw_ws_frame_header(uint8_t out[PGW_WS_HEADER_MAX], unsigned opcode, int 
 
 /* XORs <p,len> with <mask>, starting at key position <off> (0-3); returns the position after. */
 unsigned pgw_ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off);
+/* The same, writing the result to <dst> (not overlapping <src>): copy and mask in one pass. */
+unsigned pgw_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t mask[4],
+                          unsigned off);
 
 /* Whether <code> may appear in a close frame: 1000-1003, 1007-1014, 3000-4999. */
 int pgw_ws_close_code_valid(int code);

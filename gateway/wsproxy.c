@@ -352,10 +352,7 @@ static void send_frame(struct side *to, unsigned opcode, int fin, const uint8_t 
     pgw_assert(n == 1 && v.iov_len >= hl + len);
     uint8_t *p = v.iov_base;
     memcpy(p, hdr, hl);
-    if (len > 0) {
-        memcpy(p + hl, data, len);
-        pgw_ws_mask(p + hl, len, key, 0);
-    }
+    pgw_ws_mask_copy(p + hl, data, len, key, 0);
     v.iov_len = hl + len;
     evbuffer_commit_space(out, &v, 1);
 }

@@ -1635,13 +1635,14 @@ static void test_frame_roundtrip(void)
 static void test_mask(void)
 {
     static const uint8_t key[4] = {0x12, 0x34, 0x56, 0x78};
-    uint8_t src[64];
+    uint8_t src[128];
     for (size_t i = 0; i < sizeof(src); i++)
         src[i] = (uint8_t)(i * 37 + 5);
     for (size_t align = 0; align < 8; align++)
-        for (size_t n = 0; n <= 40; n++)
+        for (size_t n = 0; n <= 100; n++) /* past the 32- and 8-byte steps and their tails */
             for (unsigned off = 0; off < 4; off++) {
                 uint8_t *b = malloc(align + n > 0 ? align + n : 1); /* ASan guards the end */
+                uint8_t *d = malloc(align + n > 0 ? align + n : 1);
                 memcpy(b + align, src, n);
                 CHECK_INT(pgw_ws_mask(b + align, n, key, off), (off + n) % 4);
                 for (size_t i = 0; i < n; i++)
@@ -1649,6 +1650,10 @@ static void test_mask(void)
                         failf("mask", "align %zu len %zu off %u: byte %zu", align, n, off, i);
                         break;
                     }
+                /* copy and mask in one pass: the same bytes, the source untouched */
+                CHECK_INT(pgw_ws_mask_copy(d + align, src, n, key, off), (off + n) % 4);
+                CHECK(n == 0 || memcmp(d + align, b + align, n) == 0);
+                free(d);
                 CHECK_INT(pgw_ws_mask(b + align, n, key, off), (off + n) % 4);
                 CHECK(n == 0 || memcmp(b + align, src, n) == 0); /* XOR twice: the original */
                 free(b);
