@@ -1,5 +1,5 @@
 /* lua_ws.c: pgw.ws, what a ws_connect or ws_message policy may do to its WebSocket connection
- * (docs/websocket.md): drop the message, reply to its sender, close the connection. The
+ * (docs/websocket.md): its id, drop the message, reply to its sender, close the connection. The
  * functions act on the tunnel of the running task (wsproxy.h); they never wait. */
 #include "lua_task.h"
 #include "ws.h"
@@ -81,15 +81,24 @@ static int l_ws_close(lua_State *L)
     return 0;
 }
 
+/* pgw.ws.id(): the connection's id (its handshake request's X-Request-Id). */
+static int l_ws_id(lua_State *L)
+{
+    struct pgw_task *t = cur_ws(L, "pgw.ws.id", PGW_STAGES_WS);
+    lua_pushstring(L, pgw_ws_tunnel_id(t->ws));
+    return 1;
+}
+
 void pgw_lua_open_ws(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
+        {"id", l_ws_id},
         {"drop", l_ws_drop},
         {"reply", l_ws_reply},
         {"close", l_ws_close},
         {NULL, NULL},
     };
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
     for (const luaL_Reg *f = funcs; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

@@ -579,6 +579,42 @@ void pgw_conns_follow_gen(void)
     }
 }
 
+size_t pgw_conns_ws_by_route(char *buf, size_t len)
+{
+    enum { MAX_ROUTES = 64 };
+    const char *names[MAX_ROUTES];
+    size_t counts[MAX_ROUTES], n = 0;
+    for (struct pgw_conn *c = pgw_worker.conns; c != NULL; c = c->next) {
+        if (c->ws == NULL)
+            continue;
+        const char *name = pgw_ws_tunnel_route(c->ws);
+        size_t i = 0;
+        while (i < n && strcmp(names[i], name) != 0)
+            i++;
+        if (i == n && n == MAX_ROUTES)
+            continue;
+        if (i == n) {
+            names[n] = name;
+            counts[n++] = 0;
+        }
+        counts[i]++;
+    }
+    pgw_assert(len >= 3);
+    size_t o = 1;
+    buf[0] = '{';
+    for (size_t i = 0; i < n; i++) {
+        char item[96];
+        int k = snprintf(item, sizeof(item), "%s\"%s\":%zu", i ? "," : "", names[i], counts[i]);
+        if (k <= 0 || (size_t)k >= sizeof(item) || o + (size_t)k + 2 > len)
+            break;
+        memcpy(buf + o, item, (size_t)k);
+        o += (size_t)k;
+    }
+    buf[o++] = '}';
+    buf[o] = '\0';
+    return o;
+}
+
 size_t pgw_conns_ws_shutdown(void)
 {
     size_t n = 0;

@@ -284,6 +284,9 @@ void pgw_conns_close_idle(void);
 /* server.c: after a generation swap: idle keep-alive connections move to the new generation at
  * once (the others do between requests), and those whose listener is gone are closed. */
 void pgw_conns_follow_gen(void);
+/* server.c: the open WebSockets by route as a JSON object ({"chat":3}) into <buf> (cut to what
+ * fits in <len>, always valid JSON); returns its length. */
+size_t pgw_conns_ws_by_route(char *buf, size_t len);
 /* server.c: graceful stop at its deadline: open WebSockets get close 1001. Returns how many. */
 size_t pgw_conns_ws_shutdown(void);
 /* server.c: closes every connection, aborting requests in flight. */

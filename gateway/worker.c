@@ -430,14 +430,15 @@ static void gen_install(const struct pgw_msg *m)
 
 static void status_reply(uint64_t query)
 {
-    char buf[320];
+    char buf[4096], ws[3600];
     struct pgw_lua *lua = pgw_bridge_lua();
+    pgw_conns_ws_by_route(ws, sizeof(ws));
     int n = snprintf(buf, sizeof(buf),
                      "{\"pid\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu,"
-                     "\"lua_memory\":%zu,\"lua_memory_peak\":%zu}",
+                     "\"lua_memory\":%zu,\"lua_memory_peak\":%zu,\"websockets\":%s}",
                      (int)getpid(), (unsigned long long)(pgw_worker.gen ? pgw_worker.gen->number : 0),
                      pgw_worker.num_conns, (unsigned long long)pgw_worker.requests,
-                     lua ? pgw_lua_mem_used(lua) : 0, lua ? pgw_lua_mem_peak(lua) : 0);
+                     lua ? pgw_lua_mem_used(lua) : 0, lua ? pgw_lua_mem_peak(lua) : 0, ws);
     pgw_chan_send(pgw_worker.chan, PGW_MSG_STATUS_REPLY, query, buf, (size_t)n, NULL, 0);
 }
 

@@ -49,6 +49,7 @@ struct pgw_ws_tunnel {
     struct pgw_upstream_conn *uc;
     struct side cl, up;
     const struct pgw_config_websocket *conf;
+    const struct pgw_config_route *route; /* lives with the connection's generation */
     struct pgw_task *lua;          /* NULL when no ws_* policy applies */
     unsigned has_message_policy : 1;
     unsigned lua_busy : 1;         /* a policy run waits; nothing is parsed meanwhile */
@@ -888,10 +889,36 @@ static void run_close_stage(struct pgw_ws_tunnel *t)
     pgw_task_ws_close(t->lua, &info);
 }
 
+/* The access-log line of the connection's end (the handshake had its own, status 101). */
+static void access_log_close(const struct pgw_ws_tunnel *t)
+{
+    if (!pgw_access_log_enabled())
+        return;
+    const struct pgw_conn *c = t->c;
+    char ts[32];
+    pgw_log_time(ts);
+    char *line = pgw_access_log_reserve(2048);
+    char *p = line;
+    p += sprintf(p, "{\"time\":\"%s\",\"request_id\":\"%s\",\"event\":\"websocket_close\","
+                    "\"listener\":\"%s\",\"route\":\"%s\",\"client\":\"%s\",\"upstream\":\"%s\","
+                    "\"duration_ms\":%.3f,\"messages_in\":%" PRIu64 ",\"messages_out\":%" PRIu64
+                    ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"close_code\":%d,"
+                    "\"closed_by\":\"%s\",\"close_reason\":\"",
+                 ts, t->id, c->gen->config->listeners[c->listener_index].name, t->route->name,
+                 c->client_str, pgw_proxy_upstream_label(t->uc),
+                 (double)(pgw_now_us() - t->start_us) / 1000.0, t->cl.messages, t->up.messages,
+                 t->cl.bytes, t->up.bytes, t->close_by ? t->close_code : PGW_WS_CLOSE_ABNORMAL,
+                 t->close_by ? t->close_by : "gateway");
+    p += pgw_json_escape(p, t->close_reason, t->close_reason_len);
+    p += sprintf(p, "\"}\n");
+    pgw_access_log_commit((size_t)(p - line));
+}
+
 /* Frees what the tunnel owns; the client connection is left to the caller. */
 static void tun_release(struct pgw_ws_tunnel *t)
 {
     run_close_stage(t);
+    access_log_close(t);
     budget_unwait(t);
     for (int i = 0; i < 2; i++) {
         struct side *s = i ? &t->up : &t->cl;
@@ -932,6 +959,8 @@ static void tun_leave(struct pgw_ws_tunnel *t)
 
 const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t) { return t->id; }
 
+const char *pgw_ws_tunnel_route(const struct pgw_ws_tunnel *t) { return t->route->name; }
+
 void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
 {
     if (t != NULL)
@@ -953,6 +982,7 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
     struct pgw_ws_tunnel *t = pgw_calloc(1, sizeof(*t));
     t->c = c;
     t->uc = uc;
+    t->route = req->route;
     t->conf = req->route->websocket;
     t->start_us = pgw_now_us();
     memcpy(t->id, req->id, req->id_len + 1);

@@ -56,6 +56,8 @@ void pgw_ws_tunnel_shutdown(struct pgw_ws_tunnel *t);
 
 /* The handshake request's id, which names the connection in logs. */
 const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t);
+/* The name of the route it was opened on. */
+const char *pgw_ws_tunnel_route(const struct pgw_ws_tunnel *t);
 /* lua_task.c: a ws_connect or ws_message run that waited has ended (PGW_OK/DONE/ERR). */
 void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc);
 

@@ -151,6 +151,9 @@ return {
         elseif d == "count" then
             pgw.ws.reply("count=" .. ctx.n)
             return pgw.ws.drop()
+        elseif d == "id" then
+            pgw.ws.reply("id=" .. pgw.ws.id())
+            return pgw.ws.drop()
         elseif d == "user" then
             pgw.ws.reply("user=" .. tostring(ctx.user))
             return pgw.ws.drop()
@@ -402,6 +405,29 @@ def handshake_refused(e, path, status, upstream_count, closes=True, **kw):
 
 
 # ---- 1. handshake ----
+
+def test_connection_id_status_and_close_line(e):
+    """pgw.ws.id() is the handshake's X-Request-Id; `passerelle status` counts the open
+    WebSockets of each route; the end of the connection writes an access-log line with its
+    duration, messages and payload bytes each way, close code, reason and who closed."""
+    c = ws_open(e, prefix="/p/")
+    rid = c.response.header("x-request-id")
+    c.send_text(b"id")
+    assert c.recv_message() == (OP_TEXT, ("id=" + rid).encode())
+    echo_ok(c, b"hello", OP_TEXT)
+    workers = e.gw.status()["workers"]
+    assert sum(w["websockets"].get("p", 0) for w in workers) == 1, workers
+    close_clean(c)
+    entry = e.gw.wait_access(lambda x: x.get("request_id") == rid and
+                             x.get("event") == "websocket_close")[0]
+    want = {"route": "p", "listener": "public", "closed_by": "client", "close_code": 1000,
+            "close_reason": "done", "messages_in": 2, "messages_out": 1, "bytes_in": 7,
+            "bytes_out": 5, "upstream": e.echo.address}
+    assert {k: entry.get(k) for k in want} == want, entry
+    assert entry["duration_ms"] > 0 and entry["client"] == "127.0.0.1", entry
+    wait_for(lambda: all(w["websockets"] == {} for w in e.gw.status()["workers"]),
+             what="no open WebSocket in the status")
+
 
 def test_handshake_through_the_gateway(e):
     """101 with Upgrade / Connection / the Accept of our key / X-Request-Id; text and binary
