@@ -67,6 +67,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 
@@ -74,7 +75,7 @@ import pytest
 
 import stubs
 import wsfix
-from gw import BINARY, Client, build_request, config, listener, wait_for
+from gw import BINARY, REPO, Client, build_request, config, listener, to_yaml, wait_for
 from harness import module_env
 from httpio import pattern_body
 from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
@@ -251,6 +252,21 @@ def build_config(files, ups):
         route("/http/", upstream="plain"),
         route("/keyp/", [{"key_auth": {}}], upstream="plain"),
         route("/p/", ["wsp"], upstream="echo", websocket=ws(max_message="64k")),
+        route("/wrl-close/", [{"ws_rate_limit": {"messages": 3, "window": "1h"}}],
+              upstream="echo", websocket=ws()),
+        route("/wrl-drop/", [{"ws_rate_limit": {"messages": 2, "window": "1h",
+                                                "action": "drop"}}],
+              upstream="echo", websocket=ws()),
+        route("/wrl-bytes/", [{"ws_rate_limit": {"bytes": 10, "window": "1h", "action": "reply",
+                                                 "reply": "slow down"}}],
+              upstream="echo", websocket=ws()),
+        route("/wrl-consumer/", [{"key_auth": {}},
+                                 {"ws_rate_limit": {"by": "consumer", "messages": 3,
+                                                    "window": "1h", "scope": "route"}}],
+              upstream="echo", websocket=ws()),
+        route("/wrl-out/", [{"ws_rate_limit": {"direction": "outbound", "messages": 1,
+                                               "window": "1h", "action": "drop"}}],
+              upstream="echo", websocket=ws()),
         route("/t/", [{"tag": {"tag": "R1"}}, {"tag": {"tag": "R2"}}], upstream="echo",
               listeners=["side"], websocket=ws()),
     ]
@@ -405,6 +421,101 @@ def handshake_refused(e, path, status, upstream_count, closes=True, **kw):
 
 
 # ---- 1. handshake ----
+
+# ---- ws_rate_limit (the built-in message limits) ----
+
+def test_ws_rate_limit_close(e):
+    """messages: 3 per hour, action close: the fourth message gets close 1008 on both sides and
+    never reaches the upstream."""
+    c = ws_open(e, prefix="/wrl-close/")
+    for i in range(3):
+        echo_ok(c, b"m%d" % i)
+    c.send_text(b"m3")
+    f = c.expect_close(1008, "rate limit exceeded")
+    assert f is not None
+    c.close()
+    up = upstream_of(e, c)
+    assert up.messages == ["m0", "m1", "m2"] and up.close_code == 1008, up
+
+
+def test_ws_rate_limit_drop_counts_per_connection(e):
+    """action drop, by connection: the third message of a connection is dropped silently, the
+    connection stays open; another connection has its own count."""
+    c1 = ws_open(e, prefix="/wrl-drop/")
+    c2 = ws_open(e, prefix="/wrl-drop/")
+    echo_ok(c1, b"a1")
+    echo_ok(c1, b"a2")
+    c1.send_text(b"a3")           # dropped
+    echo_ok(c2, b"b1")            # c2 counts apart
+    c1.send_ping(b"p")
+    f = c1.recv_frame(3.0)   # nothing came back for a3
+    assert (f.opcode, f.payload) == (OP_PONG, b"p"), f
+    close_clean(c1)
+    close_clean(c2)
+    assert upstream_of(e, c1).messages == ["a1", "a2"]
+
+
+def test_ws_rate_limit_bytes_reply(e):
+    """bytes: 10 per hour, action reply: a message that would pass the byte budget is dropped
+    and the client gets the reply text; smaller ones within the budget still pass."""
+    c = ws_open(e, prefix="/wrl-bytes/")
+    echo_ok(c, b"123456")         # 6 bytes
+    c.send_text(b"12345")         # 11 > 10: refused, counts nothing
+    assert c.recv_message() == (OP_TEXT, b"slow down")
+    echo_ok(c, b"1234")           # 10: within the budget
+    c.send_text(b"x")
+    assert c.recv_message() == (OP_TEXT, b"slow down")
+    close_clean(c)
+    assert upstream_of(e, c).messages == ["123456", "1234"]
+
+
+def test_ws_rate_limit_by_consumer_across_connections(e):
+    """by consumer: two connections with the same key share one count (3 per hour), kept in
+    the store like HTTP rate limits."""
+    hdrs = [("apikey", e.apikey)]
+    c1 = ws_open(e, prefix="/wrl-consumer/", headers=hdrs)
+    c2 = ws_open(e, prefix="/wrl-consumer/", headers=hdrs)
+    echo_ok(c1, b"1")
+    echo_ok(c2, b"2")
+    echo_ok(c1, b"3")
+    c2.send_text(b"4")
+    c2.expect_close(1008)
+    c2.close()
+    close_clean(c1)
+
+
+def test_ws_rate_limit_outbound(e):
+    """direction outbound: the upstream's second message is dropped; the client's messages
+    are not limited."""
+    c = ws_open(e, prefix="/wrl-out/")
+    echo_ok(c, b"first")
+    c.send_text(b"second")        # reaches the upstream; its echo is dropped
+    c.send_ping(b"q")
+    f = c.recv_frame(3.0)
+    assert (f.opcode, f.payload) == (OP_PONG, b"q"), f
+    close_clean(c)
+    assert upstream_of(e, c).messages == ["first", "second"]
+
+
+@pytest.mark.parametrize("conf, error", [
+    ({}, "ws_rate_limit: set messages, bytes or both"),
+    ({"messages": 1, "close_code": 1005}, "1005 is not a close code a frame may carry"),
+    ({"bytes": "1x"}, "ws_rate_limit.bytes"),
+    ({"messages": 1, "action": "kick"}, "ws_rate_limit.action"),
+    ({"messages": 1, "close_reason": "r" * 124}, "ws_rate_limit.close_reason"),
+])
+def test_ws_rate_limit_bad_config(tmp_path, conf, error):
+    """`passerelle check` refuses a ws_rate_limit without limits, with a close code a frame may
+    not carry, a bad size, an unknown action or a reason over 123 bytes, with the file:line."""
+    cfg = config(listeners=[listener("public")], upstreams={"a": {"targets": ["127.0.0.1:9"]}},
+                 routes=[route("/", [{"ws_rate_limit": conf}], upstream="a", websocket=True)])
+    path = tmp_path / "gw.yaml"
+    path.write_text(to_yaml(cfg) + "\n")
+    cp = subprocess.run([str(BINARY), "check", "-c", str(path)], cwd=str(REPO),
+                        capture_output=True, text=True, timeout=60)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0 and error in out and str(path) in out, out
+
 
 def test_connection_id_status_and_close_line(e):
     """pgw.ws.id() is the handshake's X-Request-Id; `passerelle status` counts the open
