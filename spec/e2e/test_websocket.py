@@ -227,6 +227,18 @@ def life_policy(tag):
     """ % tag
 
 
+VALIDATE_SCHEMA = {
+    "type": "object", "required": ["action"], "additionalProperties": False,
+    "properties": {
+        "action": {"type": "string", "enum": ["join", "leave", "send"]},
+        "text": {"type": "string", "maxLength": 10},
+        "n": {"type": "integer", "minimum": 1, "maximum": 9},
+        "tags": {"type": "array", "maxItems": 2, "items": {"type": "string", "minLength": 1}},
+        "to": {"type": ["string", "null"]},
+    },
+}
+
+
 # ---- the module's gateway ----
 
 def build_config(files, ups):
@@ -266,6 +278,10 @@ def build_config(files, ups):
               upstream="echo", websocket=ws()),
         route("/wrl-out/", [{"ws_rate_limit": {"direction": "outbound", "messages": 1,
                                                "window": "1h", "action": "drop"}}],
+              upstream="echo", websocket=ws()),
+        route("/wv/", [{"ws_validate": {"schema": VALIDATE_SCHEMA}}], upstream="echo",
+              websocket=ws()),
+        route("/wv-close/", [{"ws_validate": {"schema": {"type": "object"}, "action": "close"}}],
               upstream="echo", websocket=ws()),
         route("/t/", [{"tag": {"tag": "R1"}}, {"tag": {"tag": "R2"}}], upstream="echo",
               listeners=["side"], websocket=ws()),
@@ -422,6 +438,19 @@ def handshake_refused(e, path, status, upstream_count, closes=True, **kw):
 
 # ---- 1. handshake ----
 
+def check_refuses(tmp_path, policy, conf, error):
+    """`passerelle check` on a WebSocket route with <policy>: <conf> fails with <error> and
+    names the file."""
+    cfg = config(listeners=[listener("public")], upstreams={"a": {"targets": ["127.0.0.1:9"]}},
+                 routes=[route("/", [{policy: conf}], upstream="a", websocket=True)])
+    path = tmp_path / "gw.yaml"
+    path.write_text(to_yaml(cfg) + "\n")
+    cp = subprocess.run([str(BINARY), "check", "-c", str(path)], cwd=str(REPO),
+                        capture_output=True, text=True, timeout=60)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0 and error in out and str(path) in out, out
+
+
 # ---- ws_rate_limit (the built-in message limits) ----
 
 def test_ws_rate_limit_close(e):
@@ -507,14 +536,66 @@ def test_ws_rate_limit_outbound(e):
 def test_ws_rate_limit_bad_config(tmp_path, conf, error):
     """`passerelle check` refuses a ws_rate_limit without limits, with a close code a frame may
     not carry, a bad size, an unknown action or a reason over 123 bytes, with the file:line."""
-    cfg = config(listeners=[listener("public")], upstreams={"a": {"targets": ["127.0.0.1:9"]}},
-                 routes=[route("/", [{"ws_rate_limit": conf}], upstream="a", websocket=True)])
-    path = tmp_path / "gw.yaml"
-    path.write_text(to_yaml(cfg) + "\n")
-    cp = subprocess.run([str(BINARY), "check", "-c", str(path)], cwd=str(REPO),
-                        capture_output=True, text=True, timeout=60)
-    out = cp.stdout + cp.stderr
-    assert cp.returncode != 0 and error in out and str(path) in out, out
+    check_refuses(tmp_path, "ws_rate_limit", conf, error)
+
+
+# ---- ws_validate (JSON messages against a JSON Schema subset) ----
+
+@pytest.mark.parametrize("payload, detail", [
+    (b'{"action":"join"}', None),
+    (b'{"action":"send","text":"hi","n":3,"tags":["a","b"],"to":null}', None),
+    (b'{"action":"send","tags":[]}', None),
+    (b'{"text":"hi"}', "$: missing action"),
+    (b'{"action":"dance"}', "$.action: not one of the allowed values"),
+    (b'{"action":"send","text":"0123456789x"}', "$.text: too long"),
+    (b'{"action":"send","n":1.5}', "$.n: expected integer"),
+    (b'{"action":"send","n":10}', "$.n: above the maximum"),
+    (b'{"action":"send","tags":["a","b","c"]}', "$.tags: too many items"),
+    (b'{"action":"send","tags":[""]}', "$.tags[0]: too short"),
+    (b'{"action":"send","to":5}', "$.to: expected one of the types"),
+    (b'{"action":"join","extra":1}', "$: unexpected member extra"),
+    (b'["action"]', "$: expected object"),
+    (b'{"action":', "not JSON"),
+])
+def test_ws_validate_reply(e, payload, detail):
+    """Valid messages reach the upstream; an invalid one is dropped and its sender gets
+    {"error":"invalid message","detail":...} naming where it failed (action: reply)."""
+    c = ws_open(e, prefix="/wv/")
+    c.send_text(payload)
+    got = c.recv_message()
+    if detail is None:
+        assert got == (OP_TEXT, payload), got
+    else:
+        assert got[0] == OP_TEXT, got
+        answer = json.loads(got[1])
+        assert answer["error"] == "invalid message" and detail in answer["detail"], answer
+    close_clean(c)
+    assert upstream_of(e, c).messages == ([payload.decode()] if detail is None else [])
+
+
+def test_ws_validate_close(e):
+    """action: close: a message that is not a JSON object closes both sides with 1007."""
+    c = ws_open(e, prefix="/wv-close/")
+    echo_ok(c, b'{"ok":true}')
+    c.send_text(b"[1,2]")
+    c.expect_close(1007, "invalid message")
+    c.close()
+    up = upstream_of(e, c)
+    assert up.messages == ['{"ok":true}'] and up.close_code == 1007, up
+
+
+@pytest.mark.parametrize("conf, error", [
+    ({}, "ws_validate.schema"),
+    ({"schema": {"type": "object", "pattern": "^a"}}, "unsupported keyword pattern"),
+    ({"schema": {"type": "thing"}}, "unknown type thing"),
+    ({"schema": {"properties": {"a": {"maxLength": "x"}}}}, "maxLength: a number is needed"),
+    ({"schema": {"additionalProperties": {"type": "string"}}}, "true or false"),
+    ({"schema": {}, "close_code": 1006}, "1006 is not a close code"),
+])
+def test_ws_validate_bad_config(tmp_path, conf, error):
+    """`passerelle check` refuses schemas with keywords outside the subset, unknown types,
+    wrongly typed keywords, and close codes a frame may not carry."""
+    check_refuses(tmp_path, "ws_validate", conf, error)
 
 
 def test_connection_id_status_and_close_line(e):
