@@ -69,7 +69,8 @@ struct pgw_ws_tunnel {
     int policy_close;              /* pgw.ws.close: the code to close with after the run */
     char policy_reason[124];
     size_t policy_reason_len;
-    char id[33];                   /* the handshake request's id */
+    char id[33];                   /* the connection's id: random, never the client's choice */
+    char request_id[33];           /* the handshake request's id (X-Request-Id) */
     struct pgw_ws_tunnel *wait_prev, *wait_next; /* budget waiters */
 };
 
@@ -899,12 +900,14 @@ static void access_log_close(const struct pgw_ws_tunnel *t)
     pgw_log_time(ts);
     char *line = pgw_access_log_reserve(2048);
     char *p = line;
-    p += sprintf(p, "{\"time\":\"%s\",\"request_id\":\"%s\",\"event\":\"websocket_close\","
+    p += sprintf(p, "{\"time\":\"%s\",\"request_id\":\"%s\",\"websocket_id\":\"%s\","
+                    "\"event\":\"websocket_close\","
                     "\"listener\":\"%s\",\"route\":\"%s\",\"client\":\"%s\",\"upstream\":\"%s\","
                     "\"duration_ms\":%.3f,\"messages_in\":%" PRIu64 ",\"messages_out\":%" PRIu64
                     ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"close_code\":%d,"
                     "\"closed_by\":\"%s\",\"close_reason\":\"",
-                 ts, t->id, c->gen->config->listeners[c->listener_index].name, t->route->name,
+                 ts, t->request_id, t->id, c->gen->config->listeners[c->listener_index].name,
+                 t->route->name,
                  c->client_str, pgw_proxy_upstream_label(t->uc),
                  (double)(pgw_now_us() - t->start_us) / 1000.0, t->cl.messages, t->up.messages,
                  t->cl.bytes, t->up.bytes, t->close_by ? t->close_code : PGW_WS_CLOSE_ABNORMAL,
@@ -967,6 +970,24 @@ void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
         tun_release(t);
 }
 
+/* 32 hex digits from the kernel's generator: an id nobody can guess or choose, since policies
+ * may address a connection by it. */
+static void random_id(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        uint64_t a = mask_next(), b = mask_next();
+        memcpy(r, &a, 8);
+        memcpy(r + 8, &b, 8);
+    }
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[32] = '\0';
+}
+
 static void side_init(struct side *s, struct pgw_io *io, int is_client, uint64_t max_message)
 {
     s->io = io;
@@ -985,7 +1006,8 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
     t->route = req->route;
     t->conf = req->route->websocket;
     t->start_us = pgw_now_us();
-    memcpy(t->id, req->id, req->id_len + 1);
+    memcpy(t->request_id, req->id, req->id_len + 1);
+    random_id(t->id);
     side_init(&t->cl, &c->io, 1, t->conf->max_message);
     side_init(&t->up, up, 0, t->conf->max_message);
     write_101(req, resp);

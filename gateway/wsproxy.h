@@ -54,7 +54,7 @@ void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t);
 /* server.c: graceful stop reached its deadline: close 1001 to both sides, then close. */
 void pgw_ws_tunnel_shutdown(struct pgw_ws_tunnel *t);
 
-/* The handshake request's id, which names the connection in logs. */
+/* The connection's id (32 random hex digits), which names it in logs and to policies. */
 const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t);
 /* The name of the route it was opened on. */
 const char *pgw_ws_tunnel_route(const struct pgw_ws_tunnel *t);

@@ -599,20 +599,30 @@ def test_ws_validate_bad_config(tmp_path, conf, error):
 
 
 def test_connection_id_status_and_close_line(e):
-    """pgw.ws.id() is the handshake's X-Request-Id; `passerelle status` counts the open
-    WebSockets of each route; the end of the connection writes an access-log line with its
-    duration, messages and payload bytes each way, close code, reason and who closed."""
-    c = ws_open(e, prefix="/p/")
+    """pgw.ws.id() is 32 random hex digits, never the X-Request-Id the client chose (a client
+    must not pick another connection's id); `passerelle status` counts the open WebSockets of
+    each route; the end of the connection writes an access-log line with the handshake's
+    request id, the connection's id, its duration, messages and payload bytes each way, close
+    code, reason and who closed."""
+    c = ws_open(e, prefix="/p/", headers=[("X-Request-Id", "chosen-by-client")])
     rid = c.response.header("x-request-id")
+    assert rid == "chosen-by-client"
     c.send_text(b"id")
-    assert c.recv_message() == (OP_TEXT, ("id=" + rid).encode())
+    op, answer = c.recv_message()
+    wid = answer.decode()[3:]
+    assert op == OP_TEXT and re.fullmatch(r"[0-9a-f]{32}", wid), answer
+    other = ws_open(e, prefix="/p/", headers=[("X-Request-Id", "chosen-by-client")])
+    other.send_text(b"id")
+    assert other.recv_message()[1].decode()[3:] != wid
+    close_clean(other)
     echo_ok(c, b"hello", OP_TEXT)
     workers = e.gw.status()["workers"]
-    assert sum(w["websockets"].get("p", 0) for w in workers) == 1, workers
+    assert sum(w["websockets"].get("p", 0) for w in workers) == 1, workers  # other is closed
     close_clean(c)
-    entry = e.gw.wait_access(lambda x: x.get("request_id") == rid and
-                             x.get("event") == "websocket_close")[0]
-    want = {"route": "p", "listener": "public", "closed_by": "client", "close_code": 1000,
+    entry = e.gw.wait_access(lambda x: x.get("websocket_id") == wid)[0]
+    assert entry["event"] == "websocket_close" and entry["request_id"] == rid, entry
+    want = {"websocket_id": wid, "route": "p", "listener": "public", "closed_by": "client",
+            "close_code": 1000,
             "close_reason": "done", "messages_in": 2, "messages_out": 1, "bytes_in": 7,
             "bytes_out": 5, "upstream": e.echo.address}
     assert {k: entry.get(k) for k in want} == want, entry
