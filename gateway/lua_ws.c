@@ -81,7 +81,39 @@ static int l_ws_close(lua_State *L)
     return 0;
 }
 
-/* pgw.ws.id(): the connection's id (its handshake request's X-Request-Id). */
+/* pgw.ws.send(id, data [, opcode]): a message to the client of another (or this) connection of
+ * this worker, through that connection's outbound ws_message policies. true, or nil and why. */
+static int l_ws_send(lua_State *L)
+{
+    static const char fname[] = "pgw.ws.send";
+    pgw_bridge_check(L, fname, PGW_STAGES_REQUEST | PGW_STAGE_TIMER | PGW_STAGES_WS);
+    size_t id_len, len;
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: bad argument #1 (connection id expected, got %s)", fname,
+                          luaL_typename(L, 1));
+    const char *id = lua_tolstring(L, 1, &id_len);
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return luaL_error(L, "%s: bad argument #2 (string expected, got %s)", fname,
+                          luaL_typename(L, 2));
+    const char *data = lua_tolstring(L, 2, &len);
+    const char *op = luaL_optstring(L, 3, "text");
+    int binary = strcmp(op, "binary") == 0;
+    if (!binary && strcmp(op, "text") != 0)
+        return luaL_error(L, "%s: opcode must be \"text\" or \"binary\", got \"%s\"", fname, op);
+    if (!binary && !is_utf8(data, len))
+        return luaL_error(L, "%s: a text message must be UTF-8", fname);
+    const char *err = NULL;
+    if (pgw_ws_push(id, id_len, binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT, data, len, &err) !=
+        PGW_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* pgw.ws.id(): the connection's id (32 random hex digits). */
 static int l_ws_id(lua_State *L)
 {
     struct pgw_task *t = cur_ws(L, "pgw.ws.id", PGW_STAGES_WS);
@@ -93,12 +125,13 @@ void pgw_lua_open_ws(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"id", l_ws_id},
+        {"send", l_ws_send},
         {"drop", l_ws_drop},
         {"reply", l_ws_reply},
         {"close", l_ws_close},
         {NULL, NULL},
     };
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     for (const luaL_Reg *f = funcs; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

@@ -70,6 +70,10 @@ struct pgw_ws_tunnel {
     char policy_reason[124];
     size_t policy_reason_len;
     char id[33];                   /* the connection's id: random, never the client's choice */
+    struct pgw_ws_tunnel *id_next; /* the worker's index of ids */
+    struct evbuffer *pushes;       /* pgw.ws.send: messages waiting to go to the client */
+    struct pgw_ws_tunnel *push_prev, *push_next; /* the worker's list of tunnels to push to */
+    unsigned push_listed : 1;
     char request_id[33];           /* the handshake request's id (X-Request-Id) */
     struct pgw_ws_tunnel *wait_prev, *wait_next; /* budget waiters */
 };
@@ -82,6 +86,7 @@ static struct event *budget_ev;
 static uint64_t mask_state;                 /* xorshift64* state for masking keys */
 
 static void side_process(struct pgw_ws_tunnel *t, struct side *s);
+static void deliver_pushes(struct pgw_ws_tunnel *t);
 static void side_pump(struct pgw_ws_tunnel *t, struct side *s);
 static void tun_pump_both(struct pgw_ws_tunnel *t);
 static void tun_update_reading(struct pgw_ws_tunnel *t);
@@ -757,6 +762,10 @@ static void tun_settle(struct pgw_ws_tunnel *t)
 {
     if (t->finished)
         return;
+    if (t->pushes != NULL && evbuffer_get_length(t->pushes) > 0)
+        deliver_pushes(t);
+    if (t->finished)
+        return;
     flush_side(t, &t->cl);
     flush_side(t, &t->up);
     tun_update_reading(t);
@@ -918,11 +927,18 @@ static void access_log_close(const struct pgw_ws_tunnel *t)
 }
 
 /* Frees what the tunnel owns; the client connection is left to the caller. */
+static void ids_remove(struct pgw_ws_tunnel *t);
+static void push_unlist(struct pgw_ws_tunnel *t);
+
 static void tun_release(struct pgw_ws_tunnel *t)
 {
     run_close_stage(t);
     access_log_close(t);
     budget_unwait(t);
+    ids_remove(t);
+    push_unlist(t);
+    if (t->pushes != NULL)
+        evbuffer_free(t->pushes);
     for (int i = 0; i < 2; i++) {
         struct side *s = i ? &t->up : &t->cl;
         if (s->msg != NULL) {
@@ -970,6 +986,170 @@ void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
         tun_release(t);
 }
 
+/* ---- Connections by id, and pushes (pgw.ws.send) ---- */
+
+#define PUSH_QUEUE_MAX (1024 * 1024) /* bytes waiting for one connection */
+
+static struct pgw_ws_tunnel **ids;  /* chained buckets, hashed on the id's first hex digits */
+static size_t ids_cap, ids_count;
+static struct pgw_ws_tunnel *push_list;
+static struct event *push_ev;
+
+/* The first 8 hex digits of a (random) id. */
+static size_t id_hash(const char *id)
+{
+    size_t h = 0;
+    for (int i = 0; i < 8; i++)
+        h = h << 4 | (size_t)(id[i] <= '9' ? id[i] - '0' : id[i] - 'a' + 10);
+    return h;
+}
+
+static void ids_grow(void)
+{
+    size_t cap = ids_cap ? ids_cap * 2 : 1024;
+    struct pgw_ws_tunnel **v = pgw_calloc(cap, sizeof(*v));
+    for (size_t i = 0; i < ids_cap; i++)
+        for (struct pgw_ws_tunnel *t = ids[i], *next; t != NULL; t = next) {
+            next = t->id_next;
+            size_t h = id_hash(t->id) & (cap - 1);
+            t->id_next = v[h];
+            v[h] = t;
+        }
+    free(ids);
+    ids = v;
+    ids_cap = cap;
+}
+
+static void ids_add(struct pgw_ws_tunnel *t)
+{
+    if (ids_count >= ids_cap)
+        ids_grow();
+    size_t h = id_hash(t->id) & (ids_cap - 1);
+    t->id_next = ids[h];
+    ids[h] = t;
+    ids_count++;
+}
+
+static void ids_remove(struct pgw_ws_tunnel *t)
+{
+    struct pgw_ws_tunnel **pp = &ids[id_hash(t->id) & (ids_cap - 1)];
+    while (*pp != NULL && *pp != t)
+        pp = &(*pp)->id_next;
+    if (*pp == t) {
+        *pp = t->id_next;
+        ids_count--;
+    }
+}
+
+static struct pgw_ws_tunnel *ids_find(const char *id, size_t len)
+{
+    if (len != 32 || ids_cap == 0)
+        return NULL;
+    for (size_t i = 0; i < 32; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return NULL;
+    for (struct pgw_ws_tunnel *t = ids[id_hash(id) & (ids_cap - 1)]; t != NULL; t = t->id_next)
+        if (memcmp(t->id, id, 32) == 0)
+            return t;
+    return NULL;
+}
+
+static void push_unlist(struct pgw_ws_tunnel *t)
+{
+    if (!t->push_listed)
+        return;
+    if (t->push_prev)
+        t->push_prev->push_next = t->push_next;
+    else
+        push_list = t->push_next;
+    if (t->push_next)
+        t->push_next->push_prev = t->push_prev;
+    t->push_prev = t->push_next = NULL;
+    t->push_listed = 0;
+}
+
+static void on_push(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    while (push_list != NULL) {
+        struct pgw_ws_tunnel *t = push_list;
+        push_unlist(t);
+        tun_enter(t);
+        tun_settle(t); /* delivers what it can, flushes */
+        tun_leave(t);
+    }
+}
+
+/* Sends the waiting pushes to the client while nothing else is under way towards it: no policy
+ * run, and without policies no upstream message half relayed (its fragments must stay
+ * together). Each push goes through the outbound ws_message policies like an upstream message. */
+static void deliver_pushes(struct pgw_ws_tunnel *t)
+{
+    struct evbuffer *q = t->pushes;
+    while (evbuffer_get_length(q) > 0 && !t->finished && !t->lua_busy && !t->cl.close_sent &&
+           (t->has_message_policy || t->up.parser.msg_opcode == 0)) {
+        uint8_t hdr[5];
+        evbuffer_copyout(q, hdr, 5);
+        uint32_t len;
+        memcpy(&len, hdr + 1, 4);
+        evbuffer_drain(q, 5);
+        const char *data = len ? (const char *)evbuffer_pullup(q, len) : "";
+        if (!t->has_message_policy) {
+            send_frame(&t->cl, hdr[0], 1, (const uint8_t *)data, len);
+            t->up.messages++;
+            t->up.bytes += len;
+        } else {
+            t->lua_busy = 1;
+            t->busy_client = 0; /* outbound, as if the upstream had sent it */
+            t->in_flight_len = len;
+            int rc = pgw_task_ws_message(t->lua, 0, hdr[0], data, len);
+            if (rc != PGW_AGAIN)
+                message_done(t, rc);
+        }
+        evbuffer_drain(q, len);
+    }
+}
+
+int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len,
+                const char **err)
+{
+    struct pgw_ws_tunnel *t = ids_find(id, id_len);
+    if (t == NULL) {
+        *err = "unknown connection";
+        return PGW_DECLINED;
+    }
+    if (t->finished || t->ending || t->cl.gone) {
+        *err = "closed";
+        return PGW_ERR;
+    }
+    if (t->pushes == NULL)
+        t->pushes = evbuffer_new();
+    if (evbuffer_get_length(t->pushes) + len + 5 > PUSH_QUEUE_MAX) {
+        *err = "queue full";
+        return PGW_ERR;
+    }
+    uint8_t hdr[5] = {(uint8_t)opcode};
+    uint32_t l32 = (uint32_t)len;
+    memcpy(hdr + 1, &l32, 4);
+    evbuffer_add(t->pushes, hdr, 5);
+    evbuffer_add(t->pushes, data, len);
+    if (!t->push_listed) { /* delivered from the event loop, never inside the caller's Lua */
+        t->push_listed = 1;
+        t->push_prev = NULL;
+        t->push_next = push_list;
+        if (push_list)
+            push_list->push_prev = t;
+        push_list = t;
+    }
+    if (push_ev == NULL)
+        push_ev = evtimer_new(pgw_worker.base, on_push, NULL);
+    struct timeval tv = {0, 0};
+    evtimer_add(push_ev, &tv);
+    return PGW_OK;
+}
+
 /* 32 hex digits from the kernel's generator: an id nobody can guess or choose, since policies
  * may address a connection by it. */
 static void random_id(char out[33])
@@ -1008,6 +1188,7 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
     t->start_us = pgw_now_us();
     memcpy(t->request_id, req->id, req->id_len + 1);
     random_id(t->id);
+    ids_add(t);
     side_init(&t->cl, &c->io, 1, t->conf->max_message);
     side_init(&t->up, up, 0, t->conf->max_message);
     write_101(req, resp);

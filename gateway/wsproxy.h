@@ -65,6 +65,12 @@ void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc);
  * the client, 0 to the upstream. <opcode>: PGW_WS_OP_TEXT or BINARY. */
 void pgw_ws_tunnel_send(struct pgw_ws_tunnel *t, int to_client, unsigned opcode,
                         const char *data, size_t len);
+/* pgw.ws.send: queues a message for the client of the connection <id> of this worker, sent (through
+ * its outbound ws_message policies) from the event loop. PGW_OK; PGW_DECLINED when no connection
+ * of this worker has that id; PGW_ERR when it is closing or its queue (1 MiB) is full. *err says
+ * which. */
+int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len,
+                const char **err);
 /* Closes both sides with <code> and <reason> once the running policy returns. */
 void pgw_ws_tunnel_close_by_policy(struct pgw_ws_tunnel *t, int code, const char *reason,
                                    size_t reason_len);

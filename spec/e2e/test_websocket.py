@@ -227,6 +227,23 @@ def life_policy(tag):
     """ % tag
 
 
+WSPUSH = """
+local pgw = require "pgw"
+return {
+    access = function(conf)
+        local q = pgw.req.get_query_arg
+        local ok, err = pgw.ws.send(q("id") or "", q("msg") or "", q("op"))
+        return pgw.exit(200, ok and "sent" or ("error: " .. err),
+                        { ["Content-Type"] = "text/plain" })
+    end,
+}
+"""
+
+WSID = """
+local pgw = require "pgw"
+return { ws_connect = function(conf) pgw.ws.reply("id=" .. pgw.ws.id()) end }
+"""
+
 VALIDATE_SCHEMA = {
     "type": "object", "required": ["action"], "additionalProperties": False,
     "properties": {
@@ -243,7 +260,7 @@ VALIDATE_SCHEMA = {
 
 def build_config(files, ups):
     pdir = files / "policies"
-    write_policies(pdir, {"wsp": WSP, "tag": TAG})
+    write_policies(pdir, {"wsp": WSP, "tag": TAG, "wspush": WSPUSH, "wsid": WSID})
 
     def ws(**kw):
         d = {"close_timeout": "1s"}
@@ -279,6 +296,8 @@ def build_config(files, ups):
         route("/wrl-out/", [{"ws_rate_limit": {"direction": "outbound", "messages": 1,
                                                "window": "1h", "action": "drop"}}],
               upstream="echo", websocket=ws()),
+        route("/push/", ["wspush"], upstream="plain"),
+        route("/wsid/", ["wsid"], upstream="echo", websocket=ws()),
         route("/wv/", [{"ws_validate": {"schema": VALIDATE_SCHEMA}}], upstream="echo",
               websocket=ws()),
         route("/wv-close/", [{"ws_validate": {"schema": {"type": "object"}, "action": "close"}}],
@@ -596,6 +615,54 @@ def test_ws_validate_bad_config(tmp_path, conf, error):
     """`passerelle check` refuses schemas with keywords outside the subset, unknown types,
     wrongly typed keywords, and close codes a frame may not carry."""
     check_refuses(tmp_path, "ws_validate", conf, error)
+
+
+# ---- pgw.ws.send: push to a connection by id ----
+
+def push(e, wid, msg, op=None):
+    """Asks the /push/ route's policy to pgw.ws.send <msg> to <wid>; returns its answer."""
+    q = "/push/x?id=%s&msg=%s" % (wid, msg) + ("&op=" + op if op else "")
+    with Client(e.port) as h:
+        h.request(target=q)
+        r = h.read_response()
+    assert r.status == 200, r
+    return r.body.decode()
+
+
+def ws_id(c):
+    op, answer = c.recv_message()
+    assert op == OP_TEXT and answer.startswith(b"id="), answer
+    return answer.decode()[3:]
+
+
+def test_push_by_id_without_message_policies(e):
+    """A request's policy pushes text and binary messages to a WebSocket by its id; they reach
+    the client as messages, between the upstream's; a closed or unknown id is an error."""
+    c = ws_open(e, prefix="/wsid/")
+    wid = ws_id(c)
+    assert push(e, wid, "hello-from-http") == "sent"
+    assert c.recv_message() == (OP_TEXT, b"hello-from-http")
+    assert push(e, wid, "bin", op="binary") == "sent"
+    assert c.recv_message() == (OP_BINARY, b"bin")
+    echo_ok(c, b"still relaying")
+    close_clean(c)
+    wait_for(lambda: push(e, wid, "late") == "error: unknown connection",
+             what="a closed connection's id refused")
+    assert push(e, "0" * 32, "x") == "error: unknown connection"
+    assert push(e, "not-an-id", "x") == "error: unknown connection"
+
+
+def test_push_goes_through_outbound_policies(e):
+    """A pushed message goes through the connection's outbound ws_message policies (the /p/
+    policy rewrites outbound "down:x" as "DOWN(x)" and drops "out-drop")."""
+    c = ws_open(e, prefix="/p/")
+    c.send_text(b"id")
+    wid = ws_id(c)
+    assert push(e, wid, "down:pushed") == "sent"
+    assert c.recv_message() == (OP_TEXT, b"DOWN(pushed)")
+    assert push(e, wid, "out-drop") == "sent"
+    echo_ok(c, b"after the dropped push")
+    close_clean(c)
 
 
 def test_connection_id_status_and_close_line(e):
