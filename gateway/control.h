@@ -31,7 +31,15 @@ enum pgw_msg_type {
     PGW_MSG_PONG,         /* worker -> master: arg = the sequence number, answered at once */
     PGW_MSG_TICKETS,      /* master -> worker: payload = TLS session-ticket keys, current first
                              (PGW_TLS_TICKET_KEY_LEN bytes each) */
+    PGW_MSG_WS_PUSH,      /* pgw.ws.send to a connection another worker may hold: worker ->
+                             master, then master -> every other worker; arg = the sender's query
+                             id, payload = connection id (32) + opcode (1) + the message */
+    PGW_MSG_WS_PUSH_REPLY, /* the answer, the other way: arg = that query id, payload = one
+                              PGW_WS_PUSH_* byte */
 };
+
+/* Answers of PGW_MSG_WS_PUSH_REPLY. */
+enum { PGW_WS_PUSH_SENT = 0, PGW_WS_PUSH_UNKNOWN, PGW_WS_PUSH_CLOSED, PGW_WS_PUSH_FULL };
 
 struct pgw_msg {
     uint32_t type;

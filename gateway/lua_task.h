@@ -124,4 +124,7 @@ int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, 
 void pgw_task_ws_close(struct pgw_task *t, const struct pgw_ws_close_info *info);
 void pgw_task_ws_free(struct pgw_task *t);
 
+/* lua_ws.c: the master's answer to a pgw.ws.send asked of the other workers (PGW_WS_PUSH_*). */
+void pgw_lua_ws_push_reply(uint64_t qid, int status);
+
 #endif

@@ -2,8 +2,12 @@
  * (docs/websocket.md): its id, drop the message, reply to its sender, close the connection. The
  * functions act on the tunnel of the running task (wsproxy.h); they never wait. */
 #include "lua_task.h"
+#include "control.h"
+#include "server.h"
 #include "ws.h"
 #include "wsproxy.h"
+
+#include <stdlib.h>
 
 #define WS_ACT (PGW_STAGE_WS_CONNECT | PGW_STAGE_WS_MESSAGE)
 
@@ -81,8 +85,124 @@ static int l_ws_close(lua_State *L)
     return 0;
 }
 
-/* pgw.ws.send(id, data [, opcode]): a message to the client of another (or this) connection of
- * this worker, through that connection's outbound ws_message policies. true, or nil and why. */
+/* ---- pgw.ws.send to a connection of another worker: asked through the master ---- */
+
+#define PUSH_WAIT_MS 3000
+
+struct push_op {
+    struct pgw_wait w;      /* first: the bridge hands it back */
+    uint64_t qid;
+    struct event *timer;
+    struct push_op *prev, *next;
+};
+
+static struct push_op *push_ops;
+static uint64_t push_seq;
+
+static void push_unlink(struct push_op *op)
+{
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        push_ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    event_free(op->timer);
+}
+
+static void push_cancel(struct pgw_wait *w)
+{
+    struct push_op *op = (struct push_op *)w;
+    push_unlink(op);
+    free(op);
+}
+
+static const char *push_reason(int status)
+{
+    switch (status) {
+    case PGW_WS_PUSH_CLOSED: return "closed";
+    case PGW_WS_PUSH_FULL: return "queue full";
+    case PGW_WS_PUSH_UNKNOWN: return "unknown connection";
+    default: return "timeout";
+    }
+}
+
+/* Wakes the waiting pgw.ws.send with its answer (status -1: no answer in time). */
+static void push_finish(struct push_op *op, int status)
+{
+    push_unlink(op);
+    struct pgw_wait *w = &op->w;
+    lua_State *co = pgw_bridge_wait_thread(w);
+    int n = 1;
+    if (status == PGW_WS_PUSH_SENT) {
+        lua_pushboolean(co, 1);
+    } else {
+        lua_pushnil(co);
+        lua_pushstring(co, push_reason(status));
+        n = 2;
+    }
+    struct pgw_req *req = w->task->req;
+    struct pgw_conn *c = req != NULL ? req->conn : NULL;
+    if (c != NULL)
+        pgw_conn_enter(c);
+    pgw_bridge_wake(w, n);
+    free(op);
+    if (c != NULL)
+        pgw_conn_leave(c);
+}
+
+static void on_push_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    push_finish(arg, -1);
+}
+
+void pgw_lua_ws_push_reply(uint64_t qid, int status)
+{
+    for (struct push_op *op = push_ops; op != NULL; op = op->next)
+        if (op->qid == qid) {
+            push_finish(op, status);
+            return;
+        }
+}
+
+/* Asks the other workers through the master; the caller waits for the answer. */
+static int push_elsewhere(lua_State *L, const char *id, unsigned opcode, const char *data,
+                          size_t len)
+{
+    struct push_op *op = pgw_calloc(1, sizeof(*op));
+    op->w.cancel = push_cancel;
+    op->qid = ++push_seq;
+    op->timer = evtimer_new(pgw_bridge_base(), on_push_timeout, op);
+    struct timeval tv = {PUSH_WAIT_MS / 1000, (PUSH_WAIT_MS % 1000) * 1000};
+    evtimer_add(op->timer, &tv);
+    op->next = push_ops;
+    if (push_ops)
+        push_ops->prev = op;
+    push_ops = op;
+    char *payload = pgw_malloc(33 + len);
+    memcpy(payload, id, 32);
+    payload[32] = (char)opcode;
+    memcpy(payload + 33, data, len);
+    pgw_chan_send(pgw_worker.chan, PGW_MSG_WS_PUSH, op->qid, payload, 33 + len, NULL, 0);
+    free(payload);
+    return pgw_bridge_wait(L, &op->w);
+}
+
+static int is_conn_id(const char *id, size_t len)
+{
+    if (len != 32)
+        return 0;
+    for (size_t i = 0; i < 32; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* pgw.ws.send(id, data [, opcode]): a message to the client of a connection by id, through that
+ * connection's outbound ws_message policies. true, or nil and why. A connection of another worker
+ * is reached through the master: the call then waits (in the stages that may). */
 static int l_ws_send(lua_State *L)
 {
     static const char fname[] = "pgw.ws.send";
@@ -102,15 +222,22 @@ static int l_ws_send(lua_State *L)
         return luaL_error(L, "%s: opcode must be \"text\" or \"binary\", got \"%s\"", fname, op);
     if (!binary && !is_utf8(data, len))
         return luaL_error(L, "%s: a text message must be UTF-8", fname);
+    unsigned opcode = binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT;
     const char *err = NULL;
-    if (pgw_ws_push(id, id_len, binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT, data, len, &err) !=
-        PGW_OK) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
+    int r = pgw_ws_push(id, id_len, opcode, data, len, &err);
+    if (r == PGW_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
     }
-    lua_pushboolean(L, 1);
-    return 1;
+    unsigned stage = pgw_bridge_current()->stage;
+    if (r == PGW_DECLINED && is_conn_id(id, id_len) && (stage & PGW_STAGES_WAIT) &&
+        pgw_worker.chan != NULL && len <= 1024 * 1024) {
+        pgw_bridge_check_wait(L, fname);
+        return push_elsewhere(L, id, opcode, data, len);
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
 }
 
 /* pgw.ws.id(): the connection's id (32 random hex digits). */

@@ -229,6 +229,79 @@ static void on_respawn(evutil_socket_t fd, short what, void *arg)
         worker_spawn(w);
 }
 
+/* ---- pgw.ws.send across workers ----
+ * A worker that does not hold the connection asks the master, which asks every other worker and
+ * answers with the first that holds it (ids are unique), or "unknown" once all said so. A worker
+ * that dies before answering leaves its query to expire in the watchdog tick. */
+
+#define WS_PUSH_PENDING 256
+#define WS_PUSH_EXPIRE_MS 3000
+
+static struct ws_push_query {
+    uint64_t qid;       /* 0: free */
+    pid_t origin;       /* the asking worker, and its query id */
+    uint64_t origin_qid;
+    unsigned waiting;
+    uint64_t started_ms;
+} ws_pushes[WS_PUSH_PENDING];
+static uint64_t ws_push_seq;
+
+static void ws_push_answer(struct ws_push_query *q, uint8_t status)
+{
+    for (size_t i = 0; i < M.nworkers; i++) {
+        struct worker *w = &M.workers[i];
+        if (w->pid == q->origin && w->ch != NULL)
+            pgw_chan_send(w->ch, PGW_MSG_WS_PUSH_REPLY, q->origin_qid, (const char *)&status, 1,
+                          NULL, 0);
+    }
+    q->qid = 0;
+}
+
+static void ws_push_ask(struct worker *from, const struct pgw_msg *m)
+{
+    struct ws_push_query *q = NULL;
+    for (size_t i = 0; i < WS_PUSH_PENDING && q == NULL; i++)
+        if (ws_pushes[i].qid == 0)
+            q = &ws_pushes[i];
+    uint8_t unknown = PGW_WS_PUSH_UNKNOWN;
+    if (q == NULL) { /* too many in flight: as if nobody held it (logged) */
+        pgw_log_warn("pgw.ws.send: %d pushes across workers in flight, one refused",
+                     WS_PUSH_PENDING);
+        pgw_chan_send(from->ch, PGW_MSG_WS_PUSH_REPLY, m->arg, (const char *)&unknown, 1, NULL, 0);
+        return;
+    }
+    *q = (struct ws_push_query){++ws_push_seq, from->pid, m->arg, 0, pgw_now_ms()};
+    for (size_t i = 0; i < M.nworkers; i++) {
+        struct worker *w = &M.workers[i];
+        if (w == from || w->pid == 0 || w->ch == NULL)
+            continue;
+        pgw_chan_send(w->ch, PGW_MSG_WS_PUSH, q->qid, m->payload, m->len, NULL, 0);
+        q->waiting++;
+    }
+    if (q->waiting == 0)
+        ws_push_answer(q, PGW_WS_PUSH_UNKNOWN);
+}
+
+static void ws_push_reply(const struct pgw_msg *m)
+{
+    for (size_t i = 0; i < WS_PUSH_PENDING; i++) {
+        struct ws_push_query *q = &ws_pushes[i];
+        if (q->qid != m->arg || q->qid == 0)
+            continue;
+        uint8_t status = m->len == 1 ? (uint8_t)m->payload[0] : PGW_WS_PUSH_UNKNOWN;
+        if (status != PGW_WS_PUSH_UNKNOWN || --q->waiting == 0)
+            ws_push_answer(q, status);
+        return;
+    }
+}
+
+static void ws_push_expire(uint64_t now)
+{
+    for (size_t i = 0; i < WS_PUSH_PENDING; i++)
+        if (ws_pushes[i].qid != 0 && now - ws_pushes[i].started_ms > WS_PUSH_EXPIRE_MS)
+            ws_push_answer(&ws_pushes[i], PGW_WS_PUSH_UNKNOWN);
+}
+
 static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg)
 {
     struct worker *w = arg;
@@ -254,6 +327,12 @@ static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
         break;
     case PGW_MSG_PONG:
         w->last_pong_ms = pgw_now_ms();
+        break;
+    case PGW_MSG_WS_PUSH:
+        ws_push_ask(w, m);
+        break;
+    case PGW_MSG_WS_PUSH_REPLY:
+        ws_push_reply(m);
         break;
     default:
         pgw_log_warn("worker %d: unexpected message type %u", w->slot, m->type);
@@ -343,6 +422,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     PGW_UNUSED(arg);
     uint64_t now = pgw_now_ms(), limit = M.config->timeouts.watchdog;
     M.ping_seq++;
+    ws_push_expire(now);
     for (size_t i = 0; i < M.nworkers; i++) {
         struct worker *w = &M.workers[i];
         if (w->pid == 0 || w->ch == NULL || M.stopping)

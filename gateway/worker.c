@@ -17,6 +17,7 @@
 #include "log.h"
 #include "lua_task.h"
 #include "policy.h"
+#include "wsproxy.h"
 #include "proxy.h"
 #include "server.h"
 #include "store.h"
@@ -444,6 +445,23 @@ static void status_reply(uint64_t query)
 
 static void worker_stop(int fast, const char *why);
 
+/* The master asks whether this worker holds a connection another worker pushes to. */
+static void ws_push_local(const struct pgw_msg *m)
+{
+    uint8_t status = PGW_WS_PUSH_UNKNOWN;
+    if (m->len >= 33) {
+        const char *err = NULL;
+        int r = pgw_ws_push(m->payload, 32, (uint8_t)m->payload[32], m->payload + 33,
+                            m->len - 33, &err);
+        status = r == PGW_OK ? PGW_WS_PUSH_SENT
+                 : r == PGW_DECLINED ? PGW_WS_PUSH_UNKNOWN
+                 : strcmp(err, "queue full") == 0 ? PGW_WS_PUSH_FULL
+                                                   : PGW_WS_PUSH_CLOSED;
+    }
+    pgw_chan_send(pgw_worker.chan, PGW_MSG_WS_PUSH_REPLY, m->arg, (const char *)&status, 1, NULL,
+                  0);
+}
+
 static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *arg)
 {
     PGW_UNUSED(ch);
@@ -464,6 +482,12 @@ static void on_master_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
     case PGW_MSG_TICKETS:
         pgw_tls_set_ticket_keys((const unsigned char *)m->payload,
                                 m->len / PGW_TLS_TICKET_KEY_LEN);
+        break;
+    case PGW_MSG_WS_PUSH:
+        ws_push_local(m);
+        break;
+    case PGW_MSG_WS_PUSH_REPLY:
+        pgw_lua_ws_push_reply(m->arg, m->len == 1 ? (uint8_t)m->payload[0] : PGW_WS_PUSH_UNKNOWN);
         break;
     case PGW_MSG_PING: /* answered from the event loop: a stuck loop does not answer */
         pgw_chan_send(pgw_worker.chan, PGW_MSG_PONG, m->arg, NULL, 0, NULL, 0);

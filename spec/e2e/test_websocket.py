@@ -75,7 +75,8 @@ import pytest
 
 import stubs
 import wsfix
-from gw import BINARY, REPO, Client, build_request, config, listener, to_yaml, wait_for
+from gw import (BINARY, REPO, Client, build_request, config, listener, socket_owner, to_yaml,
+                wait_for)
 from harness import module_env
 from httpio import pattern_body
 from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
@@ -663,6 +664,59 @@ def test_push_goes_through_outbound_policies(e):
     assert push(e, wid, "out-drop") == "sent"
     echo_ok(c, b"after the dropped push")
     close_clean(c)
+
+
+def test_push_across_workers(make_gateway, echo, tmp_path):
+    """With 2 workers, a push asked on one worker reaches a connection held by the other
+    (through the master), in both directions; an unknown id is refused after every worker was
+    asked. Which worker holds which socket is read from /proc, so the test knows it crossed."""
+    pdir = tmp_path / "policies"
+    write_policies(pdir, {"wspush": WSPUSH, "wsid": WSID})
+    cfg = config(listeners=[listener("public")], workers=2,
+                 upstreams={"echo": {"targets": [echo.address]}},
+                 routes=[route("/wsid/", ["wsid"], upstream="echo", websocket=True),
+                         route("/push/", ["wspush"], upstream="echo")],
+                 policies={"dir": str(pdir)})
+    g = track(make_gateway(cfg))
+    pids = g.wait_workers(2)
+
+    def owner(sock):
+        return socket_owner(g.port, sock.getsockname()[1], pids)
+
+    # a WebSocket on each worker
+    held, spare = {}, []
+    for _ in range(40):
+        c = wsfix.connect(g.port, "/wsid/echo")
+        wid = ws_id(c)
+        pid = owner(c.sock)
+        if pid in held:
+            spare.append(c)
+        else:
+            held[pid] = (c, wid)
+        if len(held) == 2:
+            break
+    assert len(held) == 2, "40 WebSockets all landed on one worker: %r" % list(held)
+    # push from connections held by each worker to the other worker's WebSocket
+    crossed = set()
+    for _ in range(40):
+        h = Client(g.port)
+        hp = owner(h.sock)
+        target = [p for p in held if p != hp][0]
+        c, wid = held[target]
+        h.request(target="/push/x?id=%s&msg=cross-%d" % (wid, hp))
+        r = h.read_response()
+        h.close()
+        assert r.status == 200 and r.body == b"sent", r
+        assert c.recv_message() == (OP_TEXT, ("cross-%d" % hp).encode())
+        crossed.add(hp)
+        if len(crossed) == 2:
+            break
+    assert len(crossed) == 2, "the pushes were all asked on one worker"
+    with Client(g.port) as h:
+        h.request(target="/push/x?id=%s&msg=x" % ("f" * 32))
+        assert h.read_response().body == b"error: unknown connection"
+    for c in [v[0] for v in held.values()] + spare:
+        c.close()
 
 
 def test_connection_id_status_and_close_line(e):
