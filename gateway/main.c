@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -37,6 +38,9 @@ static void usage(FILE *out)
             "                                       make the running gateway reload its file\n"
             "       passerelle status [-c FILE | -s SOCKET]\n"
             "                                       print the running gateway's state as JSON\n"
+            "       passerelle ws-send ID MESSAGE [--binary] [-c FILE | -s SOCKET]\n"
+            "                                       send a message to the client of WebSocket ID\n"
+            "                                       (MESSAGE - reads it from standard input)\n"
             "       passerelle version              print the version\n"
             "options:\n"
             "  -c, --config FILE   the YAML configuration file\n"
@@ -181,6 +185,51 @@ static int cmd_control(const char *cmd, const char *path, const char *sock_opt)
     return status;
 }
 
+/* passerelle ws-send ID MESSAGE: pgw.ws.send through the master ("-": the message from stdin). */
+static int cmd_ws_send(const char *const args[2], const char *path, const char *sock_opt,
+                       int binary)
+{
+    if (args[0] == NULL) {
+        fprintf(stderr, "passerelle: usage: passerelle ws-send ID MESSAGE [--binary]\n");
+        return 2;
+    }
+    enum { MAX = 64 * 1024 };
+    unsigned char *msg = pgw_malloc(MAX + 1);
+    size_t n = 0;
+    if (strcmp(args[1], "-") == 0) {
+        ssize_t r;
+        while (n <= MAX && (r = read(0, msg + n, MAX + 1 - n)) > 0)
+            n += (size_t)r;
+    } else {
+        n = strlen(args[1]);
+        memcpy(msg, args[1], PGW_MIN(n, (size_t)MAX + 1));
+    }
+    if (n > MAX) {
+        fprintf(stderr, "passerelle: ws-send: messages of at most 64 KiB\n");
+        free(msg);
+        return 2;
+    }
+    size_t idl = strlen(args[0]);
+    char *line = pgw_malloc(64 + idl + 4 * (n / 3 + 1));
+    int k = sprintf(line, "ws-send %s %s ", args[0], binary ? "binary" : "text");
+    EVP_EncodeBlock((unsigned char *)line + k, msg, (int)n);
+    free(msg);
+    char *sock = sock_opt ? pgw_strndup(sock_opt, strlen(sock_opt)) : socket_of(path);
+    char *answer = ask_master(sock, line);
+    free(sock);
+    free(line);
+    if (answer == NULL)
+        return 1;
+    int status = strncmp(answer, "ok", 2) == 0 ? 0 : 1;
+    if (status == 0)
+        printf("sent\n");
+    else
+        fprintf(stderr, "passerelle: ws-send: %s", strncmp(answer, "error\n", 6) == 0
+                                                        ? answer + 6 : answer);
+    free(answer);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     pgw_config_policy_engine = 1; /* linked in: policies: lists are run */
@@ -188,8 +237,10 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'},
         {"socket", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
+        {"binary", no_argument, NULL, 'b'},
         {NULL, 0, NULL, 0},
     };
+    int binary = 0;
     const char *cmd = "run";
     if (argc > 1 && argv[1][0] != '-') {
         cmd = argv[1];
@@ -210,6 +261,9 @@ int main(int argc, char **argv)
         case 's':
             sock = optarg;
             break;
+        case 'b':
+            binary = 1;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -217,6 +271,12 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    const char *ws_args[2] = {NULL, NULL};
+    if (strcmp(cmd, "ws-send") == 0 && argc - optind == 2) { /* ID MESSAGE */
+        ws_args[0] = argv[optind];
+        ws_args[1] = argv[optind + 1];
+        optind = argc;
     }
     if (optind < argc) {
         fprintf(stderr, "passerelle: unexpected argument '%s'\n", argv[optind]);
@@ -229,6 +289,8 @@ int main(int argc, char **argv)
         return cmd_check(path);
     if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "status") == 0)
         return cmd_control(cmd, path, sock);
+    if (strcmp(cmd, "ws-send") == 0)
+        return cmd_ws_send(ws_args, path, sock, binary);
     if (strcmp(cmd, "version") == 0) {
         printf("passerelle %s\n", PGW_VERSION);
         return 0;

@@ -17,8 +17,10 @@
 #include "keys.h"
 #include "genfiles.h"
 #include "tls.h"
+#include "ws.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <sys/inotify.h>
 #include <event2/buffer.h>
 #include <fcntl.h>
@@ -54,14 +56,17 @@ struct lsock {
     int fd;
 };
 
-enum cli_kind { CLI_READING, CLI_RELOAD, CLI_STATUS, CLI_WRITING };
+enum cli_kind { CLI_READING, CLI_RELOAD, CLI_STATUS, CLI_WS_SEND, CLI_WRITING };
+
+/* A command line: "ws-send" carries a base64 message of up to 64 KiB. */
+#define CLI_LINE_MAX (96 * 1024)
 
 struct cli {
     int fd;
     struct event *rev, *wev, *timer;
     struct evbuffer *in, *out;
     enum cli_kind kind;
-    uint64_t want;       /* reload: the generation; status: the query id */
+    uint64_t want;       /* reload: the generation; status, ws-send: the query id */
     unsigned waiting;    /* worker answers still expected */
     struct evbuffer *acc; /* status: worker objects collected */
     struct cli *prev, *next;
@@ -239,16 +244,20 @@ static void on_respawn(evutil_socket_t fd, short what, void *arg)
 
 static struct ws_push_query {
     uint64_t qid;       /* 0: free */
-    pid_t origin;       /* the asking worker, and its query id */
+    pid_t origin;       /* the asking worker, and its query id; 0: a CLI (`passerelle ws-send`) */
     uint64_t origin_qid;
     unsigned waiting;
     uint64_t started_ms;
 } ws_pushes[WS_PUSH_PENDING];
 static uint64_t ws_push_seq;
 
+static void clis_on_ws_push(uint64_t qid, uint8_t status);
+
 static void ws_push_answer(struct ws_push_query *q, uint8_t status)
 {
-    for (size_t i = 0; i < M.nworkers; i++) {
+    if (q->origin == 0)
+        clis_on_ws_push(q->qid, status);
+    for (size_t i = 0; i < M.nworkers && q->origin != 0; i++) {
         struct worker *w = &M.workers[i];
         if (w->pid == q->origin && w->ch != NULL)
             pgw_chan_send(w->ch, PGW_MSG_WS_PUSH_REPLY, q->origin_qid, (const char *)&status, 1,
@@ -257,29 +266,36 @@ static void ws_push_answer(struct ws_push_query *q, uint8_t status)
     q->qid = 0;
 }
 
-static void ws_push_ask(struct worker *from, const struct pgw_msg *m)
+/* Asks every worker but <from> (NULL: a CLI) to push <payload>. Returns the query id, or 0 when
+ * too many are in flight (answered "unknown" then, and logged). */
+static uint64_t ws_push_ask(struct worker *from, uint64_t origin_qid, const char *payload,
+                            size_t len)
 {
     struct ws_push_query *q = NULL;
     for (size_t i = 0; i < WS_PUSH_PENDING && q == NULL; i++)
         if (ws_pushes[i].qid == 0)
             q = &ws_pushes[i];
-    uint8_t unknown = PGW_WS_PUSH_UNKNOWN;
-    if (q == NULL) { /* too many in flight: as if nobody held it (logged) */
+    if (q == NULL) {
         pgw_log_warn("pgw.ws.send: %d pushes across workers in flight, one refused",
                      WS_PUSH_PENDING);
-        pgw_chan_send(from->ch, PGW_MSG_WS_PUSH_REPLY, m->arg, (const char *)&unknown, 1, NULL, 0);
-        return;
+        uint8_t unknown = PGW_WS_PUSH_UNKNOWN;
+        if (from != NULL)
+            pgw_chan_send(from->ch, PGW_MSG_WS_PUSH_REPLY, origin_qid, (const char *)&unknown, 1,
+                          NULL, 0);
+        return 0;
     }
-    *q = (struct ws_push_query){++ws_push_seq, from->pid, m->arg, 0, pgw_now_ms()};
+    uint64_t qid = ++ws_push_seq;
+    *q = (struct ws_push_query){qid, from ? from->pid : 0, origin_qid, 0, pgw_now_ms()};
     for (size_t i = 0; i < M.nworkers; i++) {
         struct worker *w = &M.workers[i];
         if (w == from || w->pid == 0 || w->ch == NULL)
             continue;
-        pgw_chan_send(w->ch, PGW_MSG_WS_PUSH, q->qid, m->payload, m->len, NULL, 0);
+        pgw_chan_send(w->ch, PGW_MSG_WS_PUSH, q->qid, payload, len, NULL, 0);
         q->waiting++;
     }
     if (q->waiting == 0)
         ws_push_answer(q, PGW_WS_PUSH_UNKNOWN);
+    return qid;
 }
 
 static void ws_push_reply(const struct pgw_msg *m)
@@ -329,7 +345,7 @@ static void on_worker_msg(struct pgw_chan *ch, const struct pgw_msg *m, void *ar
         w->last_pong_ms = pgw_now_ms();
         break;
     case PGW_MSG_WS_PUSH:
-        ws_push_ask(w, m);
+        ws_push_ask(w, m->arg, m->payload, m->len);
         break;
     case PGW_MSG_WS_PUSH_REPLY:
         ws_push_reply(m);
@@ -763,6 +779,78 @@ static void clis_on_gen(uint64_t gen)
     }
 }
 
+static const char *ws_push_reason(uint8_t status)
+{
+    switch (status) {
+    case PGW_WS_PUSH_SENT: return NULL;
+    case PGW_WS_PUSH_CLOSED: return "closed";
+    case PGW_WS_PUSH_FULL: return "queue full";
+    default: return "unknown connection";
+    }
+}
+
+static void clis_on_ws_push(uint64_t qid, uint8_t status)
+{
+    for (struct cli *c = M.clis; c != NULL; c = c->next) {
+        if (c->kind != CLI_WS_SEND || c->want != qid)
+            continue;
+        const char *why = ws_push_reason(status);
+        if (why == NULL)
+            cli_reply(c, "ok\n");
+        else
+            cli_reply(c, "error\n%s\n", why);
+        return;
+    }
+}
+
+/* "ws-send <id> text|binary <base64>": pgw.ws.send from the CLI, asked of every worker. */
+static void cli_ws_send(struct cli *c, char *args)
+{
+    char *id = strtok(args, " "), *op = strtok(NULL, " "), *b64 = strtok(NULL, " ");
+    int binary = op != NULL && strcmp(op, "binary") == 0;
+    if (b64 == NULL)
+        b64 = ""; /* an empty message */
+    if (id == NULL || strlen(id) != 32 || op == NULL || (!binary && strcmp(op, "text") != 0)) {
+        cli_reply(c, "error\nusage: ws-send <id> text|binary <base64>\n");
+        return;
+    }
+    size_t blen = strlen(b64);
+    char *payload = pgw_malloc(33 + blen);
+    int n = blen % 4 == 0 ? EVP_DecodeBlock((unsigned char *)payload + 33,
+                                            (const unsigned char *)b64, (int)blen)
+                          : -1;
+    for (size_t i = blen; n > 0 && i > 0 && b64[i - 1] == '='; i--)
+        n--; /* EVP_DecodeBlock counts the padding as zero bytes */
+    struct pgw_utf8 u;
+    pgw_utf8_init(&u);
+    if (n < 0 || (!binary && (pgw_utf8_feed(&u, (uint8_t *)payload + 33, (size_t)n) != PGW_OK ||
+                              !pgw_utf8_complete(&u)))) {
+        free(payload);
+        cli_reply(c, "error\n%s\n", n < 0 ? "bad base64" : "a text message must be UTF-8");
+        return;
+    }
+    memcpy(payload, id, 32);
+    payload[32] = (char)(binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT);
+    size_t workers = 0;
+    for (size_t i = 0; i < M.nworkers; i++)
+        workers += M.workers[i].pid != 0 && M.workers[i].ch != NULL;
+    if (workers == 0) { /* nobody to ask: answered here, so that <c> is not freed inside */
+        free(payload);
+        cli_reply(c, "error\nunknown connection\n");
+        return;
+    }
+    c->kind = CLI_WS_SEND;
+    c->want = ws_push_seq + 1; /* the id ws_push_ask gives the query: its answers find <c> */
+    uint64_t qid = ws_push_ask(NULL, 0, payload, 33 + (size_t)n);
+    free(payload);
+    if (qid == 0) {
+        cli_reply(c, "error\ntoo many pushes in flight\n");
+        return;
+    }
+    struct timeval tv = {WS_PUSH_EXPIRE_MS / 1000 + 1, 0};
+    evtimer_add(c->timer, &tv);
+}
+
 static void on_cli_timer(evutil_socket_t fd, short what, void *arg)
 {
     PGW_UNUSED(fd);
@@ -773,11 +861,13 @@ static void on_cli_timer(evutil_socket_t fd, short what, void *arg)
     else if (c->kind == CLI_RELOAD)
         cli_reply(c, "ok %llu (%u worker(s) did not confirm in time)\n",
                   (unsigned long long)c->want, c->waiting);
+    else if (c->kind == CLI_WS_SEND)
+        cli_reply(c, "error\ntimeout\n");
     else
         cli_free(c);
 }
 
-static void cli_command(struct cli *c, const char *line)
+static void cli_command(struct cli *c, char *line)
 {
     if (strcmp(line, "reload") == 0) {
         char err[8192];
@@ -808,30 +898,35 @@ static void cli_command(struct cli *c, const char *line)
             status_finish(c);
         return;
     }
-    cli_reply(c, "error\nunknown command (reload, status)\n");
+    if (strncmp(line, "ws-send ", 8) == 0) {
+        cli_ws_send(c, line + 8);
+        return;
+    }
+    cli_reply(c, "error\nunknown command (reload, status, ws-send)\n");
 }
 
 static void on_cli_read(evutil_socket_t fd, short what, void *arg)
 {
     PGW_UNUSED(what);
     struct cli *c = arg;
-    int n = evbuffer_read(c->in, fd, 256);
+    int n = evbuffer_read(c->in, fd, CLI_LINE_MAX);
     if (n <= 0 && !(n == -1 && (errno == EAGAIN || errno == EINTR))) {
         cli_free(c);
         return;
     }
     struct evbuffer_ptr eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
     if (eol.pos == -1) {
-        if (evbuffer_get_length(c->in) > 256)
+        if (evbuffer_get_length(c->in) > CLI_LINE_MAX)
             cli_free(c);
         return;
     }
-    char line[260];
-    size_t len = PGW_MIN((size_t)eol.pos, sizeof(line) - 1);
+    size_t len = PGW_MIN((size_t)eol.pos, CLI_LINE_MAX);
+    char *line = pgw_malloc(len + 1);
     evbuffer_remove(c->in, line, len);
     line[len] = '\0';
     event_del(c->rev);
     cli_command(c, line);
+    free(line);
 }
 
 static void on_cli_write(evutil_socket_t fd, short what, void *arg)

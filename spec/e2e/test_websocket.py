@@ -298,6 +298,8 @@ def build_config(files, ups):
                                                "window": "1h", "action": "drop"}}],
               upstream="echo", websocket=ws()),
         route("/push/", ["wspush"], upstream="plain"),
+        route("/admin/ws/", [{"key_auth": {}}, {"ws_push": {"max_message": "1k"}}],
+              upstream="plain"),
         route("/wsid/", ["wsid"], upstream="echo", websocket=ws()),
         route("/wv/", [{"ws_validate": {"schema": VALIDATE_SCHEMA}}], upstream="echo",
               websocket=ws()),
@@ -666,10 +668,44 @@ def test_push_goes_through_outbound_policies(e):
     close_clean(c)
 
 
+def test_ws_push_admin_endpoint(e):
+    """The built-in ws_push behind key_auth: an authenticated POST of a message to
+    /admin/ws/<id> reaches that connection's client (text, or binary with
+    application/octet-stream); 401 without a key, 404 unknown id, 400 no id or bad UTF-8,
+    405 not POST, 413 over max_message; the upstream is never contacted."""
+    c = ws_open(e, prefix="/wsid/")
+    wid = ws_id(c)
+    key = [("apikey", e.apikey)]
+
+    def post(path, body, headers=()):
+        with Client(e.port) as h:
+            h.request("POST", path, headers=list(headers), body=body)
+            return h.read_response()
+    assert post("/admin/ws/" + wid, b"hi").status == 401
+    r = post("/admin/ws/" + wid, b"from the admin API", key)
+    assert r.status == 202 and r.json() == {"sent": True}, r
+    assert c.recv_message() == (OP_TEXT, b"from the admin API")
+    r = post("/admin/ws/" + wid, b"\x00\x01", key + [("Content-Type", "application/octet-stream")])
+    assert r.status == 202, r
+    assert c.recv_message() == (OP_BINARY, b"\x00\x01")
+    assert post("/admin/ws/" + "e" * 32, b"x", key).status == 404
+    assert post("/admin/ws/", b"x", key).status == 400
+    assert post("/admin/ws/" + wid, b"\xff", key).status == 400
+    assert post("/admin/ws/" + wid, b"x" * 1025, key).status == 413
+    with Client(e.port) as h:
+        h.request("GET", "/admin/ws/" + wid, headers=key)
+        assert h.read_response().status == 405
+    echo_ok(c, b"nothing else arrived")
+    close_clean(c)
+    assert not [q for q in e.plain.requests if q.target.startswith("/admin/")]
+
+
 def test_push_across_workers(make_gateway, echo, tmp_path):
     """With 2 workers, a push asked on one worker reaches a connection held by the other
     (through the master), in both directions; an unknown id is refused after every worker was
-    asked. Which worker holds which socket is read from /proc, so the test knows it crossed."""
+    asked. Which worker holds which socket is read from /proc, so the test knows it crossed.
+    `passerelle ws-send` reaches either worker's connection (text, binary from stdin) and
+    refuses unknown and malformed ids."""
     pdir = tmp_path / "policies"
     write_policies(pdir, {"wspush": WSPUSH, "wsid": WSID})
     cfg = config(listeners=[listener("public")], workers=2,
@@ -681,7 +717,11 @@ def test_push_across_workers(make_gateway, echo, tmp_path):
     pids = g.wait_workers(2)
 
     def owner(sock):
-        return socket_owner(g.port, sock.getsockname()[1], pids)
+        """The worker that accepted <sock> (it may still be in the listen queue for a moment)."""
+        found = []
+        wait_for(lambda: found.append(socket_owner(g.port, sock.getsockname()[1], pids)) or
+                 found[-1] is not None, what="the worker that holds the socket")
+        return found[-1]
 
     # a WebSocket on each worker
     held, spare = {}, []
@@ -715,6 +755,23 @@ def test_push_across_workers(make_gateway, echo, tmp_path):
     with Client(g.port) as h:
         h.request(target="/push/x?id=%s&msg=x" % ("f" * 32))
         assert h.read_response().body == b"error: unknown connection"
+    # from the CLI: every worker is asked
+    for pid, (c, wid) in held.items():
+        cp = g.cli("ws-send", wid, "from the CLI \u2603")
+        assert cp.returncode == 0 and cp.stdout == "sent\n", (cp.stdout, cp.stderr)
+        assert c.recv_message() == (OP_TEXT, "from the CLI \u2603".encode())
+        cp = g.cli("ws-send", wid, "--binary", "-")
+        assert cp.returncode == 0, cp.stderr          # an empty binary message from stdin
+        assert c.recv_message() == (OP_BINARY, b"")
+    cp = g.cli("ws-send", "f" * 32, "x")
+    assert cp.returncode == 1 and "unknown connection" in cp.stderr, (cp.stdout, cp.stderr)
+    cp = g.cli("ws-send", "nope", "x")
+    assert cp.returncode == 1 and "usage" in cp.stderr, (cp.stdout, cp.stderr)
+    cp = subprocess.run([str(BINARY), "ws-send", held[pids[0]][1], "-", "--binary", "-c",
+                         str(g.config_path)], input=b"\x00\xff" * 100, capture_output=True,
+                        cwd=str(REPO), timeout=10)
+    assert cp.returncode == 0, cp.stderr
+    assert held[pids[0]][0].recv_message() == (OP_BINARY, b"\x00\xff" * 100)
     for c in [v[0] for v in held.values()] + spare:
         c.close()
 
