@@ -126,18 +126,8 @@ PIDS=()       # long-running processes started here (echo, nginx masters), stopp
 GW_ROOTS=()   # gateway masters: each stopped with its whole tree
 CLIENT_PID="" # the client run in progress
 
-alive() { # PID exists and is not a zombie
-    local st
-    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-tree_pids() { # PID and all its descendants
-    ps -e -o pid= -o ppid= | awk -v root="$1" '
-        { kids[$2] = kids[$2] " " $1 }
-        END { q[1] = root; n = 1
-              for (i = 1; i <= n; i++) { printf "%s ", q[i]; m = split(kids[q[i]], k, " "); for (j = 1; j <= m; j++) q[++n] = k[j] }
-              print "" }'
-}
+# alive, tree_pids, pincmd, port_open: bench/ws-lib.sh
+. bench/ws-lib.sh
 stop_pid() { # TERM, KILL after 5 s
     local pid=$1 i
     kill -0 "$pid" 2>/dev/null || return 0
@@ -178,8 +168,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pincmd() { if [ "$PIN" = 1 ]; then PINCMD=(taskset -c "$1"); else PINCMD=(env); fi; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # port pid what
     local i
     for i in $(seq $((GW_START_TIMEOUT * 10))); do

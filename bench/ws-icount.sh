@@ -103,18 +103,8 @@ PIDS=()        # echo, nginx under valgrind: stopped by PID
 GW_ROOT=""     # the gateway (valgrind on its master) now running: stopped with its whole tree
 CLIENT_PID=""  # the client run in progress
 
-alive() { # PID exists and is not a zombie
-    local st
-    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-tree_pids() { # PID and all its descendants
-    ps -e -o pid= -o ppid= | awk -v root="$1" '
-        { kids[$2] = kids[$2] " " $1 }
-        END { q[1] = root; n = 1
-              for (i = 1; i <= n; i++) { printf "%s ", q[i]; m = split(kids[q[i]], k, " "); for (j = 1; j <= m; j++) q[++n] = k[j] }
-              print "" }'
-}
+# alive, tree_pids, pincmd, port_open: bench/ws-lib.sh
+. bench/ws-lib.sh
 # stop_pids SECONDS PID...: TERM them all at once (listed before any exits), KILL what is left
 # after SECONDS; returns 1 if a KILL was needed (valgrind then writes no counts)
 stop_pids() {
@@ -170,8 +160,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pincmd() { if [ "$PIN" = 1 ]; then PINCMD=(taskset -c "$1"); else PINCMD=(env); fi; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # port pid seconds
     local _
     for _ in $(seq $(($3 * 10))); do
