@@ -117,16 +117,6 @@ static void push_cancel(struct pgw_wait *w)
     free(op);
 }
 
-static const char *push_reason(int status)
-{
-    switch (status) {
-    case PGW_WS_PUSH_CLOSED: return "closed";
-    case PGW_WS_PUSH_FULL: return "queue full";
-    case PGW_WS_PUSH_UNKNOWN: return "unknown connection";
-    default: return "timeout";
-    }
-}
-
 /* Wakes the waiting pgw.ws.send with its answer (status -1: no answer in time). */
 static void push_finish(struct push_op *op, int status)
 {
@@ -138,7 +128,7 @@ static void push_finish(struct push_op *op, int status)
         lua_pushboolean(co, 1);
     } else {
         lua_pushnil(co);
-        lua_pushstring(co, push_reason(status));
+        lua_pushstring(co, pgw_ws_push_reason(status));
         n = 2;
     }
     struct pgw_req *req = w->task->req;
@@ -190,16 +180,6 @@ static int push_elsewhere(lua_State *L, const char *id, unsigned opcode, const c
     return pgw_bridge_wait(L, &op->w);
 }
 
-static int is_conn_id(const char *id, size_t len)
-{
-    if (len != 32)
-        return 0;
-    for (size_t i = 0; i < 32; i++)
-        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
-            return 0;
-    return 1;
-}
-
 /* pgw.ws.send(id, data [, opcode]): a message to the client of a connection by id, through that
  * connection's outbound ws_message policies. true, or nil and why. A connection of another worker
  * is reached through the master: the call then waits (in the stages that may). */
@@ -223,20 +203,19 @@ static int l_ws_send(lua_State *L)
     if (!binary && !is_utf8(data, len))
         return luaL_error(L, "%s: a text message must be UTF-8", fname);
     unsigned opcode = binary ? PGW_WS_OP_BINARY : PGW_WS_OP_TEXT;
-    const char *err = NULL;
-    int r = pgw_ws_push(id, id_len, opcode, data, len, &err);
-    if (r == PGW_OK) {
+    int r = pgw_ws_push(id, id_len, opcode, data, len);
+    if (r == PGW_WS_PUSH_SENT) {
         lua_pushboolean(L, 1);
         return 1;
     }
     unsigned stage = pgw_bridge_current()->stage;
-    if (r == PGW_DECLINED && is_conn_id(id, id_len) && (stage & PGW_STAGES_WAIT) &&
+    if (r == PGW_WS_PUSH_UNKNOWN && pgw_ws_id_valid(id, id_len) && (stage & PGW_STAGES_WAIT) &&
         pgw_worker.chan != NULL && len <= 1024 * 1024) {
         pgw_bridge_check_wait(L, fname);
         return push_elsewhere(L, id, opcode, data, len);
     }
     lua_pushnil(L);
-    lua_pushstring(L, err);
+    lua_pushstring(L, pgw_ws_push_reason(r));
     return 2;
 }
 

@@ -18,6 +18,7 @@
 #include "genfiles.h"
 #include "tls.h"
 #include "ws.h"
+#include "wsproxy.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -779,22 +780,12 @@ static void clis_on_gen(uint64_t gen)
     }
 }
 
-static const char *ws_push_reason(uint8_t status)
-{
-    switch (status) {
-    case PGW_WS_PUSH_SENT: return NULL;
-    case PGW_WS_PUSH_CLOSED: return "closed";
-    case PGW_WS_PUSH_FULL: return "queue full";
-    default: return "unknown connection";
-    }
-}
-
 static void clis_on_ws_push(uint64_t qid, uint8_t status)
 {
     for (struct cli *c = M.clis; c != NULL; c = c->next) {
         if (c->kind != CLI_WS_SEND || c->want != qid)
             continue;
-        const char *why = ws_push_reason(status);
+        const char *why = pgw_ws_push_reason(status);
         if (why == NULL)
             cli_reply(c, "ok\n");
         else
@@ -810,7 +801,8 @@ static void cli_ws_send(struct cli *c, char *args)
     int binary = op != NULL && strcmp(op, "binary") == 0;
     if (b64 == NULL)
         b64 = ""; /* an empty message */
-    if (id == NULL || strlen(id) != 32 || op == NULL || (!binary && strcmp(op, "text") != 0)) {
+    if (id == NULL || !pgw_ws_id_valid(id, strlen(id)) || op == NULL ||
+        (!binary && strcmp(op, "text") != 0)) {
         cli_reply(c, "error\nusage: ws-send <id> text|binary <base64>\n");
         return;
     }

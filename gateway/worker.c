@@ -449,15 +449,9 @@ static void worker_stop(int fast, const char *why);
 static void ws_push_local(const struct pgw_msg *m)
 {
     uint8_t status = PGW_WS_PUSH_UNKNOWN;
-    if (m->len >= 33) {
-        const char *err = NULL;
-        int r = pgw_ws_push(m->payload, 32, (uint8_t)m->payload[32], m->payload + 33,
-                            m->len - 33, &err);
-        status = r == PGW_OK ? PGW_WS_PUSH_SENT
-                 : r == PGW_DECLINED ? PGW_WS_PUSH_UNKNOWN
-                 : strcmp(err, "queue full") == 0 ? PGW_WS_PUSH_FULL
-                                                   : PGW_WS_PUSH_CLOSED;
-    }
+    if (m->len >= 33)
+        status = (uint8_t)pgw_ws_push(m->payload, 32, (uint8_t)m->payload[32], m->payload + 33,
+                                      m->len - 33);
     pgw_chan_send(pgw_worker.chan, PGW_MSG_WS_PUSH_REPLY, m->arg, (const char *)&status, 1, NULL,
                   0);
 }

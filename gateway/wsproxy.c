@@ -16,6 +16,7 @@
  * it, so nothing below an entry point ever sees a freed tunnel.
  */
 #include "wsproxy.h"
+#include "control.h"
 #include "log.h"
 #include "lua_task.h"
 #include "out.h"
@@ -1041,13 +1042,20 @@ static void ids_remove(struct pgw_ws_tunnel *t)
     }
 }
 
-static struct pgw_ws_tunnel *ids_find(const char *id, size_t len)
+int pgw_ws_id_valid(const char *id, size_t len)
 {
-    if (len != 32 || ids_cap == 0)
-        return NULL;
+    if (len != 32)
+        return 0;
     for (size_t i = 0; i < 32; i++)
         if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
-            return NULL;
+            return 0;
+    return 1;
+}
+
+static struct pgw_ws_tunnel *ids_find(const char *id, size_t len)
+{
+    if (ids_cap == 0 || !pgw_ws_id_valid(id, len))
+        return NULL;
     for (struct pgw_ws_tunnel *t = ids[id_hash(id) & (ids_cap - 1)]; t != NULL; t = t->id_next)
         if (memcmp(t->id, id, 32) == 0)
             return t;
@@ -1112,24 +1120,28 @@ static void deliver_pushes(struct pgw_ws_tunnel *t)
     }
 }
 
-int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len,
-                const char **err)
+const char *pgw_ws_push_reason(int status)
+{
+    switch (status) {
+    case PGW_WS_PUSH_SENT: return NULL;
+    case PGW_WS_PUSH_UNKNOWN: return "unknown connection";
+    case PGW_WS_PUSH_CLOSED: return "closed";
+    case PGW_WS_PUSH_FULL: return "queue full";
+    default: return "timeout";
+    }
+}
+
+int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len)
 {
     struct pgw_ws_tunnel *t = ids_find(id, id_len);
-    if (t == NULL) {
-        *err = "unknown connection";
-        return PGW_DECLINED;
-    }
-    if (t->finished || t->ending || t->cl.gone) {
-        *err = "closed";
-        return PGW_ERR;
-    }
+    if (t == NULL)
+        return PGW_WS_PUSH_UNKNOWN;
+    if (t->finished || t->ending || t->cl.gone)
+        return PGW_WS_PUSH_CLOSED;
     if (t->pushes == NULL)
         t->pushes = evbuffer_new();
-    if (evbuffer_get_length(t->pushes) + len + 5 > PUSH_QUEUE_MAX) {
-        *err = "queue full";
-        return PGW_ERR;
-    }
+    if (evbuffer_get_length(t->pushes) + len + 5 > PUSH_QUEUE_MAX)
+        return PGW_WS_PUSH_FULL;
     uint8_t hdr[5] = {(uint8_t)opcode};
     uint32_t l32 = (uint32_t)len;
     memcpy(hdr + 1, &l32, 4);
@@ -1147,7 +1159,7 @@ int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data
         push_ev = evtimer_new(pgw_worker.base, on_push, NULL);
     struct timeval tv = {0, 0};
     evtimer_add(push_ev, &tv);
-    return PGW_OK;
+    return PGW_WS_PUSH_SENT;
 }
 
 /* 32 hex digits from the kernel's generator: an id nobody can guess or choose, since policies

@@ -66,11 +66,15 @@ void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc);
 void pgw_ws_tunnel_send(struct pgw_ws_tunnel *t, int to_client, unsigned opcode,
                         const char *data, size_t len);
 /* pgw.ws.send: queues a message for the client of the connection <id> of this worker, sent (through
- * its outbound ws_message policies) from the event loop. PGW_OK; PGW_DECLINED when no connection
- * of this worker has that id; PGW_ERR when it is closing or its queue (1 MiB) is full. *err says
- * which. */
-int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len,
-                const char **err);
+ * its outbound ws_message policies) from the event loop. Returns a PGW_WS_PUSH_* status
+ * (control.h): SENT, UNKNOWN (no connection of this worker has that id), CLOSED (closing), FULL
+ * (1 MiB already queued). */
+int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data, size_t len);
+/* The reason a push status gives to users ("unknown connection", ...; "timeout" for any other
+ * value), NULL for SENT. */
+const char *pgw_ws_push_reason(int status);
+/* Whether <id,len> has the shape of a connection id: 32 lower-case hex digits. */
+int pgw_ws_id_valid(const char *id, size_t len);
 /* Closes both sides with <code> and <reason> once the running policy returns. */
 void pgw_ws_tunnel_close_by_policy(struct pgw_ws_tunnel *t, int code, const char *reason,
                                    size_t reason_len);
