@@ -2195,13 +2195,23 @@ def life_config(tmp_path, echo, max_message, **extra):
                   policies={"dir": str(tmp_path / "policies")}, **extra)
 
 
-def test_reload_keeps_open_websockets_on_their_generation(make_gateway, echo, tmp_path):
+def life_gateway(make_gateway, echo, tmp_path, max_message, **extra):
+    """A gateway of its own for the lifecycle tests, with the "life" policy in version v1."""
     write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    cfg1 = life_config(tmp_path, echo, 1024)
-    g = track(make_gateway(cfg1))
-    old = wsfix.connect(g.port, "/l/echo")
-    old.send_text(b"x")
-    assert old.recv_message() == (OP_TEXT, b"v1:x")
+    return track(make_gateway(life_config(tmp_path, echo, max_message, **extra)))
+
+
+def open_v1(g):
+    """A WebSocket on /l/, checked to run the v1 policy."""
+    c = wsfix.connect(g.port, "/l/echo")
+    c.send_text(b"x")
+    assert c.recv_message() == (OP_TEXT, b"v1:x")
+    return c
+
+
+def test_reload_keeps_open_websockets_on_their_generation(make_gateway, echo, tmp_path):
+    g = life_gateway(make_gateway, echo, tmp_path, 1024)
+    old = open_v1(g)
 
     write_policies(tmp_path / "policies", {"life": life_policy("v2")})
     cp = g.reload(life_config(tmp_path, echo, 2048))
@@ -2233,12 +2243,8 @@ def test_reload_keeps_open_websockets_on_their_generation(make_gateway, echo, tm
 
 
 def test_reload_removing_the_route_keeps_the_open_websocket(make_gateway, echo, tmp_path):
-    write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    cfg = life_config(tmp_path, echo, 1024)
-    g = track(make_gateway(cfg))
-    old = wsfix.connect(g.port, "/l/echo")
-    old.send_text(b"x")
-    assert old.recv_message() == (OP_TEXT, b"v1:x")
+    g = life_gateway(make_gateway, echo, tmp_path, 1024)
+    old = open_v1(g)
     cfg2 = life_config(tmp_path, echo, 1024)
     cfg2["routes"] = [r for r in cfg2["routes"] if r["name"] != "l"]
     (tmp_path / "policies" / "life.lua").unlink()
@@ -2258,8 +2264,7 @@ def test_reload_removing_the_route_keeps_the_open_websocket(make_gateway, echo, 
 
 
 def test_fast_stop_closes_websockets_at_once(make_gateway, echo, tmp_path):
-    write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    g = track(make_gateway(life_config(tmp_path, echo, "1m", timeouts={"drain": "10s"})))
+    g = life_gateway(make_gateway, echo, tmp_path, "1m", timeouts={"drain": "10s"})
     c = wsfix.connect(g.port, "/ws/echo")
     echo_ok(c)
     g.signal(signal.SIGTERM)
@@ -2272,8 +2277,7 @@ def test_fast_stop_closes_websockets_at_once(make_gateway, echo, tmp_path):
 def test_client_that_does_not_read_is_not_buffered_without_bound(make_gateway, echo, tmp_path):
     """A client sends 48 MiB of messages to the echo upstream and reads nothing: the gateway
     stops reading (backpressure) instead of holding the echoes in memory."""
-    write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    g = track(make_gateway(life_config(tmp_path, echo, "1m")))
+    g = life_gateway(make_gateway, echo, tmp_path, "1m")
     c = wsfix.WSClient(g.port, timeout=10.0, rcvbuf=65536)
     c.handshake("/ws/echo")
     c.check_101()
@@ -2302,8 +2306,7 @@ def test_client_that_does_not_read_is_not_buffered_without_bound(make_gateway, e
 
 
 def test_graceful_stop_closes_websockets_at_the_drain_deadline(make_gateway, echo, tmp_path):
-    write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    g = track(make_gateway(life_config(tmp_path, echo, "1m", timeouts={"drain": "1s"})))
+    g = life_gateway(make_gateway, echo, tmp_path, "1m", timeouts={"drain": "1s"})
     cid = wsfix.unique_id()
     c = wsfix.connect(g.port, "/ws/echo?c=%s" % cid)
     echo_ok(c, b"before")
@@ -2324,8 +2327,7 @@ def test_graceful_stop_closes_websockets_at_the_drain_deadline(make_gateway, ech
 
 
 def test_max_connections_counts_websockets(make_gateway, echo, tmp_path):
-    write_policies(tmp_path / "policies", {"life": life_policy("v1")})
-    g = track(make_gateway(life_config(tmp_path, echo, "1m", limits={"max_connections": 3})))
+    g = life_gateway(make_gateway, echo, tmp_path, "1m", limits={"max_connections": 3})
     open_ = [wsfix.connect(g.port, "/ws/echo") for _ in range(3)]
     try:
         for c in open_:
