@@ -5,6 +5,7 @@
 #ifndef PGW_TEST_H
 #define PGW_TEST_H
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +38,20 @@ static const char *test_current;
             test_current_failed = 1;                                                               \
         }                                                                                          \
     } while (0)
+
+/* Reports a failure inside a table case (the macros above name the line, not the case). */
+static inline void failf(const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static inline void failf(const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "FAIL %s: [%s] ", test_current, name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    test_current_failed = 1;
+}
 
 #define RUN(fn)                                                                                    \
     do {                                                                                           \

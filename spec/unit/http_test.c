@@ -15,19 +15,6 @@
 #define BYTES(s) .bytes = (s), .len = sizeof(s) - 1
 #define TAIL(s) .tail = (s), .tail_len = sizeof(s) - 1
 
-/* Reports a failure inside a table case (test.h's macros name the line, not the case). */
-static void failf(const char *name, const char *fmt, ...) PGW_PRINTF(2, 3);
-static void failf(const char *name, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL %s: [%s] ", test_current, name);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    test_current_failed = 1;
-}
-
 /* A heap copy of exactly <n> bytes: reading buf[n] is an ASan error. */
 static char *dup_exact(const char *p, size_t n)
 {

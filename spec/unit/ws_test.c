@@ -34,19 +34,6 @@
 static long cases_run, feedings_run; /* reported before the counts */
 static double secs_1m[3], secs_16m[3];  /* by opcode: pgw_ws_parse time for 1 and 16 MiB */
 
-/* Reports a failure inside a table case (test.h's macros name the line, not the case). */
-static void failf(const char *name, const char *fmt, ...) PGW_PRINTF(2, 3);
-static void failf(const char *name, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL %s: [%s] ", test_current, name);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    test_current_failed = 1;
-}
-
 /* ---- Byte buffers ---- */
 
 struct bytes {
