@@ -380,17 +380,7 @@ class WSClient(FrameIO):
         return self.reader.read_exact(n, deadline)
 
     def _at_eof(self, deadline):
-        if self.reader.buf:
-            raise AssertionError("unexpected bytes instead of a TCP close: %r" % bytes(
-                self.reader.buf[:100]))
-        try:
-            self.reader._fill(deadline)
-        except Closed:
-            return True
-        except Timeout:
-            return False
-        raise AssertionError("unexpected bytes instead of a TCP close: %r" % bytes(
-            self.reader.buf[:100]))
+        return self.http.wait_closed(max(0.0, deadline - time.monotonic()))
 
     # -- the handshake --
 
