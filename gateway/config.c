@@ -657,8 +657,8 @@ static void load_policy_entry(struct pgw_cfg_ctx *x, const struct pgw_yaml_node 
     p->conf_json = b.p;
 }
 
-static void load_policies_list(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
-                               struct pgw_config_policies *ps)
+void pgw_cfg_load_policies(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                           struct pgw_config_policies *ps)
 {
     if (!pgw_cfg_want_kind(x, v, PGW_YAML_SEQ, where, "policies"))
         return;
@@ -673,7 +673,7 @@ static void load_policies_list(struct pgw_cfg_ctx *x, const struct pgw_yaml_node
              "progress): remove this list");
 }
 
-static void free_policies(struct pgw_config_policies *ps)
+void pgw_cfg_free_policies(struct pgw_config_policies *ps)
 {
     for (size_t i = 0; i < ps->n; i++) {
         free(ps->v[i].name);
@@ -725,7 +725,7 @@ static void load_listener(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, 
     if ((v = pgw_cfg_require(x, n, where, "address")) != NULL)
         load_listener_address(x, v, where, l);
     if ((v = pgw_cfg_map_get(n, "policies")) != NULL)
-        load_policies_list(x, v, where, &l->policies);
+        pgw_cfg_load_policies(x, v, where, &l->policies);
     if ((v = pgw_cfg_map_get(n, "tls")) != NULL)
         pgw_cfg_load_listener_tls(x, v, where, l);
 }
@@ -1118,7 +1118,7 @@ static void load_route(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n, siz
     if (type >= 0) /* with a misspelt type, what the route needs is unknown: say nothing more */
         load_route_target(x, n, where, r);
     if ((v = pgw_cfg_map_get(n, "policies")) != NULL)
-        load_policies_list(x, v, where, &r->policies);
+        pgw_cfg_load_policies(x, v, where, &r->policies);
 }
 
 static void load_routes(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
@@ -1344,7 +1344,7 @@ static void config_free(struct pgw_config *c)
     for (size_t i = 0; i < c->num_listeners; i++) {
         free(c->listeners[i].name);
         free(c->listeners[i].address);
-        free_policies(&c->listeners[i].policies);
+        pgw_cfg_free_policies(&c->listeners[i].policies);
     }
     free(c->listeners);
     free(c->real_ip.trusted);
@@ -1364,7 +1364,7 @@ static void config_free(struct pgw_config *c)
         free(r->path);
         free_strv(r->methods, r->num_methods);
         free(r->upstream);
-        free_policies(&r->policies);
+        pgw_cfg_free_policies(&r->policies);
         pgw_cfg_free_route_websocket(r);
     }
     free(c->routes);

@@ -132,6 +132,14 @@ enum pgw_path_kind { PGW_PATH_EXACT = 0, PGW_PATH_TEMPLATE, PGW_PATH_PREFIX };
 
 enum pgw_route_type { PGW_ROUTE_PROXY = 0, PGW_ROUTE_STATUS };
 
+/* One entry of a route's websocket.actions: messages whose selection field is <name>. */
+struct pgw_config_ws_action {
+    char *name; /* NUL-terminated; may not contain NUL (JSON strings with \u0000 never match) */
+    size_t name_len;
+    struct pgw_config_policies policies;
+    unsigned line;
+};
+
 /* A route's `websocket:` (docs/websocket.md): `true` or a map of these. */
 struct pgw_config_websocket {
     char **allowed_origins;    /* lower-cased origins; NULL: any Origin */
@@ -139,6 +147,14 @@ struct pgw_config_websocket {
     uint64_t max_message;      /* bytes of one message, default 1m */
     uint64_t idle_timeout;     /* ms without a frame either way, default 5m */
     uint64_t close_timeout;    /* ms to wait for the other side's close, default 5s */
+    /* Route selection per message: the dotted field `selection` of inbound JSON messages names
+     * an action; its chain (or `default`) runs after the route's. NULL/0 when not configured. */
+    char **selection;          /* the path's member names, NUL-terminated */
+    size_t selection_depth;
+    struct pgw_config_ws_action *actions;
+    size_t num_actions;
+    struct pgw_config_policies default_policies; /* n == 0: no default chain */
+    unsigned selection_line;
 };
 
 struct pgw_config_route {

@@ -59,6 +59,11 @@ void pgw_cfg_walk_keys(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *map, c
                        const char *const *extras, const struct field *fields, size_t nf,
                        void *base);
 
+/* A `policies:` list (entries NAME or { NAME: { settings } }) into *ps. */
+void pgw_cfg_load_policies(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                           struct pgw_config_policies *ps);
+void pgw_cfg_free_policies(struct pgw_config_policies *ps);
+
 /* config_tls.c */
 void pgw_cfg_load_listener_tls(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n,
                                const char *where, struct pgw_config_listener *l);

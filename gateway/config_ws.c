@@ -1,9 +1,11 @@
 /* config_ws.c: a route's `websocket:` setting (docs/websocket.md): `true`, `false`, or a map of
- * allowed_origins, max_message, idle_timeout and close_timeout. */
+ * allowed_origins, max_message, idle_timeout, close_timeout, and the route selection per message
+ * (selection, actions, default). */
 #include "config_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define WS_FIELD(type, member, min, max) FIELD(type, struct pgw_config_websocket, member, min, max)
 
@@ -70,10 +72,134 @@ static void load_origins(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, c
     }
 }
 
+#define SELECTION_DEPTH_MAX 8
+#define SELECTION_NAME_MAX 128
+#define ACTIONS_MAX 256
+#define ACTION_NAME_MAX 256
+
+/* `selection`: a dotted path of member names ("action", "meta.type"); the AWS form
+ * "$request.body.action" is accepted. */
+static void load_selection(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                           struct pgw_config_websocket *ws)
+{
+    static const char aws[] = "$request.body.";
+    char q[PGW_ERRS_QUOTE_MAX];
+    if (!pgw_cfg_want_scalar(x, v, where, "selection", "a dotted JSON field name"))
+        return;
+    const char *s = v->str, *end = v->str + v->len;
+    if (v->len >= sizeof(aws) - 1 && memcmp(s, aws, sizeof(aws) - 1) == 0)
+        s += sizeof(aws) - 1;
+    char *names[SELECTION_DEPTH_MAX];
+    size_t n = 0;
+    const char *why = NULL;
+    for (const char *p = s; why == NULL; p++) {
+        const char *seg = p;
+        while (p < end && *p != '.' && (unsigned char)*p > ' ' && *p != 0x7f)
+            p++;
+        if (p < end && *p != '.')
+            why = "a field name has a space or a control character";
+        else if (p == seg)
+            why = "a field name is empty";
+        else if ((size_t)(p - seg) > SELECTION_NAME_MAX)
+            why = "a field name is longer than 128 bytes";
+        else if (n == SELECTION_DEPTH_MAX)
+            why = "more than 8 levels";
+        else
+            names[n++] = pgw_strndup(seg, (size_t)(p - seg));
+        if (p >= end)
+            break;
+    }
+    if (why != NULL) {
+        pgw_cfg_err(x, v->line, where, "selection", "%s is not a dotted field path (%s)",
+                    pgw_errs_quote(q, v->str, v->len), why);
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        return;
+    }
+    ws->selection = pgw_calloc(n, sizeof(*ws->selection));
+    memcpy(ws->selection, names, n * sizeof(*names));
+    ws->selection_depth = n;
+    ws->selection_line = v->line;
+}
+
+/* An action's (or the default's) map: { policies: [...] }. */
+static void load_chain(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                       struct pgw_config_policies *ps)
+{
+    static const char *const extras[] = {"policies", NULL};
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_MAP, where, NULL))
+        return;
+    pgw_cfg_walk_keys(x, v, where, extras, NULL, 0, NULL);
+    const struct pgw_yaml_node *p = pgw_cfg_require(x, v, where, "policies");
+    if (p == NULL)
+        return;
+    pgw_cfg_load_policies(x, p, where, ps);
+    if (p->kind == PGW_YAML_SEQ && p->n == 0)
+        pgw_cfg_err(x, p->line, where, "policies", "must not be empty");
+}
+
+static void load_actions(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                         struct pgw_config_websocket *ws)
+{
+    char q[PGW_ERRS_QUOTE_MAX], aw[PGW_ERRS_QUOTE_MAX + 64];
+    if (!pgw_cfg_want_kind(x, v, PGW_YAML_MAP, where, "actions"))
+        return;
+    size_t n = v->n / 2;
+    if (n == 0 || n > ACTIONS_MAX) {
+        pgw_cfg_err(x, v->line, where, "actions", "must name 1 to 256 actions");
+        return;
+    }
+    ws->actions = pgw_calloc(n, sizeof(*ws->actions));
+    for (size_t i = 0; i < n; i++) {
+        const struct pgw_yaml_node *k = v->kids[2 * i], *c = v->kids[2 * i + 1];
+        if (!pgw_cfg_want_scalar(x, k, where, "actions", "an action name"))
+            continue;
+        if (k->len == 0 || k->len > ACTION_NAME_MAX) {
+            pgw_cfg_err(x, k->line, where, "actions", "an action name has 1 to 256 bytes");
+            continue;
+        }
+        for (size_t j = 0; j < ws->num_actions; j++)
+            if (ws->actions[j].name_len == k->len && memcmp(ws->actions[j].name, k->str, k->len) == 0)
+                pgw_cfg_err(x, k->line, where, "actions", "action %s is defined twice",
+                            pgw_errs_quote(q, k->str, k->len));
+        struct pgw_config_ws_action *a = &ws->actions[ws->num_actions++];
+        a->name = pgw_strndup(k->str, k->len);
+        a->name_len = k->len;
+        a->line = k->line;
+        snprintf(aw, sizeof(aw), "%s.actions.%s", where, pgw_errs_quote(q, k->str, k->len));
+        load_chain(x, c, aw, &a->policies);
+    }
+}
+
+/* selection, actions and default go together (default is optional). */
+static void load_routing(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
+                         struct pgw_config_websocket *ws)
+{
+    const struct pgw_yaml_node *sel = pgw_cfg_map_get(v, "selection");
+    const struct pgw_yaml_node *act = pgw_cfg_map_get(v, "actions");
+    const struct pgw_yaml_node *def = pgw_cfg_map_get(v, "default");
+    if (sel != NULL)
+        load_selection(x, sel, where, ws);
+    if (act != NULL)
+        load_actions(x, act, where, ws);
+    if (def != NULL) {
+        char dw[64];
+        snprintf(dw, sizeof(dw), "%s.default", where);
+        load_chain(x, def, dw, &ws->default_policies);
+    }
+    if (sel != NULL && act == NULL)
+        pgw_cfg_err(x, sel->line, where, "selection", "needs websocket.actions (the chains it selects)");
+    if (act != NULL && sel == NULL)
+        pgw_cfg_err(x, act->line, where, "actions", "needs websocket.selection (the field naming the action)");
+    if (def != NULL && (sel == NULL || act == NULL))
+        pgw_cfg_err(x, def->line, where, "default", "goes with websocket.selection and websocket.actions "
+                    "(without them, the route's policies see every message)");
+}
+
 void pgw_cfg_load_route_websocket(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v,
                                   const char *route_where, struct pgw_config_route *r)
 {
-    static const char *const extras[] = {"allowed_origins", NULL};
+    static const char *const extras[] = {"allowed_origins", "selection", "actions", "default", NULL};
     char where[48];
     snprintf(where, sizeof(where), "%s.websocket", route_where);
     if (v->kind == PGW_YAML_SCALAR) {
@@ -94,6 +220,7 @@ void pgw_cfg_load_route_websocket(struct pgw_cfg_ctx *x, const struct pgw_yaml_n
     const struct pgw_yaml_node *o = pgw_cfg_map_get(v, "allowed_origins");
     if (o != NULL)
         load_origins(x, o, where, ws);
+    load_routing(x, v, where, ws);
 }
 
 void pgw_cfg_free_route_websocket(struct pgw_config_route *r)
@@ -103,6 +230,15 @@ void pgw_cfg_free_route_websocket(struct pgw_config_route *r)
     for (size_t i = 0; i < r->websocket->num_allowed_origins; i++)
         free(r->websocket->allowed_origins[i]);
     free(r->websocket->allowed_origins);
+    for (size_t i = 0; i < r->websocket->selection_depth; i++)
+        free(r->websocket->selection[i]);
+    free(r->websocket->selection);
+    for (size_t i = 0; i < r->websocket->num_actions; i++) {
+        free(r->websocket->actions[i].name);
+        pgw_cfg_free_policies(&r->websocket->actions[i].policies);
+    }
+    free(r->websocket->actions);
+    pgw_cfg_free_policies(&r->websocket->default_policies);
     free(r->websocket);
     r->websocket = NULL;
 }

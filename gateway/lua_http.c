@@ -25,6 +25,7 @@
  * responses), the body by max_body, and lengths are compared before anything is added.
  */
 #include "lua_bridge.h"
+#include "policy.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -341,12 +342,14 @@ bad:
     luaL_error(L, FNAME ": invalid url \"%s\"", show(q, sizeof(q), u, a->url_len));
 }
 
-static const struct pgw_config_upstream *find_upstream(lua_State *L, const char *name, size_t n,
-                                                       size_t *index)
+/* The upstream group <name> of the running generation's config (or, while policies load, of
+ * the config they are built for), or NULL. */
+static const struct pgw_config_upstream *lookup_upstream(const char *name, size_t n, size_t *index)
 {
-    char q[128];
     const struct pgw_bridge_run *run = pgw_bridge_current();
-    const struct pgw_config *c = run != NULL && run->gen != NULL ? run->gen->config : NULL;
+    const struct pgw_config *c = NULL;
+    if (run != NULL)
+        c = run->gen != NULL ? run->gen->config : run->set != NULL ? run->set->config : NULL;
     for (size_t i = 0; c != NULL && i < c->num_upstreams; i++) {
         const char *un = c->upstreams[i].name;
         if (strlen(un) == n && memcmp(un, name, n) == 0) {
@@ -354,6 +357,16 @@ static const struct pgw_config_upstream *find_upstream(lua_State *L, const char 
             return &c->upstreams[i];
         }
     }
+    return NULL;
+}
+
+static const struct pgw_config_upstream *find_upstream(lua_State *L, const char *name, size_t n,
+                                                       size_t *index)
+{
+    char q[128];
+    const struct pgw_config_upstream *u = lookup_upstream(name, n, index);
+    if (u != NULL)
+        return u;
     luaL_error(L, FNAME ": unknown upstream \"%s\"", show(q, sizeof(q), name, n));
     return NULL;
 }
@@ -1368,10 +1381,21 @@ static int l_http_request(lua_State *L)
     return pgw_bridge_wait(L, &op->wait);
 }
 
+/* pgw.http.has_upstream(name): whether the config has that upstream group (any stage, load
+ * included: check_conf uses it). */
+static int l_http_has_upstream(lua_State *L)
+{
+    size_t n, index;
+    const char *name = luaL_checklstring(L, 1, &n);
+    lua_pushboolean(L, lookup_upstream(name, n, &index) != NULL);
+    return 1;
+}
+
 void pgw_lua_open_http(lua_State *L)
 {
-    static const luaL_Reg http_fns[] = {{"request", l_http_request}, {NULL, NULL}};
-    lua_createtable(L, 0, 1);
+    static const luaL_Reg http_fns[] = {
+        {"request", l_http_request}, {"has_upstream", l_http_has_upstream}, {NULL, NULL}};
+    lua_createtable(L, 0, 2);
     luaL_register(L, NULL, http_fns);
     lua_setfield(L, -2, "http");
 }

@@ -2,6 +2,7 @@
  * stage runner: one coroutine per request, reused across its stages, started and resumed only
  * with lua_resume (never lua_pcall at stage entry, STYLE §5). See lua_task.h and lua_bridge.h. */
 #include "lua_task.h"
+#include "json.h"
 #include "log.h"
 #include "server.h"
 #include "ws.h"
@@ -579,9 +580,14 @@ struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunn
 {
     const struct pgw_policy_chain *chains[2];
     size_t n = pgw_task_chains(req, PGW_STAGES_WS, chains);
-    if (n == 0)
+    size_t ri = (size_t)(req->route - req->gen->config->routes);
+    const struct pgw_policy_chain *actions =
+        req->gen->policies != NULL ? req->gen->policies->ws_actions[ri] : NULL;
+    if (n == 0 && actions == NULL)
         return NULL;
     struct pgw_task *t = pgw_calloc(1, sizeof(*t));
+    t->ws_actions = actions;
+    t->ws_conf = actions != NULL ? req->route->websocket : NULL;
     t->lua = req->gen->policies->lua;
     t->co_ref = t->ctx_ref = t->handle_ref = t->chunk_ref = LUA_NOREF;
     t->ws = tunnel;
@@ -605,19 +611,24 @@ struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunn
 
 int pgw_task_ws_has(const struct pgw_task *t, unsigned stage)
 {
+    if (t->ws_actions != NULL && (stage & PGW_STAGE_WS_MESSAGE))
+        return 1;
     for (size_t i = 0; i < t->ws_num_chains; i++)
         if (t->ws_chains[i]->stages & stage)
             return 1;
     return 0;
 }
 
-/* Runs the chains' functions of <stage> (the argument table, if any, in t->chunk_ref). */
-static int ws_run(struct pgw_task *t, unsigned stage)
+/* Runs the chains' functions of <stage> (the argument table, if any, in t->chunk_ref), then
+ * <selected> (an action chain, or NULL). */
+static int ws_run(struct pgw_task *t, unsigned stage, const struct pgw_policy_chain *selected)
 {
     t->num_chains = 0;
     for (size_t i = 0; i < t->ws_num_chains; i++)
         if (t->ws_chains[i]->stages & stage)
             t->chains[t->num_chains++] = t->ws_chains[i];
+    if (selected != NULL && selected->n > 0)
+        t->chains[t->num_chains++] = selected;
     if (t->num_chains == 0)
         return PGW_OK;
     t->ci = t->ei = 0;
@@ -630,15 +641,40 @@ static int ws_run(struct pgw_task *t, unsigned stage)
     return rc;
 }
 
-int pgw_task_ws_connect(struct pgw_task *t) { return ws_run(t, PGW_STAGE_WS_CONNECT); }
+int pgw_task_ws_connect(struct pgw_task *t) { return ws_run(t, PGW_STAGE_WS_CONNECT, NULL); }
 
 struct ws_msg_args {
     int inbound;
     unsigned opcode;
     const char *data;
     size_t len;
+    const char *action; /* msg.action, or NULL */
     int ref;
 };
+
+#define SELECT_DEPTH 64   /* nesting accepted in a message that selects an action */
+#define SELECT_VALUE 256  /* bytes of the longest action name (config_ws.c) */
+
+/* The index of the action that message <data,len> names in ws->actions, or ws->num_actions (the
+ * default) when it is not a JSON document, lacks the field, or names no action. */
+static size_t ws_select(const struct pgw_config_websocket *ws, const char *data, size_t len)
+{
+    struct pgw_json v;
+    const char *why;
+    char name[SELECT_VALUE];
+    size_t n;
+    if (pgw_json_parse(data, len, SELECT_DEPTH, 0, &v, &why) != PGW_OK)
+        return ws->num_actions;
+    for (size_t i = 0; i < ws->selection_depth; i++)
+        if (pgw_json_get(&v, ws->selection[i], &v) != PGW_OK)
+            return ws->num_actions;
+    if (pgw_json_str(&v, name, sizeof(name), &n) != PGW_OK)
+        return ws->num_actions;
+    for (size_t i = 0; i < ws->num_actions; i++)
+        if (ws->actions[i].name_len == n && memcmp(ws->actions[i].name, name, n) == 0)
+            return i;
+    return ws->num_actions;
+}
 
 static int ws_msg_table(lua_State *L)
 {
@@ -650,6 +686,10 @@ static int ws_msg_table(lua_State *L)
     lua_setfield(L, -2, "opcode");
     lua_pushlstring(L, a->data, a->len);
     lua_setfield(L, -2, "data");
+    if (a->action != NULL) {
+        lua_pushstring(L, a->action);
+        lua_setfield(L, -2, "action");
+    }
     a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
@@ -658,7 +698,14 @@ int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const 
                         size_t len)
 {
     lua_State *L = pgw_lua_state(t->lua);
-    struct ws_msg_args a = {inbound, opcode, data, len, LUA_NOREF};
+    const struct pgw_policy_chain *selected = NULL;
+    const char *action = NULL;
+    if (inbound && t->ws_actions != NULL) {
+        size_t i = ws_select(t->ws_conf, data, len);
+        selected = &t->ws_actions[i];
+        action = i < t->ws_conf->num_actions ? t->ws_conf->actions[i].name : NULL;
+    }
+    struct ws_msg_args a = {inbound, opcode, data, len, action, LUA_NOREF};
     if (lua_cpcall(L, ws_msg_table, &a) != 0) {
         lua_settop(L, 0);
         pgw_log_error("websocket %s: ws_message: a %zu-byte message does not fit in the Lua "
@@ -668,7 +715,7 @@ int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const 
     pgw_lua_unref(t->lua, t->chunk_ref);
     t->chunk_ref = a.ref;
     t->ws_inbound = inbound ? 1 : 0;
-    return ws_run(t, PGW_STAGE_WS_MESSAGE);
+    return ws_run(t, PGW_STAGE_WS_MESSAGE, selected);
 }
 
 int pgw_task_ws_result(struct pgw_task *t, unsigned *opcode, const char **data, size_t *len)
@@ -746,7 +793,7 @@ void pgw_task_ws_close(struct pgw_task *t, const struct pgw_ws_close_info *info)
     lua_pop(L, 1);
     pgw_lua_unref(t->lua, t->chunk_ref);
     t->chunk_ref = ref;
-    if (ws_run(t, PGW_STAGE_WS_CLOSE) == PGW_AGAIN) /* cannot happen: nothing waits there */
+    if (ws_run(t, PGW_STAGE_WS_CLOSE, NULL) == PGW_AGAIN) /* cannot happen: nothing waits there */
         pgw_log_error("websocket: ws_close: a policy waited");
 }
 

@@ -32,7 +32,7 @@ struct pgw_task {
     struct pgw_bridge_run run;    /* the run this task makes (stage, policy, req, gen, set) */
     void (*done)(struct pgw_task *t, int rc); /* an asynchronous step ended (PGW_OK/DONE/ERR) */
     /* the stage in progress: its chains and position */
-    const struct pgw_policy_chain *chains[2];
+    const struct pgw_policy_chain *chains[3];
     size_t num_chains, ci, ei;
     int stage_idx;                /* enum pgw_policy_stage_idx */
     int resuming;                 /* inside a resume: wake() from there is refused */
@@ -49,6 +49,10 @@ struct pgw_task {
     struct pgw_ws_tunnel *ws;
     const struct pgw_policy_chain *ws_chains[2];
     size_t ws_num_chains;
+    /* route selection (websocket.selection): the route's settings and its action chains (the
+     * default last), both owned by the connection's generation; NULL when not configured */
+    const struct pgw_config_websocket *ws_conf;
+    const struct pgw_policy_chain *ws_actions;
     unsigned ws_stop : 1;         /* pgw.ws.drop or pgw.ws.close: the chain stops */
     unsigned ws_inbound : 1;      /* the message being run comes from the client */
 };

@@ -227,6 +227,21 @@ static int l_ws_id(lua_State *L)
     return 1;
 }
 
+/* pgw.ws.route(): the route's name. pgw.ws.client_addr(): the handshake's client address. */
+static int l_ws_route(lua_State *L)
+{
+    struct pgw_task *t = cur_ws(L, "pgw.ws.route", PGW_STAGES_WS);
+    lua_pushstring(L, pgw_ws_tunnel_route(t->ws));
+    return 1;
+}
+
+static int l_ws_client_addr(lua_State *L)
+{
+    struct pgw_task *t = cur_ws(L, "pgw.ws.client_addr", PGW_STAGES_WS);
+    lua_pushstring(L, pgw_ws_tunnel_client(t->ws));
+    return 1;
+}
+
 void pgw_lua_open_ws(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -235,9 +250,11 @@ void pgw_lua_open_ws(lua_State *L)
         {"drop", l_ws_drop},
         {"reply", l_ws_reply},
         {"close", l_ws_close},
+        {"route", l_ws_route},
+        {"client_addr", l_ws_client_addr},
         {NULL, NULL},
     };
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 7);
     for (const luaL_Reg *f = funcs; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

@@ -479,6 +479,39 @@ static void build_chain(struct build *b, const struct pgw_config_policies *ps, c
     }
 }
 
+/* Builds one action chain; a policy there without ws_message would silently run nothing. */
+static void build_action_chain(struct build *b, const struct pgw_config_policies *ps,
+                               const char *where, struct pgw_policy_chain *ch)
+{
+    build_chain(b, ps, where, ch);
+    for (size_t i = 0; i < ch->n; i++)
+        if (ch->v[i].fn[PGW_PS_WS_MESSAGE] == LUA_NOREF) {
+            const struct pgw_config_policy *p = &ps->v[0];
+            for (size_t j = 0; j < ps->n; j++)
+                if (strcmp(ps->v[j].name, ch->v[i].name) == 0)
+                    p = &ps->v[j];
+            errs_add(&b->e, "%s:%u: %s: policy %s has no ws_message function (only ws_message "
+                     "runs in an action)", b->config->file, p->line, where, ch->v[i].name);
+        }
+    ch->stages &= PGW_STAGE_WS_MESSAGE;
+}
+
+/* The chains of route <r>'s websocket.actions, then its default (num_actions + 1). */
+static struct pgw_policy_chain *build_action_chains(struct build *b, const struct pgw_config_route *r)
+{
+    const struct pgw_config_websocket *ws = r->websocket;
+    struct pgw_policy_chain *chs = pgw_calloc(ws->num_actions + 1, sizeof(*chs));
+    char where[600];
+    for (size_t j = 0; j < ws->num_actions; j++) {
+        snprintf(where, sizeof(where), "route \"%s\": websocket.actions.%s", r->name,
+                 ws->actions[j].name);
+        build_action_chain(b, &ws->actions[j].policies, where, &chs[j]);
+    }
+    snprintf(where, sizeof(where), "route \"%s\": websocket.default", r->name);
+    build_action_chain(b, &ws->default_policies, where, &chs[ws->num_actions]);
+    return chs;
+}
+
 /* init_worker(conf) of every entry of <ch>, in chain order. */
 static void run_init(struct pgw_policy_set *set, const struct pgw_policy_chain *ch)
 {
@@ -506,8 +539,12 @@ void pgw_policy_set_init(struct pgw_policy_set *set)
 {
     for (size_t i = 0; i < set->num_listeners; i++)
         run_init(set, &set->listeners[i]);
-    for (size_t i = 0; i < set->num_routes; i++)
+    for (size_t i = 0; i < set->num_routes; i++) {
         run_init(set, &set->routes[i]);
+        for (size_t j = 0; set->ws_actions[i] != NULL &&
+                           j <= set->config->routes[i].websocket->num_actions; j++)
+            run_init(set, &set->ws_actions[i][j]);
+    }
 }
 
 /* The plans of the config, checked (pgw.internal.engine.plans). */
@@ -564,14 +601,21 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     set->plans_ref = build_plans(&b);
     for (size_t i = 0; i < config->num_listeners; i++)
         collect_builtins(&b, &config->listeners[i].policies);
-    for (size_t i = 0; i < config->num_routes; i++)
+    for (size_t i = 0; i < config->num_routes; i++) {
+        const struct pgw_config_websocket *ws = config->routes[i].websocket;
         collect_builtins(&b, &config->routes[i].policies);
+        for (size_t j = 0; ws != NULL && j < ws->num_actions; j++)
+            collect_builtins(&b, &ws->actions[j].policies);
+        if (ws != NULL)
+            collect_builtins(&b, &ws->default_policies);
+    }
     load_bundle(&b, bundle);
 
     set->num_listeners = config->num_listeners;
     set->listeners = pgw_calloc(config->num_listeners + 1, sizeof(*set->listeners));
     set->num_routes = config->num_routes;
     set->routes = pgw_calloc(config->num_routes + 1, sizeof(*set->routes));
+    set->ws_actions = pgw_calloc(config->num_routes + 1, sizeof(*set->ws_actions));
     char where[300];
     for (size_t i = 0; i < config->num_listeners; i++) {
         snprintf(where, sizeof(where), "listener \"%s\": policies", config->listeners[i].name);
@@ -580,6 +624,8 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     for (size_t i = 0; i < config->num_routes; i++) {
         snprintf(where, sizeof(where), "route \"%s\": policies", config->routes[i].name);
         build_chain(&b, &config->routes[i].policies, where, &set->routes[i]);
+        if (config->routes[i].websocket != NULL && config->routes[i].websocket->num_actions > 0)
+            set->ws_actions[i] = build_action_chains(&b, &config->routes[i]);
     }
     /* The policy tables stay reachable through their functions. */
     for (size_t i = 0; i < b.n; i++)
@@ -614,6 +660,11 @@ void pgw_policy_set_free(struct pgw_policy_set *set)
     set->retired = 1;
     pgw_lua_timers_free(set);
     free_chains(set->lua, set->listeners, set->num_listeners);
+    for (size_t i = 0; set->ws_actions != NULL && i < set->num_routes; i++)
+        if (set->ws_actions[i] != NULL)
+            free_chains(set->lua, set->ws_actions[i],
+                        set->config->routes[i].websocket->num_actions + 1);
+    free(set->ws_actions);
     free_chains(set->lua, set->routes, set->num_routes);
     for (size_t i = 0; i < set->num_fn_refs; i++)
         pgw_lua_unref(set->lua, set->fn_refs[i]);
@@ -631,7 +682,8 @@ int pgw_policy_config_uses(const struct pgw_config *config)
         if (config->listeners[i].policies.n > 0)
             return 1;
     for (size_t i = 0; i < config->num_routes; i++)
-        if (config->routes[i].policies.n > 0)
+        if (config->routes[i].policies.n > 0 ||
+            (config->routes[i].websocket != NULL && config->routes[i].websocket->num_actions > 0))
             return 1;
     return 0;
 }

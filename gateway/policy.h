@@ -75,6 +75,9 @@ struct pgw_policy_set {
     struct pgw_policy_chain *listeners; /* one per config listener */
     struct pgw_policy_chain *routes;    /* one per config route */
     size_t num_listeners, num_routes;
+    /* per route: NULL, or the chains of its websocket.actions in config order followed by its
+     * websocket.default (empty when not set); only their ws_message functions run */
+    struct pgw_policy_chain **ws_actions;
     int *fn_refs;  /* every stage function of every policy loaded (released by free) */
     size_t num_fn_refs;
     char **names;  /* the names the chains point at */

@@ -76,6 +76,7 @@ struct pgw_ws_tunnel {
     struct pgw_ws_tunnel *push_prev, *push_next; /* the worker's list of tunnels to push to */
     unsigned push_listed : 1;
     char request_id[33];           /* the handshake request's id (X-Request-Id) */
+    char client_str[PGW_ADDR_STRLEN]; /* the handshake's client address (after real_ip) */
     struct pgw_ws_tunnel *wait_prev, *wait_next; /* budget waiters */
 };
 
@@ -918,7 +919,7 @@ static void access_log_close(const struct pgw_ws_tunnel *t)
                     "\"closed_by\":\"%s\",\"close_reason\":\"",
                  ts, t->request_id, t->id, c->gen->config->listeners[c->listener_index].name,
                  t->route->name,
-                 c->client_str, pgw_proxy_upstream_label(t->uc),
+                 t->client_str, pgw_proxy_upstream_label(t->uc),
                  (double)(pgw_now_us() - t->start_us) / 1000.0, t->cl.messages, t->up.messages,
                  t->cl.bytes, t->up.bytes, t->close_by ? t->close_code : PGW_WS_CLOSE_ABNORMAL,
                  t->close_by ? t->close_by : "gateway");
@@ -980,6 +981,8 @@ static void tun_leave(struct pgw_ws_tunnel *t)
 const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t) { return t->id; }
 
 const char *pgw_ws_tunnel_route(const struct pgw_ws_tunnel *t) { return t->route->name; }
+
+const char *pgw_ws_tunnel_client(const struct pgw_ws_tunnel *t) { return t->client_str; }
 
 void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
 {
@@ -1199,6 +1202,7 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
     t->conf = req->route->websocket;
     t->start_us = pgw_now_us();
     memcpy(t->request_id, req->id, req->id_len + 1);
+    memcpy(t->client_str, req->client_str, sizeof(t->client_str));
     random_id(t->id);
     ids_add(t);
     side_init(&t->cl, &c->io, 1, t->conf->max_message);

@@ -58,6 +58,8 @@ void pgw_ws_tunnel_shutdown(struct pgw_ws_tunnel *t);
 const char *pgw_ws_tunnel_id(const struct pgw_ws_tunnel *t);
 /* The name of the route it was opened on. */
 const char *pgw_ws_tunnel_route(const struct pgw_ws_tunnel *t);
+/* The client address of the handshake request (pgw.req.get_client_addr()'s value there). */
+const char *pgw_ws_tunnel_client(const struct pgw_ws_tunnel *t);
 /* lua_task.c: a ws_connect or ws_message run that waited has ended (PGW_OK/DONE/ERR). */
 void pgw_ws_task_done(struct pgw_ws_tunnel *t, int rc);
 

@@ -10,7 +10,7 @@
 --   close  both sides get close `close_code` (default 1008, policy violation) and `close_reason`.
 -- The byte limit is checked first: a message refused by it counts against neither limit, one
 -- refused by the message limit has counted its bytes. A message larger than `bytes` never passes.
--- In `access` (the handshake request) it notes the client address and the route for later.
+-- It has only `ws_message`, so it also works in a route's websocket.actions chains.
 --
 -- Config:
 --   by              connection | consumer | ip; default connection (consumer: an unidentified
@@ -35,7 +35,6 @@
 local pgw = require "pgw"
 
 local ctx, now, fixed, ws = pgw.ctx, pgw.time.now, pgw.store.fixed, pgw.ws
-local req = pgw.req
 
 local function identity(conf, c)
     local by = conf.by
@@ -44,7 +43,7 @@ local function identity(conf, c)
     elseif by == "consumer" and c.consumer then
         return "c:" .. c.consumer
     end
-    return "ip:" .. (c["ws_rate_limit.ip"] or "")
+    return "ip:" .. ws.client_addr()
 end
 
 local function over(conf)
@@ -104,12 +103,6 @@ return {
         return true
     end,
 
-    access = function(conf)
-        local c = ctx()
-        c["ws_rate_limit.ip"] = req.get_client_addr()
-        c["ws_rate_limit.route"] = req.get_route()
-    end,
-
     ws_message = function(conf, msg)
         if conf.direction ~= "both" and msg.direction ~= conf.direction then
             return
@@ -117,7 +110,7 @@ return {
         local c = ctx()
         local key = conf.direction:sub(1, 1) .. "|" .. identity(conf, c) -- both: one count
         if conf.scope == "route" then
-            key = (c["ws_rate_limit.route"] or "") .. "|" .. key
+            key = ws.route() .. "|" .. key
         end
         local t = now()
         local start = t - t % conf.window
