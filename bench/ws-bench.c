@@ -17,11 +17,15 @@
  *
  * Messages are single masked frames, text (default, printable ASCII) or binary (-b); each echo
  * must come back with the same opcode and the same payload (fragments accepted: a proxy may
- * re-fragment), checked byte for byte. Masks: 16 pre-masked copies of the frame, each with its own
+ * re-fragment), checked byte for byte. With -j FIELD=VALUE the payload is a JSON object naming
+ * VALUE in FIELD (dotted: nested objects) and padded to exactly -s bytes with a filler string,
+ * e.g. -j action=echo -s 64: {"action":"echo","d":"<38 printable ASCII characters>"}
+ * (-j a.b=x: {"a":{"b":"x"},"d":"..."}), for a gateway that selects a chain per message by a
+ * JSON field (bench/ws-bench.sh's gw-select case); -s below the object's fixed part is an error. Masks: 16 pre-masked copies of the frame, each with its own
  * random key, used in turn (so sending costs no masking work in the client).
  *
  * Output: one line on stdout,
- *   RESULT mode=load conns=50 inflight=2 size=64 opcode=text warmup_s=2 duration_s=8.000
+ *   RESULT mode=load conns=50 inflight=2 size=64 opcode=text payload=ascii|json warmup_s=2 duration_s=8.000
  *          messages=N msgs_per_s=X p50_us= p90_us= p99_us= p999_us= max_us= errors=E
  *          handshake_errors=H err_proto= err_payload= err_closed= closed_clean= closed_unclean=
  *          client_cpu_s= [ticks_NAME=...] sys_busy_ticks= sys_steal_ticks= clk_tck=
@@ -103,6 +107,7 @@ static size_t flen;
 static unsigned char *payload;
 static size_t S = 64;
 static int W = 1, C = 50, binary, mode = M_LOAD;
+static const char *json_spec; /* -j FIELD=VALUE: JSON payload */
 static double duration = -1, warmup = 2, timeout_s = 30;
 static long count, idle_n;
 static int max_pending = 256;
@@ -242,6 +247,58 @@ static size_t build_frame(unsigned char *out, int fin_op, const unsigned char *p
     h += 4;
     for (size_t i = 0; i < n; i++) out[h + i] = p[i] ^ mk[i & 3];
     return h + n;
+}
+
+/* -j FIELD=VALUE: p (n bytes) = {"F1":{"F2":..."VALUE"...},"d":"<filler>"}, exactly n bytes;
+ * FIELD is dotted (F1.F2...). Names and value are written as they are (no escapes: refused if
+ * they hold a quote, a backslash, a control character or an empty name). The filler is printable
+ * ASCII without quote or backslash. Exits (2) if n is below the object's fixed part. */
+static void json_payload(unsigned char *p, size_t n, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    if (!eq || eq == spec || strlen(spec) > 200) {
+        fprintf(stderr, "ws-bench: -j %s: expected FIELD=VALUE (200 bytes at most)\n", spec);
+        exit(2);
+    }
+    for (const char *q = spec; *q; q++) {
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20 ||
+            (q < eq && *q == '.' && (q == spec || q[-1] == '.' || q + 1 == eq))) {
+            fprintf(stderr, "ws-bench: -j %s: no quote, backslash, control character or empty "
+                            "name allowed\n", spec);
+            exit(2);
+        }
+    }
+    char head[1024]; /* at most 2 + 4 * 200 + 1 + 99 + 6 bytes */
+    size_t h = 0, depth = 1;
+    head[h++] = '{';
+    head[h++] = '"';
+    for (const char *q = spec; q < eq; q++) {
+        if (*q == '.') {
+            memcpy(head + h, "\":{\"", 4);
+            h += 4;
+            depth++;
+        } else {
+            head[h++] = *q;
+        }
+    }
+    h += (size_t)snprintf(head + h, sizeof head - h, "\":\"%s\"", eq + 1);
+    for (size_t i = 1; i < depth; i++) head[h++] = '}';
+    memcpy(head + h, ",\"d\":\"", 6);
+    h += 6;
+    if (n < h + 2) {
+        fprintf(stderr, "ws-bench: -j %s: -s %zu is below the JSON message's fixed part (%zu bytes)\n",
+                spec, n, h + 2);
+        exit(2);
+    }
+    memcpy(p, head, h);
+    for (size_t i = h; i < n - 2; i++) {
+        unsigned char ch;
+        do ch = (unsigned char)('!' + (rnd() % 94));
+        while (ch == '"' || ch == '\\');
+        p[i] = ch;
+    }
+    p[n - 2] = '"';
+    p[n - 1] = '}';
 }
 
 static void set_writing(struct conn *c, int w)
@@ -690,13 +747,14 @@ static void on_event(struct conn *c, uint32_t evs)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: ws-bench [-c CONNS] [-w INFLIGHT] [-s SIZE] [-b] [-d SECS] [-W WARMUP]\n"
+            "usage: ws-bench [-c CONNS] [-w INFLIGHT] [-s SIZE] [-b] [-j FIELD=VALUE] [-d SECS] [-W WARMUP]\n"
             "                [-n COUNT] [--idle N] [-p PENDING] [-T TIMEOUT] [--ticks NAME=PIDS]\n"
             "                [ws://]HOST:PORT[/PATH]\n"
             "  -c 50       connections (load, check)\n"
             "  -w 1        messages in flight per connection\n"
             "  -s 64       message size in bytes\n"
             "  -b          binary messages (default text)\n"
+            "  -j F=V      JSON payload {\"F\":\"V\",\"d\":\"...\"} padded to -s bytes (F dotted: nested)\n"
             "  -d 8        measured seconds (load); idle: hold time (default 300)\n"
             "  -W 2        warm-up seconds before measuring (load)\n"
             "  -n COUNT    check mode: COUNT messages per connection, then close\n"
@@ -758,6 +816,7 @@ int main(int argc, char **argv)
             if (!strcmp(a, "-c")) C = atoi(v);
             else if (!strcmp(a, "-w")) W = atoi(v);
             else if (!strcmp(a, "-s")) S = (size_t)strtoull(v, NULL, 10);
+            else if (!strcmp(a, "-j")) json_spec = v;
             else if (!strcmp(a, "-d")) duration = atof(v);
             else if (!strcmp(a, "-W")) warmup = atof(v);
             else if (!strcmp(a, "-n")) { count = atol(v); mode = M_CHECK; }
@@ -807,7 +866,10 @@ int main(int argc, char **argv)
     rng = now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
 
     payload = xmalloc(S ? S : 1);
-    for (size_t i = 0; i < S; i++) payload[i] = (unsigned char)('!' + (rnd() % 94));
+    if (json_spec)
+        json_payload(payload, S, json_spec);
+    else
+        for (size_t i = 0; i < S; i++) payload[i] = (unsigned char)('!' + (rnd() % 94));
     for (int v = 0; v < NVAR; v++) {
         frames[v] = xmalloc(S + 14);
         flen = build_frame(frames[v], 0x80 | (binary ? 2 : 1), payload, S);
@@ -922,12 +984,12 @@ int main(int argc, char **argv)
                (double)(now_ns() - t_close) / 1e9);
 
     long errors = err_proto + err_payload + err_closed;
-    printf("RESULT mode=%s conns=%d inflight=%d size=%zu opcode=%s warmup_s=%g duration_s=%.3f "
+    printf("RESULT mode=%s conns=%d inflight=%d size=%zu opcode=%s payload=%s warmup_s=%g duration_s=%.3f "
            "messages=%llu msgs_per_s=%.0f p50_us=%llu p90_us=%llu p99_us=%llu p999_us=%llu "
            "max_us=%llu errors=%ld handshake_errors=%ld err_proto=%ld err_payload=%ld "
            "err_closed=%ld closed_clean=%ld closed_unclean=%ld client_cpu_s=%.3f",
            mode == M_LOAD ? "load" : mode == M_CHECK ? "check" : "idle", C, W, S,
-           binary ? "binary" : "text", mode == M_LOAD ? warmup : 0, measured,
+           binary ? "binary" : "text", json_spec ? "json" : "ascii", mode == M_LOAD ? warmup : 0, measured,
            (unsigned long long)n_msgs, measured > 0 ? (double)n_msgs / measured : 0,
            (unsigned long long)percentile(0.50), (unsigned long long)percentile(0.90),
            (unsigned long long)percentile(0.99), (unsigned long long)percentile(0.999),

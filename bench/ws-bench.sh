@@ -16,6 +16,20 @@
 #                no policy (messages stream through the frame parser) -> ws-echo
 #     gw-policy  the same with bench/policies/ws_pass.lua, a ws_message policy that passes every
 #                message (each message assembled and handed to Lua, both directions)
+#     gw-select  the same with route selection per message (docs/websocket.md) and no route policy:
+#                `websocket: { selection: action, actions: { echo: { policies: [ws_pass] } } }`;
+#                the client sends JSON, {"action":"echo","d":"<filler>"} padded to SIZE bytes
+#                (ws-bench -j action=echo; the other cases send SIZE bytes of printable ASCII), so
+#                each inbound message is assembled, its JSON parsed in C for `action`, and the
+#                `echo` chain (ws_pass) runs on it: one Lua call per round trip, inbound only
+#                (outbound messages run no policy). NOT like-for-like with gw-policy, which calls
+#                ws_pass both ways (two Lua calls per round trip): gw-select - gw is what selection
+#                costs in all; the ratio lines also give gw-select against the midpoint of gw and
+#                gw-policy (one Lua call's worth, if gw-policy's two cost the same), whose excess
+#                approximates the JSON parse and the action lookup. Before the run, a probe route
+#                (/probe, action `probe`: bench/policies/ws_probe.lua, close 4000) checks that the
+#                gateway selects by the field: {"action":"probe"} must be closed, {"action":"echo"}
+#                (no such action there, no default) echoed.
 #   for each of SIZES (text messages, 64 B and 16 KiB). The proxy (nginx's worker, or the
 #   gateway's whole process tree: master + worker) and the upstream share CPU 1, as in the rig
 #   (its placement A: a single bottleneck core, the client with headroom on the other, so a proxy
@@ -43,10 +57,11 @@
 #   gateway RSS (total, not the increase).
 #
 # Knobs (environment, defaults in brackets): ROUNDS [3] DURATION [8] WARMUP [1] CONNS [50]
-#   INFLIGHT [1] SIZES ["64 16384"] CASES ["direct nginx gw gw-policy"] BINARY [0] (1: binary
-#   messages) CLIENT_CPU [0] PROXY_CPU [1] UPSTREAM_CPU [1] PIN [1] (0: no taskset)
-#   BASE_PORT [18280] (ports BASE..BASE+5 on 127.0.0.1: echo, nginx, gw, gw-policy, idle gw, idle
-#   nginx; the shared rig uses 18080-18085 and 18180-18190) MAX_OTHER_CPU [5] (% of the machine
+#   INFLIGHT [1] SIZES ["64 16384"] CASES ["direct nginx gw gw-policy gw-select"] BINARY [0] (1:
+#   binary messages; gw-select's JSON then goes in binary frames) CLIENT_CPU [0] PROXY_CPU [1]
+#   UPSTREAM_CPU [1] PIN [1] (0: no taskset)
+#   BASE_PORT [18280] (ports BASE..BASE+6 on 127.0.0.1: echo, nginx, gw, gw-policy, idle gw, idle
+#   nginx, gw-select; the shared rig uses 18080-18085 and 18180-18190) MAX_OTHER_CPU [5] (% of the machine
 #   used by other processes beyond which a run is repeated) ATTEMPTS [3] RETRY_WAIT [5]
 #   IDLE_N [10000] IDLE_TARGETS ["gw nginx"] IDLE_WORKERS [2] IDLE_SETTLE [2] (s before reading
 #   RSS) IDLE_CYCLES [2] (open, hold, close IDLE_N WebSockets this many times on the same instance:
@@ -70,7 +85,7 @@ WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-50}
 INFLIGHT=${INFLIGHT:-1}
 SIZES=${SIZES:-"64 16384"}
-CASES=${CASES:-"direct nginx gw gw-policy"}
+CASES=${CASES:-"direct nginx gw gw-policy gw-select"}
 BINARY=${BINARY:-0}
 CLIENT_CPU=${CLIENT_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -95,12 +110,15 @@ GW_PORT=$((BASE_PORT + 2))
 GWP_PORT=$((BASE_PORT + 3))
 IDLE_GW_PORT=$((BASE_PORT + 4))
 IDLE_NGINX_PORT=$((BASE_PORT + 5))
+GWS_PORT=$((BASE_PORT + 6))
+# gw-select: the client's JSON messages name the action `echo` (ws-bench -j)
+SELECT_OPT=(-j action=echo)
 
 log() { printf '[ws-bench] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for c in $CASES; do
-    case $c in direct|nginx|gw|gw-policy) ;; *) die "unknown case $c (direct nginx gw gw-policy)" ;; esac
+    case $c in direct|nginx|gw|gw-policy|gw-select) ;; *) die "unknown case $c (direct nginx gw gw-policy gw-select)" ;; esac
 done
 for t in $IDLE_TARGETS; do
     case $t in gw|nginx) ;; *) die "unknown idle target $t (gw nginx)" ;; esac
@@ -109,7 +127,7 @@ command -v nginx >/dev/null || die "needs nginx"
 command -v gcc >/dev/null || die "needs gcc (and libssl-dev for -lcrypto)"
 command -v taskset >/dev/null || PIN=0
 need_gw=0
-if [ "$MODE" != idle ]; then case " $CASES " in *" gw "*|*" gw-policy "*) need_gw=1 ;; esac; fi
+if [ "$MODE" != idle ]; then case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*) need_gw=1 ;; esac; fi
 if [ "$MODE" != load ]; then case " $IDLE_TARGETS " in *" gw "*) need_gw=1 ;; esac; fi
 [ "$need_gw" = 0 ] || [ -x "$GW_BIN" ] || die "$GW_BIN not found: build it (make), or leave the gw cases out: CASES=\"direct nginx\" IDLE_TARGETS=nginx"
 
@@ -177,7 +195,7 @@ wait_port() { # port pid what
     done
     return 1
 }
-for p in $ECHO_PORT $NGINX_PORT $GW_PORT $GWP_PORT $IDLE_GW_PORT $IDLE_NGINX_PORT; do
+for p in $ECHO_PORT $NGINX_PORT $GW_PORT $GWP_PORT $IDLE_GW_PORT $IDLE_NGINX_PORT $GWS_PORT; do
     port_open "$p" && die "port $p already in use on 127.0.0.1 (set BASE_PORT)"
 done
 
@@ -266,13 +284,16 @@ gw_fail() { # log message...: die with the end of the gateway's log
     exit 1
 }
 gw_conf() { # file name workers: the gateway's config; listeners by port
-    local file=$1 name=$2 workers=$3
+    local file=$1 name=$2 workers=$3 sel=0
+    # gw-select's listener and routes only when the case runs (a build without selection refuses them)
+    if [ "$name" = load ]; then case " $CASES " in *" gw-select "*) sel=1 ;; esac; fi
     {
         echo "# bench/ws-bench.sh: $name"
         echo "listeners:"
         if [ "$name" = load ]; then
             echo "  - { name: ws, address: \"127.0.0.1:$GW_PORT\" }"
             echo "  - { name: wsp, address: \"127.0.0.1:$GWP_PORT\" }"
+            [ "$sel" = 0 ] || echo "  - { name: wssel, address: \"127.0.0.1:$GWS_PORT\" }"
         else
             echo "  - { name: ws, address: \"127.0.0.1:$IDLE_GW_PORT\", backlog: 4096 }"
         fi
@@ -289,6 +310,13 @@ EOF
         if [ "$name" = load ]; then
             echo "  - { name: wsp, listeners: [wsp], match: { path: / }, upstream: echo, websocket: true, policies: [ws_pass] }"
         fi
+        if [ "$sel" = 1 ]; then
+            # the measured route; /probe (exact: it wins over the prefix /) is the sanity check's
+            echo "  - { name: wssel, listeners: [wssel], match: { path: / }, upstream: echo,"
+            echo "      websocket: { selection: action, actions: { echo: { policies: [ws_pass] } } } }"
+            echo "  - { name: wsprobe, listeners: [wssel], match: { path: /probe }, upstream: echo,"
+            echo "      websocket: { selection: action, actions: { probe: { policies: [ws_probe] } } } }"
+        fi
         cat <<EOF
 access_log: off
 error_log: { path: "$OUT_DIR/gateway-$name.error.log", level: warn }
@@ -301,7 +329,8 @@ start_gw() { # name workers port -> STARTED_PID (master)
     cp "$conf" "$OUT_DIR/"
     if ! "$GW_BIN" check -c "$conf" > "$glog" 2>&1; then
         gw_fail "$glog" "$GW_BIN refused the configuration $OUT_DIR/gw-$name.yaml (no \`websocket\` route" \
-            "setting in this build? issue 9 not there yet). Without the gateway: CASES=\"direct nginx\" IDLE_TARGETS=nginx"
+            "setting in this build? issue 9 not there yet; gw-select needs \`websocket: { selection, actions }\`)." \
+            "Without the gateway: CASES=\"direct nginx\" IDLE_TARGETS=nginx; without selection: leave gw-select out"
     fi
     pincmd "$PROXY_CPU"
     # foreground; the affinity is inherited by the workers (the whole tree on PROXY_CPU)
@@ -319,12 +348,16 @@ start_gw() { # name workers port -> STARTED_PID (master)
     fi
 }
 
-# check LABEL URL [LOGFILE]: a few messages of every size through URL, or stop with the reason
+# check LABEL URL [LOGFILE [CLIENT-OPTION...]]: a few messages of every size through URL, or stop
+# with the reason
 ws_check() {
     local label=$1 url=$2 glog=${3:-} s out rc
+    shift $(($# < 3 ? $# : 3))
+    local opts=("$@")
+    [ -n "$BINOPT" ] && opts+=("$BINOPT")
     for s in $SIZES 200000; do
         rc=0
-        out=$(timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 2 -n 20 -s "$s" $BINOPT "$url" 2>&1) || rc=$?
+        out=$(timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 2 -n 20 -s "$s" "${opts[@]}" "$url" 2>&1) || rc=$?
         [ "$rc" = 0 ] && continue
         log "ERROR: sanity check failed: $label ($url), $s-byte messages (exit $rc):"
         printf '%s\n' "$out" | grep -v '^RESULT' | sed 's/^/    /' >&2
@@ -338,6 +371,21 @@ ws_check() {
         esac
         exit 1
     done
+}
+# select_probe: gw-select's route selects by the message's field (the /probe route, whose only action
+# `probe` runs bench/policies/ws_probe.lua, close 4000): a message naming `probe` is closed, one
+# naming `echo` (no such action there, no default) is echoed; or stop with the reason
+select_probe() {
+    local url="127.0.0.1:$GWS_PORT/probe" out rc=0 opts=()
+    [ -n "$BINOPT" ] && opts+=("$BINOPT")
+    out=$(timeout -k 5 40 "$BIN/ws-bench" -c 1 -n 1 -s 64 -j action=probe "${opts[@]}" "$url" 2>&1) || rc=$?
+    if [ "$rc" != 1 ] || ! grep -q 'server sent close 4000' <<< "$out"; then
+        log "ERROR: sanity check failed: gw-select probe ($url): {\"action\":\"probe\"} was not closed with 4000 (exit $rc):"
+        printf '%s\n' "$out" | sed 's/^/    /' >&2
+        gw_fail "$OUT_DIR/gateway-load.log" "the gateway does not select a chain by the message's \`action\` (websocket.selection)"
+    fi
+    ws_check "gw-select probe, action echo" "$url" "$OUT_DIR/gateway-load.log" "${SELECT_OPT[@]}"
+    log "gw-select probe: {\"action\":\"probe\"} closed with 4000, {\"action\":\"echo\"} echoed"
 }
 BINOPT=""
 [ "$BINARY" = 1 ] && BINOPT="-b"
@@ -355,10 +403,12 @@ run_load() { # case size out
         nginx) url="127.0.0.1:$NGINX_PORT/echo"; proxy=$NGINX_WORKER ;;
         gw) url="127.0.0.1:$GW_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
         gw-policy) url="127.0.0.1:$GWP_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
+        gw-select) url="127.0.0.1:$GWS_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
     esac
     local args=(-c "$CONNS" -w "$INFLIGHT" -s "$size" -W "$WARMUP" -d "$DURATION" --ticks "up=$ECHO_PID")
     [ -n "$proxy" ] && args+=(--ticks "proxy=$proxy")
     [ -n "$BINOPT" ] && args+=("$BINOPT")
+    [ "$name" = gw-select ] && args+=("${SELECT_OPT[@]}")
     before=$proxy
     pincmd "$CLIENT_CPU"
     timeout -k 5 "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { printf "%d", w + d + 60 }')" \
@@ -442,10 +492,18 @@ table() { # results.tsv -> markdown table + ratio lines
             if (!(k in mp)) { print line " no CPU figure"; continue }
             if (a in mp) line = line sprintf(" proxy CPU %.2f µs/msg = %.2fx nginx (%.2f) | msgs/s %.0f = %.2fx nginx (%.0f)", mp[k], mp[k] / mp[a], mp[a], mr[k], mr[k] / mr[a], mr[a])
             else line = line sprintf(" proxy CPU %.2f µs/msg, msgs/s %.0f (nginx not measured)", mp[k], mr[k])
-            if (cb[1] == "gw-policy" && (g in mp)) line = line sprintf(" | vs gw: %+.2f µs/msg (%.2fx)", mp[k] - mp[g], mp[k] / mp[g])
+            if (cb[1] != "gw" && (g in mp)) line = line sprintf(" | vs gw: %+.2f µs/msg (%.2fx)", mp[k] - mp[g], mp[k] / mp[g])
+            p = "gw-policy" SUBSEP cb[2]
+            if (cb[1] == "gw-select" && (p in mp)) {
+                line = line sprintf(" | vs gw-policy: %+.2f µs/msg (%.2fx)", mp[k] - mp[p], mp[k] / mp[p])
+                if (g in mp) line = line sprintf(" | vs (gw + gw-policy) / 2: %+.2f µs/msg", mp[k] - (mp[g] + mp[p]) / 2)
+                fair = 1
+            }
             if (err[k]) line = line sprintf("  WARNING: %d errors", err[k])
             print line
         }
+        if (fair)
+            print "\ngw-select runs one Lua call per round trip (ws_pass in the `echo` action chain, inbound only) plus a JSON parse in C of every inbound message; gw-policy runs two (ws_pass both ways), so gw-select vs gw-policy is not like-for-like. (gw + gw-policy) / 2 stands for one Lua call per round trip (if gw-policy'"'"'s two cost the same): gw-select'"'"'s excess over it approximates the JSON parse and the action lookup; gw-select - gw is what selection costs in all. Its messages are JSON ({\"action\":\"echo\",\"d\":\"...\"}), the other cases'"'"' printable ASCII of the same size."
     }' maxother="$MAX_OTHER_CPU" attempts="$ATTEMPTS" "$1"
 }
 
@@ -457,11 +515,16 @@ if [ "$MODE" != idle ]; then
         ws_check nginx "127.0.0.1:$NGINX_PORT/echo"
         log "nginx up (master $STARTED_PID, worker $NGINX_WORKER)" ;;
     esac
-    case " $CASES " in *" gw "*|*" gw-policy "*)
+    case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*)
         start_gw load 1 "$GWP_PORT"
         GW_LOAD=$STARTED_PID
         case " $CASES " in *" gw "*) ws_check gw "127.0.0.1:$GW_PORT/echo" "$OUT_DIR/gateway-load.log" ;; esac
         case " $CASES " in *" gw-policy "*) ws_check gw-policy "127.0.0.1:$GWP_PORT/echo" "$OUT_DIR/gateway-load.log" ;; esac
+        case " $CASES " in *" gw-select "*)
+            wait_port "$GWS_PORT" "$GW_LOAD" || gw_fail "$OUT_DIR/gateway-load.log" "gw-select's port $GWS_PORT is not open"
+            ws_check gw-select "127.0.0.1:$GWS_PORT/echo" "$OUT_DIR/gateway-load.log" "${SELECT_OPT[@]}"
+            select_probe ;;
+        esac
         log "gateway up: process tree $(tree_pids "$GW_LOAD")" ;;
     esac
     log "sanity checks passed"

@@ -12,6 +12,15 @@
 #                worker_processes 1: the one process under valgrind                      (anchor)
 #     gw         ./passerelle (workers: 1, access_log off), route `websocket: true`, no policy
 #     gw-policy  the same with bench/policies/ws_pass.lua, a ws_message policy passing every message
+#     gw-select  the same with route selection per message and no route policy, `websocket:
+#                { selection: action, actions: { echo: { policies: [ws_pass] } } }`, the client
+#                sending JSON ({"action":"echo","d":"<filler>"} padded to SIZE: ws-bench -j
+#                action=echo): each inbound message parsed in C and ws_pass run on it (one Lua call
+#                per round trip, inbound only; gw-policy makes two, both ways: see ws-bench.sh's
+#                note on comparing them). The table adds gw-select - gw and gw-select - (gw +
+#                gw-policy) / 2 (~ the JSON parse and the action lookup, if gw-policy's two calls
+#                cost the same). ws-bench.sh's probe (the gateway selects by the field) is not
+#                repeated here.
 # the server runs alone under `valgrind --tool=cachegrind --cache-sim=no` (the gateway with
 # --trace-children=yes and one output file per process: master and worker; pinned to VG_CPU),
 # bench/ws-echo.c echoes every frame (upstream, NOT under valgrind) and bench/ws-bench.c in check
@@ -28,10 +37,11 @@
 # the default, keeps one message per connection in flight, so messages never coalesce in a read).
 #
 # Knobs (environment, defaults in brackets): CONNS [10] D1 [200] D2 [1000] (messages per connection
-#   in runs 1 and 2) INFLIGHT [1] SIZES ["64 16384"] CASES ["nginx gw gw-policy"] BINARY [0]
-#   (1: binary messages) CLIENT_CPU [0] (client and echo) VG_CPU [1] (the server under valgrind)
-#   PIN [1] (0: no taskset) BASE_PORT [18380] (ports BASE..BASE+3 on 127.0.0.1: echo, nginx, gw,
-#   gw-policy; ws-bench.sh uses 18280-18285, the shared rig 18080-18085 and 18180-18190)
+#   in runs 1 and 2) INFLIGHT [1] SIZES ["64 16384"] CASES ["nginx gw gw-policy gw-select"]
+#   BINARY [0] (1: binary messages) CLIENT_CPU [0] (client and echo) VG_CPU [1] (the server under
+#   valgrind) PIN [1] (0: no taskset) BASE_PORT [18380] (ports BASE..BASE+4 on 127.0.0.1: echo,
+#   nginx, gw, gw-policy, gw-select; ws-bench.sh uses 18280-18286, the shared rig 18080-18085 and
+#   18180-18190)
 #   NGINX_BUFFER [nginx's default] (proxy_buffer_size, as in ws-bench.sh) GW_BIN [./passerelle]
 #   GW_START_TIMEOUT [120] (s for a server's port under valgrind) RUN_TIMEOUT [900] (s for one
 #   client run) TOP [25] (functions listed per case and size, 0: none) OUT_DIR [a new
@@ -51,7 +61,7 @@ D1=${D1:-200}
 D2=${D2:-1000}
 INFLIGHT=${INFLIGHT:-1}
 SIZES=${SIZES:-"64 16384"}
-CASES=${CASES:-"nginx gw gw-policy"}
+CASES=${CASES:-"nginx gw gw-policy gw-select"}
 BINARY=${BINARY:-0}
 CLIENT_CPU=${CLIENT_CPU:-0}
 VG_CPU=${VG_CPU:-1}
@@ -67,12 +77,15 @@ ECHO_PORT=$BASE_PORT
 NGINX_PORT=$((BASE_PORT + 1))
 GW_PORT=$((BASE_PORT + 2))
 GWP_PORT=$((BASE_PORT + 3))
+GWS_PORT=$((BASE_PORT + 4))
+# gw-select: the client's JSON messages name the action `echo` (ws-bench -j)
+SELECT_OPT=(-j action=echo)
 
 log() { printf '[ws-icount] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for c in $CASES; do
-    case $c in nginx|gw|gw-policy) ;; *) die "unknown case $c (nginx gw gw-policy)" ;; esac
+    case $c in nginx|gw|gw-policy|gw-select) ;; *) die "unknown case $c (nginx gw gw-policy gw-select)" ;; esac
 done
 [ "$D2" -gt "$D1" ] || die "D2 ($D2) must be larger than D1 ($D1)"
 # the two runs' start-up and shutdown agree to ~0.1-0.3 M instructions (the gateway: timers, Lua GC),
@@ -84,7 +97,7 @@ for t in valgrind nginx gcc ps timeout; do
     command -v "$t" >/dev/null || die "needs $t (apt-get install valgrind nginx gcc libssl-dev procps coreutils)"
 done
 command -v taskset >/dev/null || PIN=0
-case " $CASES " in *" gw "*|*" gw-policy "*)
+case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*)
     [ -x "$GW_BIN" ] || die "$GW_BIN not found: build it (make), or leave the gw cases out: CASES=nginx" ;;
 esac
 
@@ -169,7 +182,7 @@ wait_port() { # port pid seconds
     done
     return 1
 }
-for p in $ECHO_PORT $NGINX_PORT $GW_PORT $GWP_PORT; do
+for p in $ECHO_PORT $NGINX_PORT $GW_PORT $GWP_PORT $GWS_PORT; do
     port_open "$p" && die "port $p already in use on 127.0.0.1 (set BASE_PORT)"
 done
 
@@ -189,6 +202,10 @@ wait_port "$ECHO_PORT" "$ECHO_PID" 10 || die "ws-echo did not start (see $OUT_DI
 for s in $SIZES; do
     timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 1 -n 5 -s "$s" "${BINOPT[@]}" "127.0.0.1:$ECHO_PORT/echo" > /dev/null 2>&1 \
         || die "ws-echo does not echo $s-byte messages"
+    case " $CASES " in *" gw-select "*)
+        timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 1 -n 5 -s "$s" "${BINOPT[@]}" "${SELECT_OPT[@]}" "127.0.0.1:$ECHO_PORT/echo" > /dev/null 2>&1 \
+            || die "ws-echo does not echo $s-byte JSON messages (ws-bench ${SELECT_OPT[*]})" ;;
+    esac
 done
 
 # ---------------------------------------------------------------- configs
@@ -234,8 +251,10 @@ EOF
 # the gateway: ws-bench.sh's load config, one route per case; the policy budget and the watchdog
 # are raised for valgrind (its first runs of Lua code, and a worker's start, are slow there)
 gw_conf() { # file case port
-    local pol=""
+    local ws=" websocket: true" pol=""
     [ "$2" = gw-policy ] && pol=", policies: [ws_pass]"
+    [ "$2" = gw-select ] && ws="
+      websocket: { selection: action, actions: { echo: { policies: [ws_pass] } } }"
     cat > "$1" <<EOF
 # bench/ws-icount.sh: $2
 listeners:
@@ -247,7 +266,7 @@ upstreams:
   echo: { targets: ["127.0.0.1:$ECHO_PORT"], retries: 0 }
 policies: { dir: bench/policies, budget: 10s }
 routes:
-  - { name: ws, listeners: [ws], match: { path: / }, upstream: echo, websocket: true$pol }
+  - { name: ws, listeners: [ws], match: { path: / }, upstream: echo,$ws$pol }
 access_log: off
 error_log: { path: "$OUT_DIR/gateway-$2.error.log", level: warn }
 EOF
@@ -255,10 +274,11 @@ EOF
 nginx_conf "$RUN/conf/nginx.conf"
 nginx -t -q -p "$RUN/" -c conf/nginx.conf -e logs/nginx-error.log || die "nginx config invalid"
 cp "$RUN/conf/nginx.conf" "$OUT_DIR/"
-for c in gw gw-policy; do
+for c in gw gw-policy gw-select; do
     case " $CASES " in *" $c "*) ;; *) continue ;; esac
     port=$GW_PORT
     [ "$c" = gw-policy ] && port=$GWP_PORT
+    [ "$c" = gw-select ] && port=$GWS_PORT
     gw_conf "$RUN/conf/$c.yaml" "$c" "$port"
     cp "$RUN/conf/$c.yaml" "$OUT_DIR/"
     "$GW_BIN" check -c "$RUN/conf/$c.yaml" > "$OUT_DIR/gateway-$c.check.log" 2>&1 \
@@ -281,9 +301,10 @@ measure() {
                 < /dev/null > "$OUT_DIR/nginx-$tag.out" 2>&1 &
             pid=$!
             PIDS+=("$pid") ;;
-        gw|gw-policy)
+        gw|gw-policy|gw-select)
             port=$GW_PORT
             [ "$name" = gw-policy ] && port=$GWP_PORT
+            [ "$name" = gw-select ] && port=$GWS_PORT
             # --trace-children: also any exec (forked workers are always followed); one file per
             # process (%p). --smc-check=all-non-file: LuaJIT writes machine code at run time.
             "${PINCMD[@]}" "${vg[@]}" --trace-children=yes --smc-check=all-non-file \
@@ -303,9 +324,11 @@ measure() {
     fi
     log "$tag: server up after $((SECONDS - t0)) s (pids $(tree_pids "$pid")), sending $n x $CONNS messages of $size B"
     out="$OUT_DIR/client-$tag.txt"
+    local copt=("${BINOPT[@]}")
+    [ "$name" = gw-select ] && copt+=("${SELECT_OPT[@]}")
     pincmd "$CLIENT_CPU"
     timeout -k 5 "$RUN_TIMEOUT" "${PINCMD[@]}" "$BIN/ws-bench" -n "$n" -c "$CONNS" -w "$INFLIGHT" -s "$size" \
-        -T "$RUN_TIMEOUT" "${BINOPT[@]}" "127.0.0.1:$port/echo" > "$out" 2>&1 &
+        -T "$RUN_TIMEOUT" "${copt[@]}" "127.0.0.1:$port/echo" > "$out" 2>&1 &
     CLIENT_PID=$!
     wait "$CLIENT_PID" || rc=$?
     CLIENT_PID=""
@@ -398,5 +421,21 @@ sz() { if [ $(($1 % 1024)) = 0 ] && [ "$1" -ge 1024 ]; then echo "$(($1 / 1024))
     done
     echo
     echo "A round trip: one message relayed client -> upstream and its echo relayed back. vs nginx = case / nginx (lower is better)."
+    sep=1
+    for s in $SIZES; do
+        if [ -z "${IPM[gw-select:$s]:-}" ] || [ -z "${IPM[gw:$s]:-}" ]; then continue; fi
+        line="- gw-select $(sz "$s"): $(awk -v x="${IPM[gw-select:$s]}" -v g="${IPM[gw:$s]}" 'BEGIN { printf "%+d vs gw (%.2fx)", x - g, x / g }')"
+        if [ -n "${IPM[gw-policy:$s]:-}" ]; then
+            line="$line$(awk -v x="${IPM[gw-select:$s]}" -v g="${IPM[gw:$s]}" -v p="${IPM[gw-policy:$s]}" \
+                'BEGIN { printf " | %+d vs gw-policy (%.2fx) | %+d vs (gw + gw-policy) / 2", x - p, x / p, x - (g + p) / 2 }')"
+        fi
+        [ "$sep" = 1 ] && echo
+        sep=0
+        echo "$line"
+    done
+    case " $CASES " in *" gw-select "*)
+        echo
+        echo "gw-select: one Lua call per round trip (ws_pass in the \`echo\` action chain, inbound only) plus a JSON parse in C of each inbound message; gw-policy makes two (ws_pass both ways): not like-for-like. (gw + gw-policy) / 2 stands for one Lua call per round trip (if gw-policy's two cost the same); gw-select's excess over it approximates the JSON parse and the action lookup. gw-select's messages are JSON ({\"action\":\"echo\",\"d\":\"...\"}), the other cases' printable ASCII of the same size." ;;
+    esac
 } | tee "$OUT_DIR/table.md"
 log "done in $((SECONDS - T_START)) s; raw results: $OUT_DIR"

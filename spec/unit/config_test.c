@@ -862,6 +862,55 @@ static void test_route_websocket(void)
 #undef WS
 }
 
+/* websocket.selection / actions / default: route selection per message */
+static void test_route_websocket_selection(void)
+{
+#define WS(v) ROUTES "  - name: r\n    listeners: [public]\n    upstream: u\n" \
+                    "    match: { path: /ws }\n    websocket: " v "\n"
+#define ACT "actions: { join: { policies: [a] }, \"say it\": { policies: [b, c: { x: 1 }] } }"
+    pgw_config_policy_engine = 1;
+    struct pgw_config *c = EXPECT_OK(WS("{ selection: \"$request.body.meta.type\", " ACT ", "
+                                        "default: { policies: [d] } }"));
+    if (c != NULL) {
+        const struct pgw_config_websocket *ws = c->routes[0].websocket;
+        CHECK(ws != NULL && ws->selection_depth == 2 && ws->num_actions == 2);
+        if (ws != NULL && ws->selection_depth == 2 && ws->num_actions == 2) {
+            CHECK(strcmp(ws->selection[0], "meta") == 0 && strcmp(ws->selection[1], "type") == 0);
+            CHECK(strcmp(ws->actions[0].name, "join") == 0 && ws->actions[0].name_len == 4);
+            CHECK(strcmp(ws->actions[1].name, "say it") == 0 && ws->actions[1].policies.n == 2);
+            CHECK(strcmp(ws->actions[1].policies.v[1].conf_json, "{\"x\":1}") == 0);
+            CHECK(ws->default_policies.n == 1 && strcmp(ws->default_policies.v[0].name, "d") == 0);
+        }
+        pgw_config_unref(c);
+    }
+    c = EXPECT_OK(WS("{ selection: action, " ACT " }"));
+    if (c != NULL) {
+        const struct pgw_config_websocket *ws = c->routes[0].websocket;
+        CHECK(ws != NULL && ws->selection_depth == 1 && ws->default_policies.n == 0);
+        pgw_config_unref(c);
+    }
+    EXPECT_ERROR(WS("{ selection: action }"), 9, "websocket.selection: needs websocket.actions");
+    EXPECT_ERROR(WS("{ " ACT " }"), 9, "websocket.actions: needs websocket.selection");
+    EXPECT_ERROR(WS("{ selection: a, " ACT ", default: { policies: [] } }"), 9,
+                 "websocket.default.policies: must not be empty");
+    EXPECT_ERROR(WS("{ default: { policies: [d] } }"), 9, "websocket.default: goes with");
+    EXPECT_ERROR(WS("{ selection: \"a..b\", " ACT " }"), 9, "(a field name is empty)");
+    EXPECT_ERROR(WS("{ selection: \"$request.body.\", " ACT " }"), 9, "a field name is empty");
+    EXPECT_ERROR(WS("{ selection: \"a b\", " ACT " }"), 9, "a space or a control character");
+    EXPECT_ERROR(WS("{ selection: a.b.c.d.e.f.g.h.i, " ACT " }"), 9, "more than 8 levels");
+    EXPECT_ERROR(WS("{ selection: [a], " ACT " }"), 9, "websocket.selection: expected a dotted");
+    EXPECT_ERROR(WS("{ selection: a, actions: {} }"), 9, "must name 1 to 256 actions");
+    EXPECT_ERROR(WS("{ selection: a, actions: { j: [a] } }"), 9, "expected a map, got a list");
+    EXPECT_ERROR(WS("{ selection: a, actions: { j: { policies: [a], upstream: u } } }"), 9,
+                 "unknown key \"upstream\" (allowed: policies)");
+    EXPECT_ERROR(WS("{ selection: a, actions: { j: {} } }"), 9, "missing required key \"policies\"");
+    EXPECT_ERROR(WS("{ selection: a, actions: { j: { policies: [\"Bad\"] } } }"), 9,
+                 "is not a policy name");
+    pgw_config_policy_engine = 0;
+#undef ACT
+#undef WS
+}
+
 static void test_route_match(void)
 {
 #define MATCH(m) ROUTES "  - name: r\n    listeners: [public]\n    upstream: u\n    match: " m "\n"
@@ -1235,6 +1284,7 @@ int main(void)
     RUN(test_route_references);
     RUN(test_route_types);
     RUN(test_route_websocket);
+    RUN(test_route_websocket_selection);
     RUN(test_route_match);
     RUN(test_logs);
     RUN(test_resolver);
