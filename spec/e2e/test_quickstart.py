@@ -3,6 +3,7 @@ the README and `make run` promise (ports moved to free ones), including the WebS
 (key_auth on the handshake, allowed origins, the chat_filter policy over the demo echo server),
 and every example config passes `passerelle check`."""
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -194,5 +195,13 @@ def test_quickstart_websocket(quickstart):
         assert ws.recv_text() == "pong"
         ws.send_text("after")                          # ...and never echoed
         assert ws.recv_text() == "after"
+        ws.send_text('{"action":"whoami","n":1}')      # route selection: ws_forward to HTTP
+        seen = json.loads(ws.recv_text())
+        headers = {k.lower(): v for k, v in seen["headers"].items()}
+        assert (seen["method"], seen["path"], seen["body_bytes"]) == ("POST", "/whoami", 25), seen
+        assert headers["x-websocket-action"] == "whoami" and headers["x-consumer"] == "demo", seen
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["x-websocket-id"]), seen
+        ws.send_text('{"action":"other"}')             # no such action: echoed as usual
+        assert ws.recv_text() == '{"action":"other"}'
         ws.send_close(1000, "bye")
         ws.expect_close(1000)
