@@ -227,6 +227,15 @@ static int l_ws_id(lua_State *L)
     return 1;
 }
 
+/* pgw.ws.is_close_code(code): whether a close frame may carry <code> (any stage: check_conf). */
+static int l_ws_is_close_code(lua_State *L)
+{
+    lua_Number n = luaL_checknumber(L, 1);
+    lua_pushboolean(L, n >= 0 && n <= 65535 && n == (lua_Number)(int)n &&
+                           pgw_ws_close_code_valid((int)n));
+    return 1;
+}
+
 /* pgw.ws.route(): the route's name. pgw.ws.client_addr(): the handshake's client address. */
 static int l_ws_route(lua_State *L)
 {
@@ -252,9 +261,10 @@ void pgw_lua_open_ws(lua_State *L)
         {"close", l_ws_close},
         {"route", l_ws_route},
         {"client_addr", l_ws_client_addr},
+        {"is_close_code", l_ws_is_close_code},
         {NULL, NULL},
     };
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 8);
     for (const luaL_Reg *f = funcs; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

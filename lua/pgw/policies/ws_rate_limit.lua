@@ -95,8 +95,7 @@ return {
             return nil, "ws_rate_limit: set messages, bytes or both"
         end
         local code = conf.close_code
-        if not ((code >= 1000 and code <= 1003) or (code >= 1007 and code <= 1014) or
-                code >= 3000) then
+        if not ws.is_close_code(code) then
             return nil, "ws_rate_limit.close_code: " .. code .. " is not a close code a frame "
                         .. "may carry (1000-1003, 1007-1014, 3000-4999)"
         end
