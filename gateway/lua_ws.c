@@ -219,12 +219,22 @@ static int l_ws_send(lua_State *L)
     return 2;
 }
 
-/* pgw.ws.id(): the connection's id (32 random hex digits). */
-static int l_ws_id(lua_State *L)
+/* A string of the running task's connection, for the getters below (all ws stages). */
+static int ws_string(lua_State *L, const char *fname,
+                     const char *(*get)(const struct pgw_ws_tunnel *t))
 {
-    struct pgw_task *t = cur_ws(L, "pgw.ws.id", PGW_STAGES_WS);
-    lua_pushstring(L, pgw_ws_tunnel_id(t->ws));
+    struct pgw_task *t = cur_ws(L, fname, PGW_STAGES_WS);
+    lua_pushstring(L, get(t->ws));
     return 1;
+}
+
+/* pgw.ws.id(): the connection's id (32 random hex digits). pgw.ws.route(): its route's name.
+ * pgw.ws.client_addr(): the client address of its handshake. */
+static int l_ws_id(lua_State *L) { return ws_string(L, "pgw.ws.id", pgw_ws_tunnel_id); }
+static int l_ws_route(lua_State *L) { return ws_string(L, "pgw.ws.route", pgw_ws_tunnel_route); }
+static int l_ws_client_addr(lua_State *L)
+{
+    return ws_string(L, "pgw.ws.client_addr", pgw_ws_tunnel_client);
 }
 
 /* pgw.ws.is_close_code(code): whether a close frame may carry <code> (any stage: check_conf). */
@@ -233,21 +243,6 @@ static int l_ws_is_close_code(lua_State *L)
     lua_Number n = luaL_checknumber(L, 1);
     lua_pushboolean(L, n >= 0 && n <= 65535 && n == (lua_Number)(int)n &&
                            pgw_ws_close_code_valid((int)n));
-    return 1;
-}
-
-/* pgw.ws.route(): the route's name. pgw.ws.client_addr(): the handshake's client address. */
-static int l_ws_route(lua_State *L)
-{
-    struct pgw_task *t = cur_ws(L, "pgw.ws.route", PGW_STAGES_WS);
-    lua_pushstring(L, pgw_ws_tunnel_route(t->ws));
-    return 1;
-}
-
-static int l_ws_client_addr(lua_State *L)
-{
-    struct pgw_task *t = cur_ws(L, "pgw.ws.client_addr", PGW_STAGES_WS);
-    lua_pushstring(L, pgw_ws_tunnel_client(t->ws));
     return 1;
 }
 
