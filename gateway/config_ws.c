@@ -87,8 +87,13 @@ static void load_selection(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v,
     if (!pgw_cfg_want_scalar(x, v, where, "selection", "a dotted JSON field name"))
         return;
     const char *s = v->str, *end = v->str + v->len;
-    if (v->len >= sizeof(aws) - 1 && memcmp(s, aws, sizeof(aws) - 1) == 0)
+    if (v->len >= sizeof(aws) - 1 && memcmp(s, aws, sizeof(aws) - 1) == 0) {
         s += sizeof(aws) - 1;
+    } else if (v->str[0] == '$') {
+        pgw_cfg_err(x, v->line, where, "selection", "%s: the AWS form is $request.body.<field>",
+                    pgw_errs_quote(q, v->str, v->len));
+        return;
+    }
     char *names[SELECTION_DEPTH_MAX];
     size_t n = 0;
     const char *why = NULL;
@@ -138,6 +143,14 @@ static void load_chain(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, con
         pgw_cfg_err(x, p->line, where, "policies", "must not be empty");
 }
 
+static int has_control(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < ' ' || s[i] == 0x7f)
+            return 1;
+    return 0;
+}
+
 static void load_actions(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, const char *where,
                          struct pgw_config_websocket *ws)
 {
@@ -154,8 +167,9 @@ static void load_actions(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, c
         const struct pgw_yaml_node *k = v->kids[2 * i], *c = v->kids[2 * i + 1];
         if (!pgw_cfg_want_scalar(x, k, where, "actions", "an action name"))
             continue;
-        if (k->len == 0 || k->len > ACTION_NAME_MAX) {
-            pgw_cfg_err(x, k->line, where, "actions", "an action name has 1 to 256 bytes");
+        if (k->len == 0 || k->len > ACTION_NAME_MAX || has_control(k->str, k->len)) {
+            pgw_cfg_err(x, k->line, where, "actions", "%s: an action name has 1 to 256 bytes, "
+                        "no control character", pgw_errs_quote(q, k->str, k->len));
             continue;
         }
         for (size_t j = 0; j < ws->num_actions; j++)

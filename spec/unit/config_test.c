@@ -900,6 +900,10 @@ static void test_route_websocket_selection(void)
     EXPECT_ERROR(WS("{ selection: a.b.c.d.e.f.g.h.i, " ACT " }"), 9, "more than 8 levels");
     EXPECT_ERROR(WS("{ selection: [a], " ACT " }"), 9, "websocket.selection: expected a dotted");
     EXPECT_ERROR(WS("{ selection: a, actions: {} }"), 9, "must name 1 to 256 actions");
+    EXPECT_ERROR(WS("{ selection: \"$request.body\", " ACT " }"), 9,
+                 "the AWS form is $request.body.<field>");
+    EXPECT_ERROR(WS("{ selection: a, actions: { \"a\\tb\": { policies: [a] } } }"), 9,
+                 "no control character");
     EXPECT_ERROR(WS("{ selection: a, actions: { j: [a] } }"), 9, "expected a map, got a list");
     EXPECT_ERROR(WS("{ selection: a, actions: { j: { policies: [a], upstream: u } } }"), 9,
                  "unknown key \"upstream\" (allowed: policies)");

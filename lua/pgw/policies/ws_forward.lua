@@ -23,7 +23,7 @@
 -- Config:
 --   upstream      an upstream group of the config (required)
 --   path          the request path, default "/"
---   timeout       seconds for the whole exchange, default 5
+--   timeout       for the whole exchange (a duration: 500ms, 2s, or seconds), default 5s
 --   max_response  the largest response body (a size), default 64k
 --   reply         send a 2xx response's body to the client, default true
 --   on_error      reply | drop | close; default reply
@@ -63,7 +63,7 @@ return {
     schema = {
         upstream = { type = "string", required = true },
         path = { type = "string", default = "/" },
-        timeout = { type = "number", min = 0.001, max = 600, default = 5 },
+        timeout = { type = "duration", min = 0.001, max = 600, default = "5s" },
         max_response = { type = "size", min = 1, max = MAX_RESPONSE, default = "64k" },
         reply = { type = "boolean", default = true },
         on_error = { type = "string", enum = { "reply", "drop", "close" }, default = "reply" },
@@ -106,7 +106,7 @@ return {
             if type(ctype) == "string" and ctype:lower():find("^application/octet%-stream") then
                 ws.reply(res.body, "binary")
             elseif not utf8_ok(res.body) then
-                return fail(conf, "response not UTF-8", res.status)
+                return fail(conf, "response not UTF-8")
             end
         end
         return ws.drop()
