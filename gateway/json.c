@@ -339,14 +339,16 @@ int pgw_json_get(const struct pgw_json *obj, const char *name, struct pgw_json *
 {
     if (obj->type != PGW_JSON_OBJECT)
         return PGW_DECLINED;
-    struct pgw_json k, v;
+    struct pgw_json o = *obj, k, v, last; /* a copy: <val> may be <obj> */
     size_t pos = 0, nl = strlen(name);
     int found = PGW_DECLINED;
-    while (pgw_json_next(obj, &pos, &k, &v) == PGW_OK)
+    while (pgw_json_next(&o, &pos, &k, &v) == PGW_OK)
         if (pgw_json_str_eq(&k, name, nl)) {
-            *val = v;
+            last = v;
             found = PGW_OK;
         }
+    if (found == PGW_OK)
+        *val = last;
     return found;
 }
 

@@ -43,7 +43,7 @@ int pgw_json_next(const struct pgw_json *c, size_t *pos, struct pgw_json *key,
                   struct pgw_json *val);
 
 /* The member <name> of object <obj> (the last one if repeated). PGW_OK, or PGW_DECLINED when
- * absent or when <obj> is not an object. */
+ * absent or when <obj> is not an object (then *val is untouched). <val> may be <obj>. */
 int pgw_json_get(const struct pgw_json *obj, const char *name, struct pgw_json *val);
 
 /* Decodes string <v> into <out> (at most <cap> bytes, not NUL-terminated). PGW_OK with *len, or

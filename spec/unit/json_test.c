@@ -565,6 +565,10 @@ static void test_get(void)
     CHECK_INT(pgw_json_get(&root, "b", &v), PGW_OK); /* written with an escape */
     CHECK_INT(pgw_json_num(&v, &d), PGW_OK);
     CHECK(d == 2);
+    struct pgw_json w = root; /* into its own input (a path walk): still the last of two */
+    CHECK_INT(pgw_json_get(&w, "a", &w), PGW_OK);
+    CHECK_INT(pgw_json_num(&w, &d), PGW_OK);
+    CHECK(d == 7);
     CHECK_INT(pgw_json_get(&root, "x", &v), PGW_DECLINED); /* not at this level */
     CHECK_INT(pgw_json_get(&root, "", &v), PGW_DECLINED);
     CHECK_INT(pgw_json_get(&root, "A", &v), PGW_DECLINED);
