@@ -326,11 +326,7 @@ def env(request, tmp_path_factory):
         return build_config(files, ups), ups
 
     e = module_env(request, tmp_path_factory, build)
-    cp = e.gw.cli("consumers", "add", "alice")
-    assert cp.returncode == 0, cp.stderr
-    cp = e.gw.cli("keys", "add", "--consumer", "alice")
-    assert cp.returncode == 0, cp.stderr
-    e.apikey = cp.stdout.strip().split("\n")[0]
+    e.apikey = e.add_consumer_key("alice")
     return e
 
 

@@ -222,10 +222,7 @@ def env(request, tmp_path_factory):
         return build_config(files, ups), ups
 
     e = module_env(request, tmp_path_factory, build)
-    for args in (("consumers", "add", "alice"), ("keys", "add", "--consumer", "alice")):
-        cp = e.gw.cli(*args)
-        assert cp.returncode == 0, cp.stderr
-    e.apikey = cp.stdout.strip().split("\n")[0]
+    e.apikey = e.add_consumer_key("alice")
     return e
 
 

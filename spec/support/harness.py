@@ -32,6 +32,13 @@ class ModuleEnv:
         self.gw = gateway
         self.stubs = stubs
 
+    def add_consumer_key(self, consumer):
+        """Adds <consumer> and a new API key for it to the gateway's store; returns the key."""
+        for args in (("consumers", "add", consumer), ("keys", "add", "--consumer", consumer)):
+            cp = self.gw.cli(*args)
+            assert cp.returncode == 0, cp.stderr
+        return cp.stdout.strip().split("\n")[0]
+
     def __getattr__(self, name):
         try:
             return self.__dict__["stubs"][name]
