@@ -191,6 +191,10 @@ def build_config(files, ups):
         route("/side/", [trail("R")], upstream="echo", listeners=["side"],
               websocket=ws_conf({"join": [mark("join")]})),
         route("/raw/", upstream="raw", websocket=ws_conf({"ask": ["handler"]})),
+        route("/lim/", upstream="echo", websocket=ws_conf({
+            "post": [{"ws_rate_limit": {"by": "ip", "messages": 2, "window": "1h",
+                                        "scope": "route", "action": "reply"}}],
+            "check": [{"ws_validate": {"schema": {"type": "object", "required": ["text"]}}}]})),
         route("/fwd/", upstream="echo", websocket=ws_conf({
             "ok": [fwd(path="/ok")], "root": [fwd()], "chain": [mark("pre"), fwd(path="/ok")],
             "fail": [fwd(path="/fail")], "faildrop": [fwd(path="/fail", on_error="drop")],
@@ -209,6 +213,7 @@ def build_config(files, ups):
     side = dict(listener("side"), policies=[trail("L", True)])
     return config(listeners=[listener("public"), side], upstreams=upstreams, routes=routes,
                   policies={"dir": str(pdir)},
+                  real_ip={"from": "x-forwarded-for", "trusted": ["127.0.0.1"]},
                   store={"dir": str(files / "store"), "durable_map": "1m", "fast_map": "2m"})
 
 
@@ -538,6 +543,31 @@ def test_handler_answers_itself_and_upstream_gets_nothing(e):
     c.expect_close(1000)
     c.close()
     conn.close()
+
+
+def test_limits_and_validation_per_action(e):
+    """ws_rate_limit and ws_validate in action chains: `post` is limited to 2 messages per hour
+    per client address (counted across two connections of the same address: the address comes
+    from pgw.ws.client_addr(), there is no access stage in an action), other actions are not
+    counted, and another address has its own count; `check` validates only its own messages."""
+    a, b = ws_open(e, "/lim/"), ws_open(e, "/lim/")
+    expect_echo = [(a, '{"action":"post","n":1}'), (b, '{"action":"post","n":2}'),
+                   (a, '{"action":"other"}'), (a, 'not json'), (b, '{"action":"check","text":1}')]
+    for c, m in expect_echo:
+        assert roundtrip(c, m) == (OP_TEXT, m.encode()), m
+    assert roundtrip(b, '{"action":"post","n":3}') == (OP_TEXT, b'{"error":"rate limit exceeded"}')
+    assert roundtrip(a, '{"action":"post","n":4}') == (OP_TEXT, b'{"error":"rate limit exceeded"}')
+    # another client address (X-Forwarded-For from a trusted peer) has its own count
+    c = ws_open(e, "/lim/", headers=[("X-Forwarded-For", "10.9.9.9")])
+    assert roundtrip(c, '{"action":"post","n":6}') == (OP_TEXT, b'{"action":"post","n":6}')
+    close_clean(c)
+    op, got = roundtrip(a, '{"action":"check"}')
+    assert op == OP_TEXT and b"text" in got and b"error" in got, got
+    assert roundtrip(a, '{"action":"other","n":5}') == (OP_TEXT, b'{"action":"other","n":5}')
+    for c in (a, b):
+        close_clean(c)
+    assert upstream_got(e, a) == ['{"action":"post","n":1}', '{"action":"other"}', 'not json',
+                                  '{"action":"other","n":5}']
 
 
 # ---- ws_forward ----
