@@ -290,6 +290,43 @@ static char *nested(char *buf, int levels, const char *open, const char *inner, 
     return buf;
 }
 
+/* Long strings go 8 bytes at a time: one special byte (or sequence) at every offset of a
+ * 40-byte ASCII run, inside a string, must be judged as the byte-wise rules say. */
+static void test_strings_word_at_a_time(void)
+{
+    static const struct {
+        const char *bytes;
+        int ok;
+    } cases[] = {
+        {"\x7f", 1},     {"~", 1},         {" ", 1},        {"\x1f", 0},     {"\x01", 0},
+        {"\t", 0},       {"\\n", 1},      {"\\\"", 1},   {"\\u00e9", 1}, {"\\x", 0},
+        {"\xc3\xa9", 1}, {"\xe2\x82\xac", 1}, {"\xf0\x9f\x98\x80", 1}, {"\x80", 0},
+        {"\xc3", 0},     {"\xed\xa0\x80", 0}, {"\xff", 0}, {"\"", 0}, /* an early end */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t bl = strlen(cases[i].bytes);
+        for (size_t at = 0; at <= 40; at++) {
+            char doc[128];
+            size_t n = 0;
+            doc[n++] = '"';
+            for (size_t k = 0; k <= 40; k++) {
+                if (k == at) {
+                    memcpy(doc + n, cases[i].bytes, bl);
+                    n += bl;
+                }
+                if (k < 40)
+                    doc[n++] = (char)('a' + k % 26);
+            }
+            doc[n++] = '"';
+            int rc = parse_n(doc, n, 4, 0, NULL, NULL, NULL);
+            if ((rc == PGW_OK) != cases[i].ok) {
+                fprintf(stderr, "FAIL %s: case %zu at offset %zu: rc %d\n", test_current, i, at, rc);
+                test_current_failed = 1;
+            }
+        }
+    }
+}
+
 static void test_depth(void)
 {
     char doc[4096];
@@ -861,6 +898,7 @@ int main(void)
     RUN(test_numbers);
     RUN(test_literals_and_structure);
     RUN(test_strings);
+    RUN(test_strings_word_at_a_time);
     RUN(test_depth);
     RUN(test_unique_top);
     RUN(test_unique_top_long_names);
