@@ -609,14 +609,18 @@ struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunn
     return t;
 }
 
-int pgw_task_ws_has(const struct pgw_task *t, unsigned stage)
+/* Whether the connection's listener or route chain has a function of <stage>. */
+static int ws_runs(const struct pgw_task *t, unsigned stage)
 {
-    if (t->ws_actions != NULL && (stage & PGW_STAGE_WS_MESSAGE))
-        return 1;
     for (size_t i = 0; i < t->ws_num_chains; i++)
         if (t->ws_chains[i]->stages & stage)
             return 1;
     return 0;
+}
+
+int pgw_task_ws_has(const struct pgw_task *t, unsigned stage)
+{
+    return (t->ws_actions != NULL && (stage & PGW_STAGE_WS_MESSAGE)) || ws_runs(t, stage);
 }
 
 /* Runs the chains' functions of <stage> (the argument table, if any, in t->chunk_ref), then
@@ -708,6 +712,8 @@ int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const 
         selected = &t->ws_actions[i];
         action = i < t->ws_conf->num_actions ? t->ws_conf->actions[i].name : NULL;
     }
+    if ((selected == NULL || selected->n == 0) && !ws_runs(t, PGW_STAGE_WS_MESSAGE))
+        return PGW_DECLINED; /* no function for it: no table to build */
     struct ws_msg_args a = {inbound, opcode, data, len, action, LUA_NOREF};
     if (lua_cpcall(L, ws_msg_table, &a) != 0) {
         lua_settop(L, 0);

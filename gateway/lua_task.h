@@ -118,7 +118,9 @@ struct pgw_ws_close_info {
 struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunnel);
 int pgw_task_ws_has(const struct pgw_task *t, unsigned stage);
 int pgw_task_ws_connect(struct pgw_task *t);
-/* <opcode>: PGW_WS_OP_TEXT or BINARY; <data> is copied. */
+/* <opcode>: PGW_WS_OP_TEXT or BINARY; <data> is copied. PGW_DECLINED when no function runs
+ * for this message (say, an outbound one on a route whose only ws_message functions are in
+ * action chains): nothing was built, the caller sends it as it is. */
 int pgw_task_ws_message(struct pgw_task *t, int inbound, unsigned opcode, const char *data,
                         size_t len);
 /* The message after the chain (msg.opcode, msg.data); <data> lives until the next run. PGW_ERR

@@ -537,6 +537,8 @@ static int budget_spent(struct pgw_ws_tunnel *t, struct side *s)
 /* ---- Messages through the policies ---- */
 
 static void message_done(struct pgw_ws_tunnel *t, int rc);
+static void message_relayed(struct pgw_ws_tunnel *t, struct side *s, unsigned opcode,
+                            const char *data, size_t len);
 
 /* The message assembled from <s> is complete: run ws_message over it. */
 static void run_message(struct pgw_ws_tunnel *t, struct side *s)
@@ -547,12 +549,24 @@ static void run_message(struct pgw_ws_tunnel *t, struct side *s)
     t->busy_client = s->is_client;
     t->in_flight_len = len;
     int rc = pgw_task_ws_message(t->lua, s->is_client, s->msg_opcode, data, len);
-    if (len > 0) { /* Lua holds its own copy now */
+    if (rc == PGW_DECLINED) /* no function for this one (an outbound message, say) */
+        message_relayed(t, s, s->msg_opcode, data, len);
+    if (len > 0) { /* Lua holds its own copy now, or it was sent */
         evbuffer_drain(s->msg, len);
         budget_release(len);
     }
-    if (rc != PGW_AGAIN)
+    if (rc != PGW_AGAIN && rc != PGW_DECLINED)
         message_done(t, rc);
+}
+
+/* A message no policy function runs for: sent on as assembled. */
+static void message_relayed(struct pgw_ws_tunnel *t, struct side *s, unsigned opcode,
+                            const char *data, size_t len)
+{
+    t->lua_busy = 0;
+    s->messages++;
+    s->bytes += len;
+    send_frame(peer_of(t, s), opcode, 1, (const uint8_t *)data, len);
 }
 
 static void message_done(struct pgw_ws_tunnel *t, int rc)
@@ -1116,7 +1130,9 @@ static void deliver_pushes(struct pgw_ws_tunnel *t)
             t->busy_client = 0; /* outbound, as if the upstream had sent it */
             t->in_flight_len = len;
             int rc = pgw_task_ws_message(t->lua, 0, hdr[0], data, len);
-            if (rc != PGW_AGAIN)
+            if (rc == PGW_DECLINED)
+                message_relayed(t, &t->up, hdr[0], data, len);
+            else if (rc != PGW_AGAIN)
                 message_done(t, rc);
         }
         evbuffer_drain(q, len);
