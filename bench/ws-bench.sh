@@ -22,11 +22,15 @@
 #                (ws-bench -j action=echo; the other cases send SIZE bytes of printable ASCII), so
 #                each inbound message is assembled, its JSON parsed in C for `action`, and the
 #                `echo` chain (ws_pass) runs on it: one Lua call per round trip, inbound only
-#                (outbound messages run no policy). NOT like-for-like with gw-policy, which calls
-#                ws_pass both ways (two Lua calls per round trip): gw-select - gw is what selection
-#                costs in all; the ratio lines also give gw-select against the midpoint of gw and
-#                gw-policy (one Lua call's worth, if gw-policy's two cost the same), whose excess
-#                approximates the JSON parse and the action lookup. Before the run, a probe route
+#                (outbound messages are assembled too, as for any ws_message policy, but no
+#                policy function runs on them: the route has none). NOT like-for-like with gw-policy, which calls ws_pass both ways (two
+#                Lua calls per round trip): gw-select - gw is what selection costs in all.
+#     gw-select-miss  (not in the default CASES) the same route, the messages naming an action it
+#                does not have ({"action":"none",...}; no default): assembled both ways and parsed,
+#                no Lua function runs. With gw, gw-policy and gw-select in the same run, the ratio
+#                lines split the cost: gw-select - gw-select-miss = the action chain's Lua call (L),
+#                and the JSON parse ~ gw-select-miss - gw-policy + 2 L (if a route chain's call
+#                costs what an action chain's does). Before the run, a probe route
 #                (/probe, action `probe`: bench/policies/ws_probe.lua, close 4000) checks that the
 #                gateway selects by the field: {"action":"probe"} must be closed, {"action":"echo"}
 #                (no such action there, no default) echoed.
@@ -57,8 +61,8 @@
 #   gateway RSS (total, not the increase).
 #
 # Knobs (environment, defaults in brackets): ROUNDS [3] DURATION [8] WARMUP [1] CONNS [50]
-#   INFLIGHT [1] SIZES ["64 16384"] CASES ["direct nginx gw gw-policy gw-select"] BINARY [0] (1:
-#   binary messages; gw-select's JSON then goes in binary frames) CLIENT_CPU [0] PROXY_CPU [1]
+#   INFLIGHT [1] SIZES ["64 16384"] CASES ["direct nginx gw gw-policy gw-select"; also
+#   gw-select-miss] BINARY [0] (1: binary messages; gw-select's JSON then goes in binary frames) CLIENT_CPU [0] PROXY_CPU [1]
 #   UPSTREAM_CPU [1] PIN [1] (0: no taskset)
 #   BASE_PORT [18280] (ports BASE..BASE+6 on 127.0.0.1: echo, nginx, gw, gw-policy, idle gw, idle
 #   nginx, gw-select; the shared rig uses 18080-18085 and 18180-18190) MAX_OTHER_CPU [5] (% of the machine
@@ -111,14 +115,16 @@ GWP_PORT=$((BASE_PORT + 3))
 IDLE_GW_PORT=$((BASE_PORT + 4))
 IDLE_NGINX_PORT=$((BASE_PORT + 5))
 GWS_PORT=$((BASE_PORT + 6))
-# gw-select: the client's JSON messages name the action `echo` (ws-bench -j)
-SELECT_OPT=(-j action=echo)
+# the client's JSON messages (ws-bench -j FIELD=VALUE): gw-select's name the action `echo`,
+# gw-select-miss's one the route does not have
+declare -A SELECT_JSON=([gw-select]=action=echo [gw-select-miss]=action=none)
 
 log() { printf '[ws-bench] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for c in $CASES; do
-    case $c in direct|nginx|gw|gw-policy|gw-select) ;; *) die "unknown case $c (direct nginx gw gw-policy gw-select)" ;; esac
+    case $c in direct|nginx|gw|gw-policy|gw-select|gw-select-miss) ;;
+        *) die "unknown case $c (direct nginx gw gw-policy gw-select gw-select-miss)" ;; esac
 done
 for t in $IDLE_TARGETS; do
     case $t in gw|nginx) ;; *) die "unknown idle target $t (gw nginx)" ;; esac
@@ -127,7 +133,7 @@ command -v nginx >/dev/null || die "needs nginx"
 command -v gcc >/dev/null || die "needs gcc (and libssl-dev for -lcrypto)"
 command -v taskset >/dev/null || PIN=0
 need_gw=0
-if [ "$MODE" != idle ]; then case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*) need_gw=1 ;; esac; fi
+if [ "$MODE" != idle ]; then case " $CASES " in *" gw"*) need_gw=1 ;; esac; fi
 if [ "$MODE" != load ]; then case " $IDLE_TARGETS " in *" gw "*) need_gw=1 ;; esac; fi
 [ "$need_gw" = 0 ] || [ -x "$GW_BIN" ] || die "$GW_BIN not found: build it (make), or leave the gw cases out: CASES=\"direct nginx\" IDLE_TARGETS=nginx"
 
@@ -286,7 +292,7 @@ gw_fail() { # log message...: die with the end of the gateway's log
 gw_conf() { # file name workers: the gateway's config; listeners by port
     local file=$1 name=$2 workers=$3 sel=0
     # gw-select's listener and routes only when the case runs (a build without selection refuses them)
-    if [ "$name" = load ]; then case " $CASES " in *" gw-select "*) sel=1 ;; esac; fi
+    if [ "$name" = load ]; then case " $CASES " in *" gw-select"*) sel=1 ;; esac; fi
     {
         echo "# bench/ws-bench.sh: $name"
         echo "listeners:"
@@ -330,7 +336,7 @@ start_gw() { # name workers port -> STARTED_PID (master)
     if ! "$GW_BIN" check -c "$conf" > "$glog" 2>&1; then
         gw_fail "$glog" "$GW_BIN refused the configuration $OUT_DIR/gw-$name.yaml (no \`websocket\` route" \
             "setting in this build? issue 9 not there yet; gw-select needs \`websocket: { selection, actions }\`)." \
-            "Without the gateway: CASES=\"direct nginx\" IDLE_TARGETS=nginx; without selection: leave gw-select out"
+            "Without the gateway: CASES=\"direct nginx\" IDLE_TARGETS=nginx; without selection: leave gw-select* out"
     fi
     pincmd "$PROXY_CPU"
     # foreground; the affinity is inherited by the workers (the whole tree on PROXY_CPU)
@@ -384,7 +390,7 @@ select_probe() {
         printf '%s\n' "$out" | sed 's/^/    /' >&2
         gw_fail "$OUT_DIR/gateway-load.log" "the gateway does not select a chain by the message's \`action\` (websocket.selection)"
     fi
-    ws_check "gw-select probe, action echo" "$url" "$OUT_DIR/gateway-load.log" "${SELECT_OPT[@]}"
+    ws_check "gw-select probe, action echo" "$url" "$OUT_DIR/gateway-load.log" -j action=echo
     log "gw-select probe: {\"action\":\"probe\"} closed with 4000, {\"action\":\"echo\"} echoed"
 }
 BINOPT=""
@@ -403,12 +409,12 @@ run_load() { # case size out
         nginx) url="127.0.0.1:$NGINX_PORT/echo"; proxy=$NGINX_WORKER ;;
         gw) url="127.0.0.1:$GW_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
         gw-policy) url="127.0.0.1:$GWP_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
-        gw-select) url="127.0.0.1:$GWS_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
+        gw-select*) url="127.0.0.1:$GWS_PORT/echo"; proxy=$(csv "$(tree_pids "$GW_LOAD")") ;;
     esac
     local args=(-c "$CONNS" -w "$INFLIGHT" -s "$size" -W "$WARMUP" -d "$DURATION" --ticks "up=$ECHO_PID")
     [ -n "$proxy" ] && args+=(--ticks "proxy=$proxy")
     [ -n "$BINOPT" ] && args+=("$BINOPT")
-    [ "$name" = gw-select ] && args+=("${SELECT_OPT[@]}")
+    [ -n "${SELECT_JSON[$name]:-}" ] && args+=(-j "${SELECT_JSON[$name]}")
     before=$proxy
     pincmd "$CLIENT_CPU"
     timeout -k 5 "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { printf "%d", w + d + 60 }')" \
@@ -493,17 +499,21 @@ table() { # results.tsv -> markdown table + ratio lines
             if (a in mp) line = line sprintf(" proxy CPU %.2f µs/msg = %.2fx nginx (%.2f) | msgs/s %.0f = %.2fx nginx (%.0f)", mp[k], mp[k] / mp[a], mp[a], mr[k], mr[k] / mr[a], mr[a])
             else line = line sprintf(" proxy CPU %.2f µs/msg, msgs/s %.0f (nginx not measured)", mp[k], mr[k])
             if (cb[1] != "gw" && (g in mp)) line = line sprintf(" | vs gw: %+.2f µs/msg (%.2fx)", mp[k] - mp[g], mp[k] / mp[g])
-            p = "gw-policy" SUBSEP cb[2]
-            if (cb[1] == "gw-select" && (p in mp)) {
-                line = line sprintf(" | vs gw-policy: %+.2f µs/msg (%.2fx)", mp[k] - mp[p], mp[k] / mp[p])
-                if (g in mp) line = line sprintf(" | vs (gw + gw-policy) / 2: %+.2f µs/msg", mp[k] - (mp[g] + mp[p]) / 2)
-                fair = 1
+            p = "gw-policy" SUBSEP cb[2]; m = "gw-select-miss" SUBSEP cb[2]
+            if (cb[1] == "gw-select" && (p in mp)) line = line sprintf(" | vs gw-policy: %+.2f µs/msg (%.2fx)", mp[k] - mp[p], mp[k] / mp[p])
+            if (cb[1] == "gw-select" && (m in mp)) {
+                line = line sprintf(" | vs gw-select-miss: %+.2f µs/msg (the action chain'"'"'s Lua call)", mp[k] - mp[m])
+                if (p in mp) line = line sprintf(" | JSON parse ~ %.2f µs/msg", mp[m] - mp[p] + 2 * (mp[k] - mp[m]))
             }
+            if (cb[1] ~ /^gw-select/) sel = 1
+            if (cb[1] == "gw-select-miss") miss = 1
             if (err[k]) line = line sprintf("  WARNING: %d errors", err[k])
             print line
         }
-        if (fair)
-            print "\ngw-select runs one Lua call per round trip (ws_pass in the `echo` action chain, inbound only) plus a JSON parse in C of every inbound message; gw-policy runs two (ws_pass both ways), so gw-select vs gw-policy is not like-for-like. (gw + gw-policy) / 2 stands for one Lua call per round trip (if gw-policy'"'"'s two cost the same): gw-select'"'"'s excess over it approximates the JSON parse and the action lookup; gw-select - gw is what selection costs in all. Its messages are JSON ({\"action\":\"echo\",\"d\":\"...\"}), the other cases'"'"' printable ASCII of the same size."
+        if (sel)
+            print "\ngw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the `echo` action chain); outbound messages are assembled too, but no function runs on them. gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all." \
+                (miss ? " gw-select-miss: the same route and messages naming no action (no Lua call). JSON parse ~ gw-select-miss - gw-policy + 2 x (gw-select - gw-select-miss), if a route chain'"'"'s call costs what an action chain'"'"'s does (a difference of medians: noisy)." : " (CASES with gw-select-miss splits it into the Lua call and the JSON parse.)") \
+                " gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases'"'"' printable ASCII of the same size."
     }' maxother="$MAX_OTHER_CPU" attempts="$ATTEMPTS" "$1"
 }
 
@@ -515,14 +525,16 @@ if [ "$MODE" != idle ]; then
         ws_check nginx "127.0.0.1:$NGINX_PORT/echo"
         log "nginx up (master $STARTED_PID, worker $NGINX_WORKER)" ;;
     esac
-    case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*)
+    case " $CASES " in *" gw"*)
         start_gw load 1 "$GWP_PORT"
         GW_LOAD=$STARTED_PID
         case " $CASES " in *" gw "*) ws_check gw "127.0.0.1:$GW_PORT/echo" "$OUT_DIR/gateway-load.log" ;; esac
         case " $CASES " in *" gw-policy "*) ws_check gw-policy "127.0.0.1:$GWP_PORT/echo" "$OUT_DIR/gateway-load.log" ;; esac
-        case " $CASES " in *" gw-select "*)
+        case " $CASES " in *" gw-select"*)
             wait_port "$GWS_PORT" "$GW_LOAD" || gw_fail "$OUT_DIR/gateway-load.log" "gw-select's port $GWS_PORT is not open"
-            ws_check gw-select "127.0.0.1:$GWS_PORT/echo" "$OUT_DIR/gateway-load.log" "${SELECT_OPT[@]}"
+            for c in gw-select gw-select-miss; do
+                case " $CASES " in *" $c "*) ws_check "$c" "127.0.0.1:$GWS_PORT/echo" "$OUT_DIR/gateway-load.log" -j "${SELECT_JSON[$c]}" ;; esac
+            done
             select_probe ;;
         esac
         log "gateway up: process tree $(tree_pids "$GW_LOAD")" ;;

@@ -16,11 +16,16 @@
 #                { selection: action, actions: { echo: { policies: [ws_pass] } } }`, the client
 #                sending JSON ({"action":"echo","d":"<filler>"} padded to SIZE: ws-bench -j
 #                action=echo): each inbound message parsed in C and ws_pass run on it (one Lua call
-#                per round trip, inbound only; gw-policy makes two, both ways: see ws-bench.sh's
-#                note on comparing them). The table adds gw-select - gw and gw-select - (gw +
-#                gw-policy) / 2 (~ the JSON parse and the action lookup, if gw-policy's two calls
-#                cost the same). ws-bench.sh's probe (the gateway selects by the field) is not
-#                repeated here.
+#                per round trip, inbound only; outbound messages are assembled but run no
+#                function; gw-policy makes two calls, both ways: see ws-bench.sh's
+#                note on comparing them). ws-bench.sh's probe (the gateway selects by the field)
+#                is not repeated here.
+#     gw-select-miss  (not in the default CASES) the same route, the messages naming an action it
+#                does not have ({"action":"none",...}): parsed and assembled, no Lua call. The lines
+#                under the table give gw-select - gw, gw-select - gw-policy and, with gw-select-miss,
+#                gw-select - gw-select-miss (the action chain's Lua call, L) and the JSON parse
+#                ~ gw-select-miss - gw-policy + 2 L (if a route chain's call costs what an action
+#                chain's does).
 # the server runs alone under `valgrind --tool=cachegrind --cache-sim=no` (the gateway with
 # --trace-children=yes and one output file per process: master and worker; pinned to VG_CPU),
 # bench/ws-echo.c echoes every frame (upstream, NOT under valgrind) and bench/ws-bench.c in check
@@ -37,10 +42,10 @@
 # the default, keeps one message per connection in flight, so messages never coalesce in a read).
 #
 # Knobs (environment, defaults in brackets): CONNS [10] D1 [200] D2 [1000] (messages per connection
-#   in runs 1 and 2) INFLIGHT [1] SIZES ["64 16384"] CASES ["nginx gw gw-policy gw-select"]
-#   BINARY [0] (1: binary messages) CLIENT_CPU [0] (client and echo) VG_CPU [1] (the server under
+#   in runs 1 and 2) INFLIGHT [1] SIZES ["64 16384"] CASES ["nginx gw gw-policy gw-select"; also
+#   gw-select-miss] BINARY [0] (1: binary messages) CLIENT_CPU [0] (client and echo) VG_CPU [1] (the server under
 #   valgrind) PIN [1] (0: no taskset) BASE_PORT [18380] (ports BASE..BASE+4 on 127.0.0.1: echo,
-#   nginx, gw, gw-policy, gw-select; ws-bench.sh uses 18280-18286, the shared rig 18080-18085 and
+#   nginx, gw, gw-policy, gw-select*; ws-bench.sh uses 18280-18286, the shared rig 18080-18085 and
 #   18180-18190)
 #   NGINX_BUFFER [nginx's default] (proxy_buffer_size, as in ws-bench.sh) GW_BIN [./passerelle]
 #   GW_START_TIMEOUT [120] (s for a server's port under valgrind) RUN_TIMEOUT [900] (s for one
@@ -78,14 +83,16 @@ NGINX_PORT=$((BASE_PORT + 1))
 GW_PORT=$((BASE_PORT + 2))
 GWP_PORT=$((BASE_PORT + 3))
 GWS_PORT=$((BASE_PORT + 4))
-# gw-select: the client's JSON messages name the action `echo` (ws-bench -j)
-SELECT_OPT=(-j action=echo)
+# the client's JSON messages (ws-bench -j FIELD=VALUE): gw-select's name the action `echo`,
+# gw-select-miss's one the route does not have
+declare -A SELECT_JSON=([gw-select]=action=echo [gw-select-miss]=action=none)
 
 log() { printf '[ws-icount] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for c in $CASES; do
-    case $c in nginx|gw|gw-policy|gw-select) ;; *) die "unknown case $c (nginx gw gw-policy gw-select)" ;; esac
+    case $c in nginx|gw|gw-policy|gw-select|gw-select-miss) ;;
+        *) die "unknown case $c (nginx gw gw-policy gw-select gw-select-miss)" ;; esac
 done
 [ "$D2" -gt "$D1" ] || die "D2 ($D2) must be larger than D1 ($D1)"
 # the two runs' start-up and shutdown agree to ~0.1-0.3 M instructions (the gateway: timers, Lua GC),
@@ -97,7 +104,7 @@ for t in valgrind nginx gcc ps timeout; do
     command -v "$t" >/dev/null || die "needs $t (apt-get install valgrind nginx gcc libssl-dev procps coreutils)"
 done
 command -v taskset >/dev/null || PIN=0
-case " $CASES " in *" gw "*|*" gw-policy "*|*" gw-select "*)
+case " $CASES " in *" gw"*)
     [ -x "$GW_BIN" ] || die "$GW_BIN not found: build it (make), or leave the gw cases out: CASES=nginx" ;;
 esac
 
@@ -202,9 +209,9 @@ wait_port "$ECHO_PORT" "$ECHO_PID" 10 || die "ws-echo did not start (see $OUT_DI
 for s in $SIZES; do
     timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 1 -n 5 -s "$s" "${BINOPT[@]}" "127.0.0.1:$ECHO_PORT/echo" > /dev/null 2>&1 \
         || die "ws-echo does not echo $s-byte messages"
-    case " $CASES " in *" gw-select "*)
-        timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 1 -n 5 -s "$s" "${BINOPT[@]}" "${SELECT_OPT[@]}" "127.0.0.1:$ECHO_PORT/echo" > /dev/null 2>&1 \
-            || die "ws-echo does not echo $s-byte JSON messages (ws-bench ${SELECT_OPT[*]})" ;;
+    case " $CASES " in *" gw-select"*)
+        timeout -k 5 40 "$BIN/ws-bench" -c 2 -w 1 -n 5 -s "$s" "${BINOPT[@]}" -j action=echo "127.0.0.1:$ECHO_PORT/echo" > /dev/null 2>&1 \
+            || die "ws-echo does not echo $s-byte JSON messages (ws-bench -j action=echo)" ;;
     esac
 done
 
@@ -253,7 +260,7 @@ EOF
 gw_conf() { # file case port
     local ws=" websocket: true" pol=""
     [ "$2" = gw-policy ] && pol=", policies: [ws_pass]"
-    [ "$2" = gw-select ] && ws="
+    [ "${2%-miss}" = gw-select ] && ws="
       websocket: { selection: action, actions: { echo: { policies: [ws_pass] } } }"
     cat > "$1" <<EOF
 # bench/ws-icount.sh: $2
@@ -274,11 +281,11 @@ EOF
 nginx_conf "$RUN/conf/nginx.conf"
 nginx -t -q -p "$RUN/" -c conf/nginx.conf -e logs/nginx-error.log || die "nginx config invalid"
 cp "$RUN/conf/nginx.conf" "$OUT_DIR/"
-for c in gw gw-policy gw-select; do
+for c in gw gw-policy gw-select gw-select-miss; do
     case " $CASES " in *" $c "*) ;; *) continue ;; esac
     port=$GW_PORT
     [ "$c" = gw-policy ] && port=$GWP_PORT
-    [ "$c" = gw-select ] && port=$GWS_PORT
+    [ "${c%-miss}" = gw-select ] && port=$GWS_PORT
     gw_conf "$RUN/conf/$c.yaml" "$c" "$port"
     cp "$RUN/conf/$c.yaml" "$OUT_DIR/"
     "$GW_BIN" check -c "$RUN/conf/$c.yaml" > "$OUT_DIR/gateway-$c.check.log" 2>&1 \
@@ -301,10 +308,10 @@ measure() {
                 < /dev/null > "$OUT_DIR/nginx-$tag.out" 2>&1 &
             pid=$!
             PIDS+=("$pid") ;;
-        gw|gw-policy|gw-select)
+        gw|gw-policy|gw-select|gw-select-miss)
             port=$GW_PORT
             [ "$name" = gw-policy ] && port=$GWP_PORT
-            [ "$name" = gw-select ] && port=$GWS_PORT
+            [ "${name%-miss}" = gw-select ] && port=$GWS_PORT
             # --trace-children: also any exec (forked workers are always followed); one file per
             # process (%p). --smc-check=all-non-file: LuaJIT writes machine code at run time.
             "${PINCMD[@]}" "${vg[@]}" --trace-children=yes --smc-check=all-non-file \
@@ -325,7 +332,7 @@ measure() {
     log "$tag: server up after $((SECONDS - t0)) s (pids $(tree_pids "$pid")), sending $n x $CONNS messages of $size B"
     out="$OUT_DIR/client-$tag.txt"
     local copt=("${BINOPT[@]}")
-    [ "$name" = gw-select ] && copt+=("${SELECT_OPT[@]}")
+    [ -n "${SELECT_JSON[$name]:-}" ] && copt+=(-j "${SELECT_JSON[$name]}")
     pincmd "$CLIENT_CPU"
     timeout -k 5 "$RUN_TIMEOUT" "${PINCMD[@]}" "$BIN/ws-bench" -n "$n" -c "$CONNS" -w "$INFLIGHT" -s "$size" \
         -T "$RUN_TIMEOUT" "${copt[@]}" "127.0.0.1:$port/echo" > "$out" 2>&1 &
@@ -424,18 +431,24 @@ sz() { if [ $(($1 % 1024)) = 0 ] && [ "$1" -ge 1024 ]; then echo "$(($1 / 1024))
     sep=1
     for s in $SIZES; do
         if [ -z "${IPM[gw-select:$s]:-}" ] || [ -z "${IPM[gw:$s]:-}" ]; then continue; fi
-        line="- gw-select $(sz "$s"): $(awk -v x="${IPM[gw-select:$s]}" -v g="${IPM[gw:$s]}" 'BEGIN { printf "%+d vs gw (%.2fx)", x - g, x / g }')"
-        if [ -n "${IPM[gw-policy:$s]:-}" ]; then
-            line="$line$(awk -v x="${IPM[gw-select:$s]}" -v g="${IPM[gw:$s]}" -v p="${IPM[gw-policy:$s]}" \
-                'BEGIN { printf " | %+d vs gw-policy (%.2fx) | %+d vs (gw + gw-policy) / 2", x - p, x / p, x - (g + p) / 2 }')"
-        fi
         [ "$sep" = 1 ] && echo
         sep=0
-        echo "$line"
+        awk -v size="$(sz "$s")" -v x="${IPM[gw-select:$s]}" -v g="${IPM[gw:$s]}" \
+            -v p="${IPM[gw-policy:$s]:-}" -v m="${IPM[gw-select-miss:$s]:-}" 'BEGIN {
+            line = sprintf("- gw-select %s: %+d vs gw (%.2fx)", size, x - g, x / g)
+            if (p != "") line = line sprintf(" | %+d vs gw-policy (%.2fx)", x - p, x / p)
+            if (m != "") line = line sprintf(" | %+d vs gw-select-miss (the action chain'"'"'s Lua call)", x - m)
+            if (m != "" && p != "") line = line sprintf(" | JSON parse ~ %d", m - p + 2 * (x - m))
+            print line
+            if (m != "") printf "- gw-select-miss %s: %+d vs gw (%.2fx)\n", size, m - g, m / g }'
     done
-    case " $CASES " in *" gw-select "*)
+    case " $CASES " in *" gw-select"*)
+        miss=" (CASES with gw-select-miss splits it into the Lua call and the JSON parse.)"
+        case " $CASES " in *" gw-select-miss "*)
+            miss=" gw-select-miss: the same route and messages naming no action (no Lua call). JSON parse ~ gw-select-miss - gw-policy + 2 x (gw-select - gw-select-miss), if a route chain's call costs what an action chain's does." ;;
+        esac
         echo
-        echo "gw-select: one Lua call per round trip (ws_pass in the \`echo\` action chain, inbound only) plus a JSON parse in C of each inbound message; gw-policy makes two (ws_pass both ways): not like-for-like. (gw + gw-policy) / 2 stands for one Lua call per round trip (if gw-policy's two cost the same); gw-select's excess over it approximates the JSON parse and the action lookup. gw-select's messages are JSON ({\"action\":\"echo\",\"d\":\"...\"}), the other cases' printable ASCII of the same size." ;;
+        echo "gw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the \`echo\` action chain); outbound messages are assembled too, but no function runs on them. gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all.$miss gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases' printable ASCII of the same size." ;;
     esac
 } | tee "$OUT_DIR/table.md"
 log "done in $((SECONDS - T_START)) s; raw results: $OUT_DIR"
