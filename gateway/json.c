@@ -14,6 +14,11 @@ struct scan {
     const char *p, *end;
     int depth, max_depth;
     const char *reason;
+    /* pgw_json_parse_path: the member names to follow from the root, and what is found there */
+    const char *const *path;
+    size_t path_n;
+    struct pgw_json found;
+    int has_found;
 };
 
 static int fail(struct scan *s, const char *reason)
@@ -188,10 +193,23 @@ static int scan_literal(struct scan *s, const char *word, size_t n)
     return PGW_OK;
 }
 
-static int scan_value(struct scan *s, struct pgw_json *v);
+static int scan_value_at(struct scan *s, struct pgw_json *v, int level);
+static int scan_value(struct scan *s, struct pgw_json *v) { return scan_value_at(s, v, -1); }
 
-/* An array or object at s->p; <close> is its closing bracket. */
-static int scan_container(struct scan *s, char close)
+/* The path level of the value of member <k> in an object at path level <level> (-1: off the
+ * path). A later member of the same name supersedes what an earlier one led to. */
+static int member_level(struct scan *s, const struct pgw_json *k, int level)
+{
+    if (level < 0 || (size_t)level >= s->path_n ||
+        !pgw_json_str_eq(k, s->path[level], strlen(s->path[level])))
+        return -1;
+    s->has_found = 0;
+    return level + 1;
+}
+
+/* An array or object at s->p; <close> is its closing bracket; <level>: how many names of
+ * s->path led to it (-1 when it is off the path). */
+static int scan_container(struct scan *s, char close, int level)
 {
     if (++s->depth > s->max_depth)
         return fail(s, "nested too deeply");
@@ -203,20 +221,28 @@ static int scan_container(struct scan *s, char close)
         return PGW_OK;
     }
     for (;;) {
-        struct pgw_json v;
+        struct pgw_json v, k = {.p = s->p, .type = PGW_JSON_STRING};
+        int child = -1;
         if (close == '}') {
             skip_ws(s);
+            k.p = s->p;
             if (s->p == s->end || *s->p != '"')
                 return fail(s, "member name expected");
             if (scan_string(s) != PGW_OK)
                 return PGW_ERR;
+            k.len = (size_t)(s->p - k.p);
+            child = member_level(s, &k, level);
             skip_ws(s);
             if (s->p == s->end || *s->p != ':')
                 return fail(s, "':' expected");
             s->p++;
         }
-        if (scan_value(s, &v) != PGW_OK)
+        if (scan_value_at(s, &v, child) != PGW_OK)
             return PGW_ERR;
+        if (child >= 0 && (size_t)child == s->path_n) {
+            s->found = v;
+            s->has_found = 1;
+        }
         skip_ws(s);
         if (s->p < s->end && *s->p == ',') {
             s->p++;
@@ -231,7 +257,7 @@ static int scan_container(struct scan *s, char close)
     }
 }
 
-static int scan_value(struct scan *s, struct pgw_json *v)
+static int scan_value_at(struct scan *s, struct pgw_json *v, int level)
 {
     skip_ws(s);
     if (s->p == s->end)
@@ -241,11 +267,11 @@ static int scan_value(struct scan *s, struct pgw_json *v)
     switch (*s->p) {
     case '{':
         v->type = PGW_JSON_OBJECT;
-        r = scan_container(s, '}');
+        r = scan_container(s, '}', level);
         break;
     case '[':
         v->type = PGW_JSON_ARRAY;
-        r = scan_container(s, ']');
+        r = scan_container(s, ']', -1);
         break;
     case '"':
         v->type = PGW_JSON_STRING;
@@ -325,6 +351,29 @@ int pgw_json_parse(const char *text, size_t len, int max_depth, unsigned flags,
     }
     if ((flags & PGW_JSON_UNIQUE_TOP) && root->type == PGW_JSON_OBJECT)
         return check_unique(root, reason);
+    return PGW_OK;
+}
+
+int pgw_json_parse_path(const char *text, size_t len, int max_depth, const char *const *path,
+                        size_t n, struct pgw_json *val, const char **reason)
+{
+    struct scan s = {.p = text, .end = text + len, .max_depth = max_depth, .path = path,
+                     .path_n = n};
+    struct pgw_json root;
+    if (scan_value_at(&s, &root, n > 0 ? 0 : -1) != PGW_OK) {
+        *reason = s.reason;
+        return PGW_ERR;
+    }
+    skip_ws(&s);
+    if (s.p != s.end) {
+        *reason = "unexpected data after the value";
+        return PGW_ERR;
+    }
+    if (n == 0)
+        s.found = root, s.has_found = 1;
+    if (!s.has_found)
+        return PGW_DECLINED;
+    *val = s.found;
     return PGW_OK;
 }
 

@@ -37,6 +37,13 @@ struct pgw_json {
 int pgw_json_parse(const char *s, size_t len, int max_depth, unsigned flags, struct pgw_json *root,
                    const char **reason);
 
+/* Validates <s,len> as pgw_json_parse does (no flags) and, in the same pass, finds the value at
+ * <path>: <n> member names followed from the root object (where a name repeats, the last one,
+ * as pgw_json_get would). PGW_OK with *val; PGW_DECLINED when the document is valid but has no
+ * value there; PGW_ERR with *reason when it is not valid. */
+int pgw_json_parse_path(const char *s, size_t len, int max_depth, const char *const *path,
+                        size_t n, struct pgw_json *val, const char **reason);
+
 /* Iterates an object's members or an array's elements: *pos starts at 0. PGW_OK with the next
  * one in *val (and its name in *key for an object; key may be NULL), PGW_DONE after the last. */
 int pgw_json_next(const struct pgw_json *c, size_t *pos, struct pgw_json *key,

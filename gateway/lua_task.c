@@ -663,19 +663,13 @@ struct ws_msg_args {
  * default) when it is not a JSON document, lacks the field, or names no action. */
 static size_t ws_select(const struct pgw_config_websocket *ws, const char *data, size_t len)
 {
-    struct pgw_json v, m;
+    struct pgw_json v;
     const char *why;
     char name[SELECT_VALUE];
     size_t n;
-    if (pgw_json_parse(data, len, SELECT_DEPTH, 0, &v, &why) != PGW_OK)
-        return ws->num_actions;
-    for (size_t i = 0; i < ws->selection_depth; i++) {
-        /* into another span: pgw_json_get reads the object while it looks for the last match */
-        if (pgw_json_get(&v, ws->selection[i], &m) != PGW_OK)
-            return ws->num_actions;
-        v = m;
-    }
-    if (pgw_json_str(&v, name, sizeof(name), &n) != PGW_OK)
+    if (pgw_json_parse_path(data, len, SELECT_DEPTH, (const char *const *)ws->selection,
+                            ws->selection_depth, &v, &why) != PGW_OK ||
+        pgw_json_str(&v, name, sizeof(name), &n) != PGW_OK)
         return ws->num_actions;
     for (size_t i = 0; i < ws->num_actions; i++)
         if (ws->actions[i].name_len == n && memcmp(ws->actions[i].name, name, n) == 0)

@@ -644,6 +644,59 @@ static int decode(const char *lit, size_t cap, char *out, size_t *len)
     return rc;
 }
 
+/* The value at a path, the slow way: parse, then pgw_json_get level by level. */
+static int walk_path(const char *doc, size_t len, const char *const *path, size_t n,
+                     struct pgw_json *out)
+{
+    const char *why;
+    if (pgw_json_parse(doc, len, 16, 0, out, &why) != PGW_OK)
+        return PGW_ERR;
+    for (size_t i = 0; i < n; i++)
+        if (pgw_json_get(out, path[i], out) != PGW_OK)
+            return PGW_DECLINED;
+    return PGW_OK;
+}
+
+/* pgw_json_parse_path finds in one pass what parsing then walking finds, repeated names and
+ * escapes included, and refuses what pgw_json_parse refuses. */
+static void test_parse_path(void)
+{
+    static const char *const docs[] = {
+        "{\"action\":\"join\"}", "{\"action\":\"a\",\"action\":\"b\"}",
+        "{\"act\\u0069on\":\"x\"}", "{\"action\":5}", "{\"x\":{\"action\":\"no\"}}",
+        "[{\"action\":\"no\"}]", "\"action\"", "{}", "{\"action\":\"a\"", "{\"action\":\"a\"} x",
+        "{\"meta\":{\"type\":\"a\"},\"meta\":{\"type\":\"b\"}}",
+        "{\"meta\":{\"type\":\"a\"},\"meta\":{}}", "{\"meta\":{\"type\":\"a\"},\"meta\":5}",
+        "{\"meta\":{\"type\":\"a\",\"type\":\"c\"},\"x\":[1,{\"type\":2}]}",
+        "{\"meta\":{\"type\":{\"type\":\"deep\"}}}", "{\"meta\":[{\"type\":\"a\"}]}",
+        "{\"type\":\"top\",\"meta\":{\"other\":1,\"type\":\"in\"},\"type\":\"t2\"}",
+        "{\"meta\":{\"type\":\"a\"},\"meta\":{\"type\":\"b\"},\"meta\":{\"x\":{\"type\":1}}}",
+        "{\"meta\":{\"type\":\"\\u00e9\"}}", "{\"meta\" : { \"type\" : \"sp\" } }",
+    };
+    static const char *const p1[] = {"action"}, *const p2[] = {"meta", "type"},
+                             *const p3[] = {"meta", "type", "type"};
+    static const struct {
+        const char *const *names;
+        size_t n;
+    } paths[] = {{p1, 1}, {p2, 2}, {p3, 3}, {p1, 0}};
+    for (size_t d = 0; d < sizeof(docs) / sizeof(docs[0]); d++)
+        for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+            struct pgw_json want = {0}, got = {0};
+            const char *why = NULL;
+            char *copy = heap_copy(docs[d], strlen(docs[d]));
+            int rw = walk_path(copy, strlen(docs[d]), paths[i].names, paths[i].n, &want);
+            int rg = pgw_json_parse_path(copy, strlen(docs[d]), 16, paths[i].names, paths[i].n,
+                                         &got, &why);
+            if (rw != rg || (rg == PGW_OK && (got.p != want.p || got.len != want.len ||
+                                              got.type != want.type)) ||
+                (rg == PGW_ERR && why == NULL)) {
+                fprintf(stderr, "FAIL %s: doc %zu path %zu: %d vs %d\n", test_current, d, i, rg, rw);
+                test_current_failed = 1;
+            }
+            free(copy);
+        }
+}
+
 static void test_str(void)
 {
     static const struct {
@@ -904,6 +957,7 @@ int main(void)
     RUN(test_unique_top_long_names);
     RUN(test_iteration);
     RUN(test_get);
+    RUN(test_parse_path);
     RUN(test_str);
     RUN(test_str_eq);
     RUN(test_num);
