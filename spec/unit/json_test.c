@@ -290,7 +290,7 @@ static char *nested(char *buf, int levels, const char *open, const char *inner, 
     return buf;
 }
 
-/* Long strings go 8 bytes at a time: one special byte (or sequence) at every offset of a
+/* Long strings go 16 (SSE2) then 8 bytes at a time: one special byte (or sequence) at every offset of a
  * 40-byte ASCII run, inside a string, must be judged as the byte-wise rules say. */
 static void test_strings_word_at_a_time(void)
 {
