@@ -127,6 +127,12 @@ def public_jwk(pub, kid=None, alg=None, use="sig"):
         d = RSAAlgorithm.to_jwk(pub)
     elif isinstance(pub, ec.EllipticCurvePublicKey):
         d = ECAlgorithm.to_jwk(pub)
+        d = json.loads(d) if isinstance(d, str) else dict(d)
+        # RFC 7518 6.2.1.2: x and y have the curve's full size; PyJWT 2.6 writes them minimal,
+        # so about 1 key in 128 lost a leading zero byte and the gateway rightly refused it
+        size = (pub.curve.key_size + 7) // 8
+        nums = pub.public_numbers()
+        d["x"], d["y"] = b64u(nums.x.to_bytes(size, "big")), b64u(nums.y.to_bytes(size, "big"))
     else:
         d = OKPAlgorithm.to_jwk(pub)
     d = json.loads(d) if isinstance(d, str) else dict(d)
