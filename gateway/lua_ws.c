@@ -237,13 +237,19 @@ static int l_ws_client_addr(lua_State *L)
     return ws_string(L, "pgw.ws.client_addr", pgw_ws_tunnel_client);
 }
 
-/* pgw.ws.is_close_code(code): whether a close frame may carry <code> (any stage: check_conf). */
+/* pgw.ws.is_close_code(code): whether a close frame may carry <code> (any stage: check_conf);
+ * false comes with the sentence a config error needs. */
 static int l_ws_is_close_code(lua_State *L)
 {
     lua_Number n = luaL_checknumber(L, 1);
-    lua_pushboolean(L, n >= 0 && n <= 65535 && n == (lua_Number)(int)n &&
-                           pgw_ws_close_code_valid((int)n));
-    return 1;
+    if (n >= 0 && n <= 65535 && n == (lua_Number)(int)n && pgw_ws_close_code_valid((int)n)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "%s is not a close code a frame may carry (1000-1003, 1007-1014, "
+                       "3000-4999)", lua_tostring(L, 1));
+    return 2;
 }
 
 void pgw_lua_open_ws(lua_State *L)

@@ -94,10 +94,9 @@ return {
         if not conf.messages and not conf.bytes then
             return nil, "ws_rate_limit: set messages, bytes or both"
         end
-        local code = conf.close_code
-        if not ws.is_close_code(code) then
-            return nil, "ws_rate_limit.close_code: " .. code .. " is not a close code a frame "
-                        .. "may carry (1000-1003, 1007-1014, 3000-4999)"
+        local valid, why = ws.is_close_code(conf.close_code)
+        if not valid then
+            return nil, "ws_rate_limit.close_code: " .. why
         end
         return true
     end,

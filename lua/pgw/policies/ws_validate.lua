@@ -215,10 +215,9 @@ return {
     check_conf = function(conf)
         local ok, why = check_schema(conf.schema, "ws_validate.schema")
         if not ok then return nil, why end
-        local code = conf.close_code
-        if not ws.is_close_code(code) then
-            return nil, "ws_validate.close_code: " .. code .. " is not a close code a frame "
-                        .. "may carry (1000-1003, 1007-1014, 3000-4999)"
+        local valid, why = ws.is_close_code(conf.close_code)
+        if not valid then
+            return nil, "ws_validate.close_code: " .. why
         end
         return true
     end,
