@@ -132,12 +132,13 @@ enum pgw_path_kind { PGW_PATH_EXACT = 0, PGW_PATH_TEMPLATE, PGW_PATH_PREFIX };
 
 enum pgw_route_type { PGW_ROUTE_PROXY = 0, PGW_ROUTE_STATUS };
 
+#define PGW_WS_ACTION_NAME_MAX 256 /* bytes of an action name */
+
 /* One entry of a route's websocket.actions: messages whose selection field is <name>. */
 struct pgw_config_ws_action {
     char *name; /* NUL-terminated; may not contain NUL (JSON strings with \u0000 never match) */
     size_t name_len;
     struct pgw_config_policies policies;
-    unsigned line;
 };
 
 /* A route's `websocket:` (docs/websocket.md): `true` or a map of these. */
@@ -154,7 +155,6 @@ struct pgw_config_websocket {
     struct pgw_config_ws_action *actions;
     size_t num_actions;
     struct pgw_config_policies default_policies; /* n == 0: no default chain */
-    unsigned selection_line;
 };
 
 struct pgw_config_route {

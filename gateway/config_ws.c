@@ -75,7 +75,6 @@ static void load_origins(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, c
 #define SELECTION_DEPTH_MAX 8
 #define SELECTION_NAME_MAX 128
 #define ACTIONS_MAX 256
-#define ACTION_NAME_MAX 256
 
 /* `selection`: a dotted path of member names ("action", "meta.type"); the AWS form
  * "$request.body.action" is accepted. */
@@ -124,7 +123,6 @@ static void load_selection(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v,
     ws->selection = pgw_calloc(n, sizeof(*ws->selection));
     memcpy(ws->selection, names, n * sizeof(*names));
     ws->selection_depth = n;
-    ws->selection_line = v->line;
 }
 
 /* An action's (or the default's) map: { policies: [...] }. */
@@ -167,7 +165,7 @@ static void load_actions(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, c
         const struct pgw_yaml_node *k = v->kids[2 * i], *c = v->kids[2 * i + 1];
         if (!pgw_cfg_want_scalar(x, k, where, "actions", "an action name"))
             continue;
-        if (k->len == 0 || k->len > ACTION_NAME_MAX || has_control(k->str, k->len)) {
+        if (k->len == 0 || k->len > PGW_WS_ACTION_NAME_MAX || has_control(k->str, k->len)) {
             pgw_cfg_err(x, k->line, where, "actions", "%s: an action name has 1 to 256 bytes, "
                         "no control character", pgw_errs_quote(q, k->str, k->len));
             continue;
@@ -179,7 +177,6 @@ static void load_actions(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *v, c
         struct pgw_config_ws_action *a = &ws->actions[ws->num_actions++];
         a->name = pgw_strndup(k->str, k->len);
         a->name_len = k->len;
-        a->line = k->line;
         snprintf(aw, sizeof(aw), "%s.actions.%s", where, pgw_errs_quote(q, k->str, k->len));
         load_chain(x, c, aw, &a->policies);
     }

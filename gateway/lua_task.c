@@ -657,7 +657,6 @@ struct ws_msg_args {
 };
 
 #define SELECT_DEPTH 64   /* nesting accepted in a message that selects an action */
-#define SELECT_VALUE 256  /* bytes of the longest action name (config_ws.c) */
 
 /* The index of the action that message <data,len> names in ws->actions, or ws->num_actions (the
  * default) when it is not a JSON document, lacks the field, or names no action. */
@@ -665,7 +664,7 @@ static size_t ws_select(const struct pgw_config_websocket *ws, const char *data,
 {
     struct pgw_json v;
     const char *why;
-    char name[SELECT_VALUE];
+    char name[PGW_WS_ACTION_NAME_MAX];
     size_t n;
     if (pgw_json_parse_path(data, len, SELECT_DEPTH, (const char *const *)ws->selection,
                             ws->selection_depth, &v, &why) != PGW_OK ||
