@@ -464,36 +464,27 @@ static int build_entry(struct build *b, const struct pgw_config_policy *p, const
     return PGW_OK;
 }
 
+/* Builds the chain of <ps>. With <only> (a PGW_PS_* index, or -1 for every stage), only that
+ * stage runs there, and a policy without a function for it is an error: it would silently run
+ * nothing (websocket.actions: ws_message). */
 static void build_chain(struct build *b, const struct pgw_config_policies *ps, const char *where,
-                        struct pgw_policy_chain *ch)
+                        int only, struct pgw_policy_chain *ch)
 {
     ch->v = pgw_calloc(ps->n + 1, sizeof(*ch->v));
     for (size_t i = 0; i < ps->n; i++) {
         struct pgw_policy_entry *en = &ch->v[ch->n];
         if (build_entry(b, &ps->v[i], where, en) != PGW_OK)
             continue;
+        if (only >= 0 && en->fn[only] == LUA_NOREF) {
+            const char *st = pgw_bridge_stage_name(stage_bit(only));
+            errs_add(&b->e, "%s:%u: %s: policy %s has no %s function (only %s runs in an "
+                     "action)", b->config->file, ps->v[i].line, where, en->name, st, st);
+        }
         for (int s = 0; s < PGW_PS_COUNT; s++)
-            if (en->fn[s] != LUA_NOREF)
+            if (en->fn[s] != LUA_NOREF && (only < 0 || s == only))
                 ch->stages |= stage_bit(s);
         ch->n++;
     }
-}
-
-/* Builds one action chain; a policy there without ws_message would silently run nothing. */
-static void build_action_chain(struct build *b, const struct pgw_config_policies *ps,
-                               const char *where, struct pgw_policy_chain *ch)
-{
-    build_chain(b, ps, where, ch);
-    for (size_t i = 0; i < ch->n; i++)
-        if (ch->v[i].fn[PGW_PS_WS_MESSAGE] == LUA_NOREF) {
-            const struct pgw_config_policy *p = &ps->v[0];
-            for (size_t j = 0; j < ps->n; j++)
-                if (strcmp(ps->v[j].name, ch->v[i].name) == 0)
-                    p = &ps->v[j];
-            errs_add(&b->e, "%s:%u: %s: policy %s has no ws_message function (only ws_message "
-                     "runs in an action)", b->config->file, p->line, where, ch->v[i].name);
-        }
-    ch->stages &= PGW_STAGE_WS_MESSAGE;
 }
 
 /* The chains of route <r>'s websocket.actions, then its default (num_actions + 1). */
@@ -505,10 +496,10 @@ static struct pgw_policy_chain *build_action_chains(struct build *b, const struc
     for (size_t j = 0; j < ws->num_actions; j++) {
         snprintf(where, sizeof(where), "route \"%s\": websocket.actions.%s", r->name,
                  ws->actions[j].name);
-        build_action_chain(b, &ws->actions[j].policies, where, &chs[j]);
+        build_chain(b, &ws->actions[j].policies, where, PGW_PS_WS_MESSAGE, &chs[j]);
     }
     snprintf(where, sizeof(where), "route \"%s\": websocket.default", r->name);
-    build_action_chain(b, &ws->default_policies, where, &chs[ws->num_actions]);
+    build_chain(b, &ws->default_policies, where, PGW_PS_WS_MESSAGE, &chs[ws->num_actions]);
     return chs;
 }
 
@@ -619,11 +610,11 @@ struct pgw_policy_set *pgw_policy_set_build(struct pgw_lua *lua, const struct pg
     char where[300];
     for (size_t i = 0; i < config->num_listeners; i++) {
         snprintf(where, sizeof(where), "listener \"%s\": policies", config->listeners[i].name);
-        build_chain(&b, &config->listeners[i].policies, where, &set->listeners[i]);
+        build_chain(&b, &config->listeners[i].policies, where, -1, &set->listeners[i]);
     }
     for (size_t i = 0; i < config->num_routes; i++) {
         snprintf(where, sizeof(where), "route \"%s\": policies", config->routes[i].name);
-        build_chain(&b, &config->routes[i].policies, where, &set->routes[i]);
+        build_chain(&b, &config->routes[i].policies, where, -1, &set->routes[i]);
         if (config->routes[i].websocket != NULL && config->routes[i].websocket->num_actions > 0)
             set->ws_actions[i] = build_action_chains(&b, &config->routes[i]);
     }
