@@ -355,19 +355,28 @@ static int check_unique(const struct pgw_json *obj, const char **reason)
     return PGW_OK;
 }
 
+/* The whole of s->p..s->end as one value, surrounding whitespace allowed; <level>: 0 to follow
+ * s->path from the root, -1 not to. */
+static int scan_document(struct scan *s, struct pgw_json *root, int level, const char **reason)
+{
+    if (scan_value_at(s, root, level) != PGW_OK) {
+        *reason = s->reason;
+        return PGW_ERR;
+    }
+    skip_ws(s);
+    if (s->p != s->end) {
+        *reason = "unexpected data after the value";
+        return PGW_ERR;
+    }
+    return PGW_OK;
+}
+
 int pgw_json_parse(const char *text, size_t len, int max_depth, unsigned flags,
                    struct pgw_json *root, const char **reason)
 {
     struct scan s = {.p = text, .end = text + len, .max_depth = max_depth};
-    if (scan_value(&s, root) != PGW_OK) {
-        *reason = s.reason;
+    if (scan_document(&s, root, -1, reason) != PGW_OK)
         return PGW_ERR;
-    }
-    skip_ws(&s);
-    if (s.p != s.end) {
-        *reason = "unexpected data after the value";
-        return PGW_ERR;
-    }
     if ((flags & PGW_JSON_UNIQUE_TOP) && root->type == PGW_JSON_OBJECT)
         return check_unique(root, reason);
     return PGW_OK;
@@ -379,15 +388,8 @@ int pgw_json_parse_path(const char *text, size_t len, int max_depth, const char 
     struct scan s = {.p = text, .end = text + len, .max_depth = max_depth, .path = path,
                      .path_n = n};
     struct pgw_json root;
-    if (scan_value_at(&s, &root, n > 0 ? 0 : -1) != PGW_OK) {
-        *reason = s.reason;
+    if (scan_document(&s, &root, n > 0 ? 0 : -1, reason) != PGW_OK)
         return PGW_ERR;
-    }
-    skip_ws(&s);
-    if (s.p != s.end) {
-        *reason = "unexpected data after the value";
-        return PGW_ERR;
-    }
     if (n == 0)
         s.found = root, s.has_found = 1;
     if (!s.has_found)
