@@ -537,8 +537,8 @@ static int budget_spent(struct pgw_ws_tunnel *t, struct side *s)
 /* ---- Messages through the policies ---- */
 
 static void message_done(struct pgw_ws_tunnel *t, int rc);
-static void message_relayed(struct pgw_ws_tunnel *t, struct side *s, unsigned opcode,
-                            const char *data, size_t len);
+static void message_relayed(struct pgw_ws_tunnel *t, unsigned opcode, const char *data,
+                            size_t len);
 
 /* The message assembled from <s> is complete: run ws_message over it. */
 static void run_message(struct pgw_ws_tunnel *t, struct side *s)
@@ -550,7 +550,7 @@ static void run_message(struct pgw_ws_tunnel *t, struct side *s)
     t->in_flight_len = len;
     int rc = pgw_task_ws_message(t->lua, s->is_client, s->msg_opcode, data, len);
     if (rc == PGW_DECLINED) /* no function for this one (an outbound message, say) */
-        message_relayed(t, s, s->msg_opcode, data, len);
+        message_relayed(t, s->msg_opcode, data, len);
     if (len > 0) { /* Lua holds its own copy now, or it was sent */
         evbuffer_drain(s->msg, len);
         budget_release(len);
@@ -559,23 +559,27 @@ static void run_message(struct pgw_ws_tunnel *t, struct side *s)
         message_done(t, rc);
 }
 
-/* A message no policy function runs for: sent on as assembled. */
-static void message_relayed(struct pgw_ws_tunnel *t, struct side *s, unsigned opcode,
-                            const char *data, size_t len)
+/* The message in flight (busy_client, in_flight_len) is through: counted against the side it
+ * came from, which is returned. */
+static struct side *message_end(struct pgw_ws_tunnel *t)
 {
+    struct side *s = t->busy_client ? &t->cl : &t->up;
     t->lua_busy = 0;
     s->messages++;
-    s->bytes += len;
-    send_frame(peer_of(t, s), opcode, 1, (const uint8_t *)data, len);
+    s->bytes += t->in_flight_len;
+    return s;
+}
+
+/* A message no policy function runs for: sent on as assembled. */
+static void message_relayed(struct pgw_ws_tunnel *t, unsigned opcode, const char *data,
+                            size_t len)
+{
+    send_frame(peer_of(t, message_end(t)), opcode, 1, (const uint8_t *)data, len);
 }
 
 static void message_done(struct pgw_ws_tunnel *t, int rc)
 {
-    struct side *s = t->busy_client ? &t->cl : &t->up;
-    struct side *o = peer_of(t, s);
-    t->lua_busy = 0;
-    s->messages++;
-    s->bytes += t->in_flight_len;
+    struct side *o = peer_of(t, message_end(t));
     if (rc == PGW_ERR) {
         close_both(t, PGW_WS_CLOSE_INTERNAL, "policy error");
         return;
@@ -1131,7 +1135,7 @@ static void deliver_pushes(struct pgw_ws_tunnel *t)
             t->in_flight_len = len;
             int rc = pgw_task_ws_message(t->lua, 0, hdr[0], data, len);
             if (rc == PGW_DECLINED)
-                message_relayed(t, &t->up, hdr[0], data, len);
+                message_relayed(t, hdr[0], data, len);
             else if (rc != PGW_AGAIN)
                 message_done(t, rc);
         }
