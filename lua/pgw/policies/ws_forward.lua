@@ -41,8 +41,9 @@ local ws, http, ctx, log = pgw.ws, pgw.http, pgw.ctx, pgw.log
 
 local MAX_RESPONSE = 1048576
 
-local function utf8_ok(s)
-    -- LuaJIT has no utf8 library: the gateway checks text frames; pcall turns its refusal into false
+-- Replies <s> as text; false (nothing sent) when it is not UTF-8: pgw.ws.reply checks it, and
+-- pcall turns its refusal into false (LuaJIT has no utf8 library).
+local function reply_text(s)
     return (pcall(ws.reply, s))
 end
 
@@ -105,7 +106,7 @@ return {
             local ctype = res.headers["content-type"]
             if type(ctype) == "string" and ctype:lower():find("^application/octet%-stream") then
                 ws.reply(res.body, "binary")
-            elseif not utf8_ok(res.body) then
+            elseif not reply_text(res.body) then
                 return fail(conf, "response not UTF-8")
             end
         end
