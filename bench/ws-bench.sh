@@ -115,9 +115,6 @@ GWP_PORT=$((BASE_PORT + 3))
 IDLE_GW_PORT=$((BASE_PORT + 4))
 IDLE_NGINX_PORT=$((BASE_PORT + 5))
 GWS_PORT=$((BASE_PORT + 6))
-# the client's JSON messages (ws-bench -j FIELD=VALUE): gw-select's name the action `echo`,
-# gw-select-miss's one the route does not have
-declare -A SELECT_JSON=([gw-select]=action=echo [gw-select-miss]=action=none)
 
 log() { printf '[ws-bench] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -505,16 +502,11 @@ table() { # results.tsv -> markdown table + ratio lines
                 line = line sprintf(" | vs gw-select-miss: %+.2f µs/msg (the action chain'"'"'s Lua call)", mp[k] - mp[m])
                 if (p in mp) line = line sprintf(" | JSON parse ~ %.2f µs/msg", mp[m] - mp[p] + 2 * (mp[k] - mp[m]))
             }
-            if (cb[1] ~ /^gw-select/) sel = 1
-            if (cb[1] == "gw-select-miss") miss = 1
             if (err[k]) line = line sprintf("  WARNING: %d errors", err[k])
             print line
         }
-        if (sel)
-            print "\ngw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the `echo` action chain); outbound messages are assembled too, but no function runs on them. gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all." \
-                (miss ? " gw-select-miss: the same route and messages naming no action (no Lua call). JSON parse ~ gw-select-miss - gw-policy + 2 x (gw-select - gw-select-miss), if a route chain'"'"'s call costs what an action chain'"'"'s does (a difference of medians: noisy)." : " (CASES with gw-select-miss splits it into the Lua call and the JSON parse.)") \
-                " gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases'"'"' printable ASCII of the same size."
     }' maxother="$MAX_OTHER_CPU" attempts="$ATTEMPTS" "$1"
+    select_note " (a difference of medians: noisy)"
 }
 
 if [ "$MODE" != idle ]; then

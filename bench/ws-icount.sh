@@ -83,9 +83,6 @@ NGINX_PORT=$((BASE_PORT + 1))
 GW_PORT=$((BASE_PORT + 2))
 GWP_PORT=$((BASE_PORT + 3))
 GWS_PORT=$((BASE_PORT + 4))
-# the client's JSON messages (ws-bench -j FIELD=VALUE): gw-select's name the action `echo`,
-# gw-select-miss's one the route does not have
-declare -A SELECT_JSON=([gw-select]=action=echo [gw-select-miss]=action=none)
 
 log() { printf '[ws-icount] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -442,13 +439,6 @@ sz() { if [ $(($1 % 1024)) = 0 ] && [ "$1" -ge 1024 ]; then echo "$(($1 / 1024))
             print line
             if (m != "") printf "- gw-select-miss %s: %+d vs gw (%.2fx)\n", size, m - g, m / g }'
     done
-    case " $CASES " in *" gw-select"*)
-        miss=" (CASES with gw-select-miss splits it into the Lua call and the JSON parse.)"
-        case " $CASES " in *" gw-select-miss "*)
-            miss=" gw-select-miss: the same route and messages naming no action (no Lua call). JSON parse ~ gw-select-miss - gw-policy + 2 x (gw-select - gw-select-miss), if a route chain's call costs what an action chain's does." ;;
-        esac
-        echo
-        echo "gw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the \`echo\` action chain); outbound messages are assembled too, but no function runs on them. gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all.$miss gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases' printable ASCII of the same size." ;;
-    esac
+    select_note ""
 } | tee "$OUT_DIR/table.md"
 log "done in $((SECONDS - T_START)) s; raw results: $OUT_DIR"
