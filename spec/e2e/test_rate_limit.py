@@ -21,7 +21,7 @@ import threading
 import time
 
 from policyfix import no_worker_crash, route, track, write_policies  # noqa: F401
-from gw import BINARY, REPO, Client, config, listener, socket_owner, to_yaml
+from gw import BINARY, REPO, Client, config, connect_on_worker, listener, to_yaml
 
 
 
@@ -118,21 +118,14 @@ def test_exactly_the_limit_across_two_workers_and_a_restart(make_gateway, make_s
                  workers=2)
     pids = g.wait_workers(2)
 
-    # keep-alive connections held by each worker (found with an unlimited route)
+    # keep-alive connections held by each worker (each opened while the other is stopped)
     by_worker = {p: [] for p in pids}
-    for _ in range(200):
-        if all(len(v) >= 6 for v in by_worker.values()):
-            break
-        c = Client(g.port)
-        c.request(target="/free/x")
-        assert c.read_response().status == 200
-        owner = socket_owner(g.port, c.sock.getsockname()[1], pids)
-        if owner in by_worker and len(by_worker[owner]) < 6:
-            by_worker[owner].append(c)
-        else:
-            c.close()
-    assert all(by_worker.values()), "could not get a connection to each worker: %r" % {
-        p: len(v) for p, v in by_worker.items()}
+    for p in pids:
+        for _ in range(6):
+            c = connect_on_worker(g.port, p, pids, lambda: Client(g.port))
+            c.request(target="/free/x")
+            assert c.read_response().status == 200
+            by_worker[p].append(c)
     keep = [(p, c) for p, cs in by_worker.items() for c in cs]
 
     NEW_THREADS, PER_KEEP, PER_NEW = 8, 12, 6

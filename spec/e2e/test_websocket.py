@@ -75,7 +75,7 @@ import pytest
 
 import stubs
 import wsfix
-from gw import (BINARY, REPO, Client, build_request, config, listener, socket_owner, to_yaml,
+from gw import (BINARY, REPO, Client, build_request, config, connect_on_worker, listener, to_yaml,
                 wait_for)
 from harness import module_env
 from httpio import pattern_body
@@ -712,42 +712,21 @@ def test_push_across_workers(make_gateway, echo, tmp_path):
     g = track(make_gateway(cfg))
     pids = g.wait_workers(2)
 
-    def owner(sock):
-        """The worker that accepted <sock> (it may still be in the listen queue for a moment)."""
-        found = []
-        wait_for(lambda: found.append(socket_owner(g.port, sock.getsockname()[1], pids)) or
-                 found[-1] is not None, what="the worker that holds the socket")
-        return found[-1]
-
-    # a WebSocket on each worker
-    held, spare = {}, []
-    for _ in range(40):
-        c = wsfix.connect(g.port, "/wsid/echo")
-        wid = ws_id(c)
-        pid = owner(c.sock)
-        if pid in held:
-            spare.append(c)
-        else:
-            held[pid] = (c, wid)
-        if len(held) == 2:
-            break
-    assert len(held) == 2, "40 WebSockets all landed on one worker: %r" % list(held)
-    # push from connections held by each worker to the other worker's WebSocket
-    crossed = set()
-    for _ in range(40):
-        h = Client(g.port)
-        hp = owner(h.sock)
-        target = [p for p in held if p != hp][0]
+    # a WebSocket on each worker, and from an HTTP connection on each worker a push to the
+    # WebSocket the other worker holds (connect_on_worker stops the other worker meanwhile)
+    held = {}
+    for pid in pids:
+        c = connect_on_worker(g.port, pid, pids, lambda: wsfix.connect(g.port, "/wsid/echo"))
+        held[pid] = (c, ws_id(c))
+    for hp in pids:
+        target = [p for p in pids if p != hp][0]
         c, wid = held[target]
+        h = connect_on_worker(g.port, hp, pids, lambda: Client(g.port))
         h.request(target="/push/x?id=%s&msg=cross-%d" % (wid, hp))
         r = h.read_response()
         h.close()
         assert r.status == 200 and r.body == b"sent", r
         assert c.recv_message() == (OP_TEXT, ("cross-%d" % hp).encode())
-        crossed.add(hp)
-        if len(crossed) == 2:
-            break
-    assert len(crossed) == 2, "the pushes were all asked on one worker"
     with Client(g.port) as h:
         h.request(target="/push/x?id=%s&msg=x" % ("f" * 32))
         assert h.read_response().body == b"error: unknown connection"
@@ -768,7 +747,7 @@ def test_push_across_workers(make_gateway, echo, tmp_path):
                         cwd=str(REPO), timeout=10)
     assert cp.returncode == 0, cp.stderr
     assert held[pids[0]][0].recv_message() == (OP_BINARY, b"\x00\xff" * 100)
-    for c in [v[0] for v in held.values()] + spare:
+    for c, _ in held.values():
         c.close()
 
 

@@ -206,6 +206,26 @@ def socket_owner(local_port, peer_port, pids):
     return None
 
 
+def connect_on_worker(port, pid, pids, connect):
+    """Calls connect() (which opens a connection to <port> and returns an object with .sock)
+    while every worker of <pids> other than <pid> is stopped (SIGSTOP), so the kernel can only
+    hand the connection to <pid>; the others continue before this returns, even on error.
+    Which worker accepts is otherwise the kernel's choice: a test that needs a connection on a
+    given worker must not rely on trying until chance gives it one."""
+    others = [p for p in pids if p != pid]
+    for p in others:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        conn = connect()
+        found = []
+        wait_for(lambda: found.append(socket_owner(port, conn.sock.getsockname()[1], [pid])) or
+                 found[-1] is not None, what="worker %d to hold the connection" % pid)
+        return conn
+    finally:
+        for p in others:
+            os.kill(p, signal.SIGCONT)
+
+
 # ---- the gateway process ----
 
 class GatewayError(Exception):
@@ -240,7 +260,8 @@ class Gateway:
     def _defaults(self, cfg):
         cfg = dict(cfg)
         cfg.setdefault("error_log", {"path": str(self.error_path), "level": "info"})
-        cfg.setdefault("access_log", {"path": str(self.access_path), "format": "json"})
+        # flush: 0 writes each line as its request ends: tests wait for lines, not for a timer
+        cfg.setdefault("access_log", {"path": str(self.access_path), "format": "json", "flush": "0"})
         cfg.setdefault("workers", 1)
         cfg.setdefault("control", {"socket": str(self.control_path)})
         return cfg
