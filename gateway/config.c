@@ -1132,6 +1132,10 @@ static void load_routes(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 
 /* ---- Logs and HTTP ---- */
 
+static const struct field access_log_fields[] = {
+    FIELD(F_DURATION, struct pgw_config_access_log, flush, 0, 60 * SEC),
+};
+
 static void load_access_log(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n)
 {
     static const char *const extras[] = {"path", "format", NULL};
@@ -1146,13 +1150,15 @@ static void load_access_log(struct pgw_cfg_ctx *x, const struct pgw_yaml_node *n
     if (n->kind != PGW_YAML_MAP) {
         char q[PGW_ERRS_QUOTE_MAX];
         if (!n->is_bad)
-            pgw_cfg_err(x, n->line, "", "access_log", "expected off or a map {path, format}, got %s",
+            pgw_cfg_err(x, n->line, "", "access_log",
+                        "expected off or a map {path, format, flush}, got %s",
                  n->kind == PGW_YAML_SCALAR && !pgw_yaml_is_null(n)
                      ? pgw_errs_quote(q, n->str, n->len)
                      : pgw_yaml_describe(n));
         return;
     }
-    pgw_cfg_walk_keys(x, n, "access_log", extras, NULL, 0, NULL);
+    pgw_cfg_walk_keys(x, n, "access_log", extras, access_log_fields,
+                      PGW_ARRAY_LEN(access_log_fields), al);
     if ((v = pgw_cfg_map_get(n, "path")) != NULL)
         pgw_cfg_read_str(x, v, "access_log", "path", &al->path);
     if ((v = pgw_cfg_map_get(n, "format")) != NULL)
@@ -1324,6 +1330,7 @@ static void set_defaults(struct pgw_config *c)
     c->plans_json = pgw_strndup("{}", 2);
     c->access_log.enabled = 1;
     c->access_log.path = pgw_strndup("logs/access.log", 15);
+    c->access_log.flush = 1 * SEC;
     c->error_log.path = pgw_strndup("-", 1);
     c->error_log.level = PGW_LOG_INFO;
     c->resolver.timeout = 2 * SEC;

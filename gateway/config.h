@@ -181,8 +181,10 @@ struct pgw_config_route {
 enum pgw_log_level { PGW_LOG_DEBUG = 0, PGW_LOG_INFO, PGW_LOG_NOTICE, PGW_LOG_WARN, PGW_LOG_ERROR };
 
 struct pgw_config_access_log {
-    int enabled;  /* "access_log: off" -> 0; default on, path logs/access.log */
-    char *path;   /* "-" or "stdout" for standard output */
+    int enabled;    /* "access_log: off" -> 0; default on, path logs/access.log */
+    char *path;     /* "-" or "stdout" for standard output */
+    uint64_t flush; /* ms: buffered lines are written at least this often, default 1s; 0 writes
+                       each line as its request ends */
 };
 
 struct pgw_config_error_log {

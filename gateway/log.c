@@ -16,6 +16,7 @@ static int error_fd = 2;
 static int access_fd = -1;
 static char access_buf[64 * 1024];
 static size_t access_len;
+static int access_at_once; /* access_log: { flush: 0 }: each line written as it is committed */
 
 static const char *const level_names[] = {"debug", "info", "notice", "warn", "error"};
 
@@ -119,6 +120,7 @@ int pgw_log_open(const struct pgw_config *config)
     close_log(access_fd);
     error_fd = efd;
     access_fd = afd;
+    access_at_once = config->access_log.flush == 0;
     pgw_log_level_min = config->error_log.level;
     return PGW_OK;
 }
@@ -201,6 +203,8 @@ void pgw_access_log_commit(size_t len)
 {
     pgw_assert(access_len + len <= sizeof(access_buf));
     access_len += len;
+    if (access_at_once)
+        pgw_access_log_flush();
 }
 
 void pgw_access_log_flush(void)

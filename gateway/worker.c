@@ -250,6 +250,31 @@ static void hosts_reload(void)
     pgw_worker.hosts_len = n;
 }
 
+static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
+{
+    PGW_UNUSED(fd);
+    PGW_UNUSED(what);
+    PGW_UNUSED(arg);
+    pgw_access_log_flush();
+}
+
+/* access_log.flush of the newest generation: buffered lines are written at least every <ms>
+ * (0: log.c writes each line at once, no timer). Re-armed only when the interval changes, so
+ * reloads more frequent than it do not keep postponing the flush. */
+static void flush_timer_arm(uint64_t ms)
+{
+    static uint64_t armed = UINT64_MAX;
+    if (ms == armed)
+        return;
+    armed = ms;
+    if (ms == 0) {
+        evtimer_del(pgw_worker.flush_timer);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(pgw_worker.flush_timer, &tv);
+}
+
 static void gen_refuse(uint64_t number, const char *why, const int *fds, size_t nfds)
 {
     for (size_t i = 0; i < nfds; i++)
@@ -392,6 +417,8 @@ static void gen_install(const struct pgw_msg *m)
     /* Logs first: init_worker errors of the new policies belong in the new error log. */
     if (g != NULL && pgw_log_open(g->config) != PGW_OK)
         pgw_log_error("generation %llu: logs not reopened", (unsigned long long)m->arg);
+    if (g != NULL)
+        flush_timer_arm(g->config->access_log.flush);
     if (g != NULL &&
         ((g->tls = pgw_tls_gen_new(g->config, files, fl, errbuf, sizeof(errbuf))) == NULL ||
          (g->jwt = pgw_jwt_gen_new(g->config, files, fl, errbuf, sizeof(errbuf))) == NULL)) {
@@ -562,14 +589,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 /* ---- The worker's life ---- */
 
-static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
-{
-    PGW_UNUSED(fd);
-    PGW_UNUSED(what);
-    PGW_UNUSED(arg);
-    pgw_access_log_flush();
-}
-
 static uint64_t random_seed(void)
 {
     uint64_t s = 0;
@@ -615,8 +634,7 @@ int pgw_worker_main(int chan_fd)
                                   on_accept, NULL);
     pgw_worker.accept_timer = evtimer_new(pgw_worker.base, on_accept_resume, NULL);
     pgw_worker.flush_timer = event_new(pgw_worker.base, -1, EV_PERSIST, on_flush_timer, NULL);
-    struct timeval one_s = {1, 0};
-    evtimer_add(pgw_worker.flush_timer, &one_s);
+    flush_timer_arm(1000); /* until the first generation says */
     static const int sigs[] = {SIGTERM, SIGINT, SIGQUIT};
     struct event *sev[PGW_ARRAY_LEN(sigs)];
     for (size_t i = 0; i < PGW_ARRAY_LEN(sigs); i++) {

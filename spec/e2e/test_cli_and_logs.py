@@ -65,6 +65,15 @@ BAD = {
     "wrong_duration": (_variant("access_log: off\n",
                                 "access_log: off\ntimeouts:\n  header: soon #!\n"),
                        ["header"]),
+    "access_log_flush_over_60s": (_variant("access_log: off\n",
+                                           "access_log: { path: x.log, flush: 61s } #!\n"),
+                                  ["flush"]),
+    "access_log_flush_word": (_variant("access_log: off\n",
+                                       "access_log: { path: x.log, flush: often } #!\n"),
+                              ["flush"]),
+    "access_log_flush_negative": (_variant("access_log: off\n",
+                                           "access_log: { path: x.log, flush: -1s } #!\n"),
+                                  ["flush"]),
     "unknown_listener": (_variant("  - name: all\n    listeners: [public]\n",
                                   "  - name: all #!\n    listeners: [nowhere] #!\n"),
                          ["nowhere"]),
@@ -276,6 +285,64 @@ def test_error_log_format(env):
     assert lines, "empty error log"
     bad = [l for l in lines if not gwmod.ERROR_LINE_RE.match(l)]
     assert not bad, "error-log lines not in the documented format:\n%s" % "\n".join(bad[:10])
+
+
+def flush_gateway(tmp_path, flush):
+    up = Upstream("app")
+    cfg = config(listeners=[listener("public")],
+                 upstreams={"app": {"targets": [up.address], "retries": 0}},
+                 routes=[{"name": "app", "listeners": ["public"], "match": {"path": "/"},
+                          "upstream": "app"}])
+    if flush is not None:
+        cfg["access_log"] = {"path": str(tmp_path / "gw" / "access.log"), "flush": flush}
+    return gwmod.Gateway(cfg, tmp_path / "gw"), up
+
+
+@pytest.mark.parametrize("flush", [None, "0", "200ms"])
+def test_access_log_flush_writes_lines(tmp_path, flush):
+    """The default 1 s, `flush: 0` (each line at once) and a short interval all get the line
+    to the file without another request or a stop."""
+    g, up = flush_gateway(tmp_path, flush)
+    try:
+        r = gwmod.get_ok(g.port, "/a")
+        g.access_for(r.header("x-request-id"), timeout=3.0)
+    finally:
+        g.stop()
+        up.stop()
+
+
+def test_access_log_flush_interval_buffers_lines_until_it_passes(tmp_path):
+    """With `flush: 30s`, a line waits in the worker's buffer (checked 1.5 s later, past the
+    default interval), and a graceful stop writes it; a reload to `flush: 0` takes effect for
+    the lines after it."""
+    g, up = flush_gateway(tmp_path, "30s")
+    try:
+        rid = gwmod.get_ok(g.port, "/buffered").header("x-request-id")
+        time.sleep(1.5)
+        assert not [e for e in g.access_entries() if e.get("request_id") == rid], (
+            "the line was written before the 30 s flush interval")
+        g.cfg["access_log"]["flush"] = "0"
+        cp = g.reload(g.cfg)
+        assert cp.returncode == 0, cp.stderr
+        rid2 = gwmod.get_ok(g.port, "/at-once").header("x-request-id")
+        g.access_for(rid2, timeout=3.0)
+        g.access_for(rid, timeout=0.1)  # written before it, with it
+    finally:
+        status = g.stop()
+        up.stop()
+    assert status == 0, status
+
+
+def test_access_log_stop_writes_buffered_lines(tmp_path):
+    g, up = flush_gateway(tmp_path, "60s")
+    try:
+        rid = gwmod.get_ok(g.port, "/x").header("x-request-id")
+    finally:
+        status = g.stop()
+        up.stop()
+    assert status == 0, status
+    assert [e for e in g.access_entries() if e.get("request_id") == rid], (
+        "the buffered line was lost at stop")
 
 
 def test_access_log_off(tmp_path):

@@ -539,7 +539,7 @@ static void test_unknown_keys(void)
                     "upstream, policies, websocket, preserve_host, strip_prefix, https_only)");
     EXPECT_ERROR(BASE "real_ip: { from: proxy_protocol, trusted: [\"::1\"], via: x }\n", 3,
                  "real_ip: unknown key \"via\" (allowed: trusted, from)");
-    EXPECT_ERROR(BASE "access_log: { path: a, rotate: 1 }\n", 3, "(allowed: path, format)");
+    EXPECT_ERROR(BASE "access_log: { path: a, rotate: 1 }\n", 3, "(allowed: path, format, flush)");
     EXPECT_ERROR(BASE "error_log: { file: a }\n", 3, "(allowed: path, level)");
     EXPECT_ERROR(BASE "http: { x: 1 }\n", 3,
                  "(allowed: underscores_in_headers, allow_encoded_slash)");
@@ -962,10 +962,26 @@ static void test_logs(void)
     if (c != NULL) {
         CHECK_INT(c->access_log.enabled, 1);
         CHECK_STR(c->access_log.path, "-");
+        CHECK_INT(c->access_log.flush, 1000);
         CHECK_INT(c->error_log.level, PGW_LOG_DEBUG);
         CHECK_STR(c->error_log.path, "-");
         pgw_config_unref(c);
     }
+    static const struct { const char *flush; uint64_t ms; } flushes[] = {
+        {"0", 0}, {"0ms", 0}, {"250ms", 250}, {"5s", 5000}, {"1m", 60000}};
+    for (size_t i = 0; i < PGW_ARRAY_LEN(flushes); i++) {
+        char yaml[128];
+        snprintf(yaml, sizeof(yaml), BASE "access_log: { path: a.log, flush: %s }\n",
+                 flushes[i].flush);
+        c = EXPECT_OK(yaml);
+        if (c != NULL) {
+            CHECK_INT(c->access_log.flush, flushes[i].ms);
+            pgw_config_unref(c);
+        }
+    }
+    EXPECT_ERROR(BASE "access_log: { path: a.log, flush: 60001ms }\n", 3, "flush");
+    EXPECT_ERROR(BASE "access_log: { path: a.log, flush: soon }\n", 3, "flush");
+    EXPECT_ERROR(BASE "access_log: { path: a.log, flush: [1s] }\n", 3, "flush");
     static const char *const levels[] = {"debug", "info", "notice", "warn", "error"};
     for (int i = 0; i < 5; i++) {
         char yaml[128];
@@ -978,8 +994,8 @@ static void test_logs(void)
         }
     }
     EXPECT_ERROR(BASE "access_log: on\n", 3,
-                 "access_log: expected off or a map {path, format}, got \"on\"");
-    EXPECT_ERROR(BASE "access_log:\n", 3, "expected off or a map {path, format}, got nothing");
+                 "access_log: expected off or a map {path, format, flush}, got \"on\"");
+    EXPECT_ERROR(BASE "access_log:\n", 3, "expected off or a map {path, format, flush}, got nothing");
     EXPECT_ERROR(BASE "access_log: { format: text }\n", 3,
                  "access_log.format: expected one of json, got \"text\"");
     EXPECT_ERROR(BASE "access_log: { path: \"\" }\n", 3, "access_log.path: must not be empty");
