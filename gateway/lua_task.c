@@ -623,6 +623,11 @@ int pgw_task_ws_has(const struct pgw_task *t, unsigned stage)
     return (t->ws_actions != NULL && (stage & PGW_STAGE_WS_MESSAGE)) || ws_runs(t, stage);
 }
 
+int pgw_task_ws_has_message(const struct pgw_task *t, int inbound)
+{
+    return inbound ? pgw_task_ws_has(t, PGW_STAGE_WS_MESSAGE) : ws_runs(t, PGW_STAGE_WS_MESSAGE);
+}
+
 /* Runs the chains' functions of <stage> (the argument table, if any, in t->chunk_ref), then
  * <selected> (an action chain, or NULL). */
 static int ws_run(struct pgw_task *t, unsigned stage, const struct pgw_policy_chain *selected)

@@ -117,6 +117,9 @@ struct pgw_ws_close_info {
 /* NULL when no chain of the connection has a ws_* stage (nothing to run). */
 struct pgw_task *pgw_task_ws_new(struct pgw_req *req, struct pgw_ws_tunnel *tunnel);
 int pgw_task_ws_has(const struct pgw_task *t, unsigned stage);
+/* Whether a ws_message function may run for messages of that direction (<inbound>: from the
+ * client); action chains only ever see inbound ones. */
+int pgw_task_ws_has_message(const struct pgw_task *t, int inbound);
 int pgw_task_ws_connect(struct pgw_task *t);
 /* <opcode>: PGW_WS_OP_TEXT or BINARY; <data> is copied. PGW_DECLINED when no function runs
  * for this message (say, an outbound one on a route whose only ws_message functions are in

@@ -5,7 +5,8 @@
  * without a ws_message policy each piece of payload goes out to the other side as a fragment of
  * the same message (RFC 6455 5.4), so nothing larger than a read is ever held. With one, the
  * message is assembled (bounded by max_message and by the worker's websocket_buffer budget) and
- * handed to the policies, whose verdict decides what is sent.
+ * handed to the policies, whose verdict decides what is sent. This is decided per side: action
+ * chains only see the client's messages, so the upstream's may still stream (side.assemble).
  *
  * Closing: a side is done when it is gone (TCP ended) or when both its close frame and ours
  * crossed. The tunnel ends when both sides are done, or at close_timeout after the first close
@@ -29,6 +30,8 @@
 #include <sys/random.h>
 
 #define WS_READ_MAX (64 * 1024)
+#define PUSH_QUEUE_MAX (1024 * 1024) /* bytes of pushes waiting for one connection */
+#define PUSH_REPLY 0x80              /* in a queued message's kind: a pgw.ws.reply */
 
 struct side {
     struct pgw_io *io;
@@ -40,7 +43,9 @@ struct side {
     unsigned gone : 1;         /* its TCP connection ended */
     unsigned eof : 1;          /* it closed its half: gone once what it sent before is parsed */
     unsigned budget_wait : 1;  /* paused: the worker's message budget is spent */
-    struct evbuffer *msg;      /* with a ws_message policy: the message being assembled */
+    unsigned assemble : 1;     /* a ws_message function may run for its messages: each is
+                                  assembled first; otherwise its frames stream through */
+    struct evbuffer *msg;      /* when assembling: the message being assembled */
     unsigned msg_opcode;
     uint64_t messages, bytes;  /* data messages and payload bytes received from it */
 };
@@ -52,7 +57,6 @@ struct pgw_ws_tunnel {
     const struct pgw_config_websocket *conf;
     const struct pgw_config_route *route; /* lives with the connection's generation */
     struct pgw_task *lua;          /* NULL when no ws_* policy applies */
-    unsigned has_message_policy : 1;
     unsigned lua_busy : 1;         /* a policy run waits; nothing is parsed meanwhile */
     unsigned connecting : 1;       /* that run is ws_connect's */
     unsigned busy_client : 1;      /* whose message that run holds */
@@ -72,7 +76,9 @@ struct pgw_ws_tunnel {
     size_t policy_reason_len;
     char id[33];                   /* the connection's id: random, never the client's choice */
     struct pgw_ws_tunnel *id_next; /* the worker's index of ids */
-    struct evbuffer *pushes;       /* pgw.ws.send: messages waiting to go to the client */
+    struct evbuffer *pushes;       /* pgw.ws.send: messages waiting to go to the client, and
+                                      pgw.ws.reply's while an upstream message streams to it */
+    unsigned replies_waiting;      /* of those, replies: the client is not read meanwhile */
     struct pgw_ws_tunnel *push_prev, *push_next; /* the worker's list of tunnels to push to */
     unsigned push_listed : 1;
     char request_id[33];           /* the handshake request's id (X-Request-Id) */
@@ -88,7 +94,8 @@ static struct event *budget_ev;
 static uint64_t mask_state;                 /* xorshift64* state for masking keys */
 
 static void side_process(struct pgw_ws_tunnel *t, struct side *s);
-static void deliver_pushes(struct pgw_ws_tunnel *t);
+static int deliver_pushes(struct pgw_ws_tunnel *t);
+static void queue_to_client(struct pgw_ws_tunnel *t, unsigned kind, const char *data, size_t len);
 static void side_pump(struct pgw_ws_tunnel *t, struct side *s);
 static void tun_pump_both(struct pgw_ws_tunnel *t);
 static void tun_update_reading(struct pgw_ws_tunnel *t);
@@ -521,7 +528,7 @@ static void budget_release(uint64_t n)
 /* Whether <s> must wait for budget before more of a message is assembled. */
 static int budget_spent(struct pgw_ws_tunnel *t, struct side *s)
 {
-    if (!t->has_message_policy || budget_used < t->c->gen->config->limits.websocket_buffer)
+    if (!s->assemble || budget_used < t->c->gen->config->limits.websocket_buffer)
         return 0;
     if (!t->cl.budget_wait && !t->up.budget_wait) {
         t->wait_prev = NULL;
@@ -627,6 +634,16 @@ void pgw_ws_tunnel_send(struct pgw_ws_tunnel *t, int to_client, unsigned opcode,
                         const char *data, size_t len)
 {
     struct side *to = to_client ? &t->cl : &t->up;
+    /* An upstream message streaming to the client (no outbound function, so not assembled) must
+     * keep its fragments together: the reply waits for its end, and the client is not read
+     * meanwhile, which bounds the wait to one message's replies. The other way cannot happen:
+     * a client's messages stream only when no ws_message function exists at all. */
+    if (to_client && !t->up.assemble && t->up.parser.msg_opcode != 0 && !to->gone &&
+        !to->close_sent) {
+        t->replies_waiting++;
+        queue_to_client(t, opcode | PUSH_REPLY, data, len);
+        return;
+    }
     send_frame(to, opcode, 1, (const uint8_t *)data, len);
     if (!to->gone)
         pgw_io_want_write(to->io, 1); /* flushed from the write event, outside Lua */
@@ -648,7 +665,7 @@ static void on_data(struct pgw_ws_tunnel *t, struct side *s, const struct pgw_ws
     struct side *o = peer_of(t, s);
     if (ch->first)
         s->msg_opcode = ch->opcode;
-    if (!t->has_message_policy) {
+    if (!s->assemble) {
         send_frame(o, ch->first ? ch->opcode : PGW_WS_OP_CONT, ch->fin, ch->data, ch->len);
         s->bytes += ch->len;
         s->messages += ch->fin;
@@ -698,7 +715,8 @@ static void on_chunk(struct pgw_ws_tunnel *t, struct side *s, const struct pgw_w
 /* Whether <s> may be parsed now. */
 static int side_can_run(struct pgw_ws_tunnel *t, struct side *s)
 {
-    if (t->finished || t->lua_busy || s->close_rcvd || s->budget_wait)
+    if (t->finished || t->lua_busy || s->close_rcvd || s->budget_wait ||
+        (s->is_client && t->replies_waiting > 0))
         return 0;
     struct side *o = peer_of(t, s);
     return o->gone || evbuffer_get_length(o->io->out) < PGW_OUTPUT_HIGH;
@@ -782,8 +800,8 @@ static void tun_settle(struct pgw_ws_tunnel *t)
 {
     if (t->finished)
         return;
-    if (t->pushes != NULL && evbuffer_get_length(t->pushes) > 0)
-        deliver_pushes(t);
+    if (t->pushes != NULL && evbuffer_get_length(t->pushes) > 0 && deliver_pushes(t))
+        side_pump(t, &t->cl); /* the replies it waited for are out: what it sent meanwhile */
     if (t->finished)
         return;
     flush_side(t, &t->cl);
@@ -1010,7 +1028,6 @@ void pgw_ws_tunnel_free(struct pgw_ws_tunnel *t)
 
 /* ---- Connections by id, and pushes (pgw.ws.send) ---- */
 
-#define PUSH_QUEUE_MAX (1024 * 1024) /* bytes waiting for one connection */
 
 static struct pgw_ws_tunnel **ids;  /* chained buckets, hashed on the id's first hex digits */
 static size_t ids_cap, ids_count;
@@ -1112,35 +1129,72 @@ static void on_push(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Sends the waiting pushes to the client while nothing else is under way towards it: no policy
- * run, and without policies no upstream message half relayed (its fragments must stay
- * together). Each push goes through the outbound ws_message policies like an upstream message. */
-static void deliver_pushes(struct pgw_ws_tunnel *t)
+ * run, and no upstream message half relayed (its fragments must stay together). Each push goes
+ * through the outbound ws_message functions like an upstream message, if there are any; replies
+ * queued behind a streaming upstream message go as they are. Returns whether the last waiting
+ * reply went (the client may be read again). */
+static int deliver_pushes(struct pgw_ws_tunnel *t)
 {
     struct evbuffer *q = t->pushes;
+    unsigned replies = t->replies_waiting;
     while (evbuffer_get_length(q) > 0 && !t->finished && !t->lua_busy && !t->cl.close_sent &&
-           (t->has_message_policy || t->up.parser.msg_opcode == 0)) {
+           (t->up.assemble || t->up.parser.msg_opcode == 0)) {
         uint8_t hdr[5];
         evbuffer_copyout(q, hdr, 5);
         uint32_t len;
         memcpy(&len, hdr + 1, 4);
         evbuffer_drain(q, 5);
         const char *data = len ? (const char *)evbuffer_pullup(q, len) : "";
-        if (!t->has_message_policy) {
-            send_frame(&t->cl, hdr[0], 1, (const uint8_t *)data, len);
+        unsigned opcode = hdr[0] & ~PUSH_REPLY;
+        if (hdr[0] & PUSH_REPLY) {
+            t->replies_waiting--;
+            send_frame(&t->cl, opcode, 1, (const uint8_t *)data, len);
+        } else if (!t->up.assemble) {
+            send_frame(&t->cl, opcode, 1, (const uint8_t *)data, len);
             t->up.messages++;
             t->up.bytes += len;
         } else {
             t->lua_busy = 1;
             t->busy_client = 0; /* outbound, as if the upstream had sent it */
             t->in_flight_len = len;
-            int rc = pgw_task_ws_message(t->lua, 0, hdr[0], data, len);
+            int rc = pgw_task_ws_message(t->lua, 0, opcode, data, len);
             if (rc == PGW_DECLINED)
-                message_relayed(t, hdr[0], data, len);
+                message_relayed(t, opcode, data, len);
             else if (rc != PGW_AGAIN)
                 message_done(t, rc);
         }
         evbuffer_drain(q, len);
     }
+    if (t->cl.close_sent || t->finished) { /* nothing more goes to the client */
+        evbuffer_drain(q, evbuffer_get_length(q));
+        t->replies_waiting = 0;
+    }
+    return replies > 0 && t->replies_waiting == 0;
+}
+
+/* Appends a message to <t>'s queue towards the client and has the event loop deliver it (never
+ * inside the caller's Lua). <kind>: the opcode, with PUSH_REPLY for a pgw.ws.reply. */
+static void queue_to_client(struct pgw_ws_tunnel *t, unsigned kind, const char *data, size_t len)
+{
+    if (t->pushes == NULL)
+        t->pushes = evbuffer_new();
+    uint8_t hdr[5] = {(uint8_t)kind};
+    uint32_t l32 = (uint32_t)len;
+    memcpy(hdr + 1, &l32, 4);
+    evbuffer_add(t->pushes, hdr, 5);
+    evbuffer_add(t->pushes, data, len);
+    if (!t->push_listed) {
+        t->push_listed = 1;
+        t->push_prev = NULL;
+        t->push_next = push_list;
+        if (push_list)
+            push_list->push_prev = t;
+        push_list = t;
+    }
+    if (push_ev == NULL)
+        push_ev = evtimer_new(pgw_worker.base, on_push, NULL);
+    struct timeval tv = {0, 0};
+    evtimer_add(push_ev, &tv);
 }
 
 const char *pgw_ws_push_reason(int status)
@@ -1161,27 +1215,9 @@ int pgw_ws_push(const char *id, size_t id_len, unsigned opcode, const char *data
         return PGW_WS_PUSH_UNKNOWN;
     if (t->finished || t->ending || t->cl.gone)
         return PGW_WS_PUSH_CLOSED;
-    if (t->pushes == NULL)
-        t->pushes = evbuffer_new();
-    if (evbuffer_get_length(t->pushes) + len + 5 > PUSH_QUEUE_MAX)
+    if (t->pushes != NULL && evbuffer_get_length(t->pushes) + len + 5 > PUSH_QUEUE_MAX)
         return PGW_WS_PUSH_FULL;
-    uint8_t hdr[5] = {(uint8_t)opcode};
-    uint32_t l32 = (uint32_t)len;
-    memcpy(hdr + 1, &l32, 4);
-    evbuffer_add(t->pushes, hdr, 5);
-    evbuffer_add(t->pushes, data, len);
-    if (!t->push_listed) { /* delivered from the event loop, never inside the caller's Lua */
-        t->push_listed = 1;
-        t->push_prev = NULL;
-        t->push_next = push_list;
-        if (push_list)
-            push_list->push_prev = t;
-        push_list = t;
-    }
-    if (push_ev == NULL)
-        push_ev = evtimer_new(pgw_worker.base, on_push, NULL);
-    struct timeval tv = {0, 0};
-    evtimer_add(push_ev, &tv);
+    queue_to_client(t, opcode, data, len);
     return PGW_WS_PUSH_SENT;
 }
 
@@ -1232,7 +1268,8 @@ void pgw_ws_tunnel_open(struct pgw_req *req, const struct pgw_http_response *res
     up->read_deadline = 0; /* the tunnel's deadlines run on the client's timer */
     pgw_proxy_upstream_adopt(uc, on_up_read, on_up_write, on_up_timer, t);
     t->lua = pgw_task_ws_new(req, t);
-    t->has_message_policy = t->lua != NULL && pgw_task_ws_has(t->lua, PGW_STAGE_WS_MESSAGE);
+    t->cl.assemble = t->lua != NULL && pgw_task_ws_has_message(t->lua, 1);
+    t->up.assemble = t->lua != NULL && pgw_task_ws_has_message(t->lua, 0);
     c->ws = t;
     pgw_req_finish_upgraded(req); /* the pool is cleared: req is gone */
     tun_enter(t);

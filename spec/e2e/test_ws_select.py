@@ -521,12 +521,7 @@ def test_only_ws_message_runs_in_action_chains(e):
 def test_handler_answers_itself_and_upstream_gets_nothing(e):
     """/raw/: the action `ask` answers the client and drops; the raw upstream receives only the
     other messages. Upstream messages selecting `ask` are relayed, not handled."""
-    c = wsfix.WSClient(e.port)
-    c.send_handshake("/raw/t")
-    conn = e.raw.next_conn()
-    conn.accept(conn.read_request())
-    c.read_handshake()
-    c.check_101()
+    c, conn = raw_open(e)
     op, got = roundtrip(c, '{"action":"ask"}')
     assert op == OP_TEXT and re.match(rb"^handled:ask:inbound:[0-9a-f]{32}$", got), got
     op, got = roundtrip(c, '{"action":"ask"}', OP_BINARY)
@@ -540,6 +535,77 @@ def test_handler_answers_itself_and_upstream_gets_nothing(e):
     conn.expect_silence(0.2)
     c.send_close(1000)
     conn.expect_close(1000, eof=False)
+    c.expect_close(1000)
+    c.close()
+    conn.close()
+
+
+def raw_open(e):
+    """A WebSocket through /raw/ and the raw upstream's side of it, both past the handshake."""
+    c = wsfix.WSClient(e.port)
+    c.send_handshake("/raw/t")
+    conn = e.raw.next_conn()
+    conn.accept(conn.read_request())
+    c.read_handshake()
+    c.check_101()
+    return c, conn
+
+
+def test_upstream_messages_stream_and_replies_wait_for_their_end(e):
+    """/raw/ has actions only (no route or listener ws_message function), so no function ever
+    sees an upstream message: those are not assembled but stream to the client a fragment at a
+    time (the first arrives before the upstream sent the last). A reply of an action that comes
+    while such a message is half relayed waits for its end (a data frame must not cut into a
+    fragmented message); the client is not read meanwhile, so its next message reaches the
+    upstream after that; then everything flows again, replies at once."""
+    c, conn = raw_open(e)
+    conn.send_frame(OP_TEXT, b"part1-", fin=False)
+    f = c.recv_frame()
+    assert (f.opcode, f.fin, f.payload) == (OP_TEXT, False, b"part1-"), f
+    send(c, '{"action":"ask"}')
+    send(c, '{"action":"other"}')
+    c.expect_silence(0.3)      # the reply waits for the end of the upstream's message
+    conn.expect_silence(0.1)   # and the client's next message waits behind it
+    conn.send_frame(wsfix.OP_CONT, b"part2", fin=False)
+    f = c.recv_frame()
+    assert (f.opcode, f.fin, f.payload) == (wsfix.OP_CONT, False, b"part2"), f
+    conn.send_frame(wsfix.OP_CONT, b"", fin=True)
+    f = c.recv_frame()
+    assert (f.opcode, f.fin, f.payload) == (wsfix.OP_CONT, True, b""), f
+    op, got = c.recv_message()
+    assert op == OP_TEXT and re.match(rb"^handled:ask:inbound:[0-9a-f]{32}$", got), got
+    assert conn.recv_message() == (OP_TEXT, b'{"action":"other"}')
+    # between upstream messages a reply goes at once; a ping may cut into a streaming message
+    op, got = roundtrip(c, '{"action":"ask"}')
+    assert op == OP_TEXT and got.startswith(b"handled:ask:inbound:"), got
+    conn.send_frame(OP_BINARY, b"\x01", fin=False)
+    conn.send_frame(wsfix.OP_PING, b"p")
+    conn.send_frame(wsfix.OP_CONT, b"\x02", fin=True)
+    assert [(f.opcode, f.fin, f.payload) for f in (c.recv_frame(), c.recv_frame(),
+                                                    c.recv_frame())] == [
+        (OP_BINARY, False, b"\x01"), (wsfix.OP_PING, True, b"p"), (wsfix.OP_CONT, True, b"\x02")]
+    c.send_close(1000)
+    conn.expect_close(1000, eof=False)
+    c.expect_close(1000)
+    c.close()
+    conn.close()
+
+
+def test_client_closing_while_a_reply_waits(e):
+    """The client closes while its action's reply waits for an upstream message to end: the
+    close goes through once the message ended and the reply was sent, nothing is lost or
+    crashes, and the connection's close line is written."""
+    c, conn = raw_open(e)
+    conn.send_frame(OP_TEXT, b"half", fin=False)
+    assert c.recv_frame().payload == b"half"
+    send(c, '{"action":"ask"}')
+    c.send_close(1000, "bye")
+    conn.expect_silence(0.2)
+    conn.send_frame(wsfix.OP_CONT, b"-end", fin=True)
+    assert c.recv_frame().payload == b"-end"
+    assert c.recv_message()[1].startswith(b"handled:ask:inbound:")
+    conn.expect_close(1000, eof=False)
+    conn.send_close(1000)
     c.expect_close(1000)
     c.close()
     conn.close()
