@@ -22,9 +22,9 @@
 #                (ws-bench -j action=echo; the other cases send SIZE bytes of printable ASCII), so
 #                each inbound message is assembled, its JSON parsed in C for `action`, and the
 #                `echo` chain (ws_pass) runs on it: one Lua call per round trip, inbound only
-#                (outbound messages are assembled too, as for any ws_message policy, but no
-#                policy function runs on them: the route has none). NOT like-for-like with gw-policy, which calls ws_pass both ways (two
-#                Lua calls per round trip): gw-select - gw is what selection costs in all.
+#                (outbound messages stream, as without policies: only action chains have a
+#                ws_message function). NOT like-for-like with gw-policy, which calls ws_pass both
+#                ways (two Lua calls per round trip): gw-select - gw is what selection costs.
 #     gw-select-miss  (not in the default CASES) the same route, the messages naming an action it
 #                does not have ({"action":"none",...}; no default): assembled both ways and parsed,
 #                no Lua function runs. With gw, gw-policy and gw-select in the same run, the ratio

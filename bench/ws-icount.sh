@@ -16,8 +16,8 @@
 #                { selection: action, actions: { echo: { policies: [ws_pass] } } }`, the client
 #                sending JSON ({"action":"echo","d":"<filler>"} padded to SIZE: ws-bench -j
 #                action=echo): each inbound message parsed in C and ws_pass run on it (one Lua call
-#                per round trip, inbound only; outbound messages are assembled but run no
-#                function; gw-policy makes two calls, both ways: see ws-bench.sh's
+#                per round trip, inbound only; outbound messages stream, as no function runs
+#                on them; gw-policy makes two calls, both ways: see ws-bench.sh's
 #                note on comparing them). ws-bench.sh's probe (the gateway selects by the field)
 #                is not repeated here.
 #     gw-select-miss  (not in the default CASES) the same route, the messages naming an action it

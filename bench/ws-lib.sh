@@ -30,5 +30,5 @@ select_note() {
         miss=" gw-select-miss: the same route and messages naming no action (no Lua call). JSON parse ~ gw-select-miss - gw-policy + 2 x (gw-select - gw-select-miss), if a route chain's call costs what an action chain's does$1." ;;
     esac
     echo
-    echo "gw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the \`echo\` action chain); outbound messages are assembled too, but no function runs on them. gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all.$miss gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases' printable ASCII of the same size."
+    echo "gw-select: per inbound message a JSON parse in C and one Lua call (ws_pass in the \`echo\` action chain); outbound messages stream (no function runs on them, so they are not assembled). gw-policy calls ws_pass both ways (two calls per round trip): gw-select vs gw-policy is not like-for-like; gw-select - gw is what selection costs in all.$miss gw-select* messages are JSON ({\"action\":...,\"d\":\"...\"}), the other cases' printable ASCII of the same size."
 }
